@@ -1,0 +1,45 @@
+"""ftjax: fine-tuning language models on one functional JAX core."""
+from setuptools import find_packages, setup
+
+setup(
+    name="ftjax",
+    version="0.1.0",
+    description="A pure-JAX research library for fine-tuning language models.",
+    packages=find_packages(include=["ftjax", "ftjax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10,<0.13",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "ml-collections>=1.0",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "gguf>=0.10",
+        "einops>=0.8",
+        "jinja2>=3.1",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        # TensorBoard event files without a TensorFlow dependency.
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        # Reference implementations for parity tests and fixture scripts. torch is pinned to the
+        # CPU build these machines carry; a looser spec pulls a multi-GB CUDA build.
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "torch==2.13.0",
+            "transformers>=4.46",
+            "accelerate>=1.0",
+            "peft>=0.13",
+            "datasets>=3.0",
+            "tensorflow-datasets>=4.9.6",
+            "matplotlib>=3.8",
+        ],
+        "data": ["datasets>=3.0", "tensorflow-datasets>=4.9.6"],
+        "cuda": ["jax[cuda12]>=0.10,<0.13"],
+    },
+    entry_points={"console_scripts": ["ftjax=ftjax.cli:main"]},
+)
