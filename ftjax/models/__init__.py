@@ -1,0 +1,25 @@
+"""Flax Linen models: Llama-family decoder, BERT encoder, task heads."""
+
+from ftjax.models.config import (
+    PRESETS,
+    BertConfig,
+    HeadConfig,
+    LlamaConfig,
+    default_compute_dtype,
+    preset,
+)
+from ftjax.models.llama import init_cache
+from ftjax.models.model import (
+    Model,
+    ModelOutput,
+    init_params,
+    logical_axes,
+    param_shapes,
+    replace_head,
+)
+
+__all__ = [
+    "PRESETS", "BertConfig", "HeadConfig", "LlamaConfig", "Model", "ModelOutput",
+    "default_compute_dtype", "init_cache", "init_params", "logical_axes", "param_shapes",
+    "preset", "replace_head",
+]

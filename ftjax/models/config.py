@@ -1,0 +1,184 @@
+"""Model configurations: architecture, task head and the dtype/layout policy.
+
+Architecture fields describe a checkpoint and are read from / written to its config.json or GGUF
+metadata. Policy fields (`dtype`, `param_dtype`, `scan_layers`, `remat`, `attention_impl`) choose
+how it runs and never change the function the model computes beyond floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+HeadKind = Literal["lm", "sequence", "token", "span", "mlm", "none"]
+Pooling = Literal["cls", "mean", "last", "pooler"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """What sits on top of the backbone.
+
+    kind: "lm" (next-token logits; tied to the input embedding when the backbone says so),
+      "sequence" (one label per example, pooled), "token" (one label per token), "span"
+      (extractive QA start/end logits), "mlm" (masked-LM logits for encoders), "none" (hidden
+      states only).
+    pooling: how "sequence" heads summarize the tokens: the first token ("cls"), the mask-weighted
+      mean ("mean"), the last real token ("last", the decoder choice) or BERT's pretrained
+      tanh pooler over the first token ("pooler").
+    """
+
+    kind: HeadKind = "lm"
+    num_labels: int = 0
+    pooling: Pooling = "cls"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.kind in ("sequence", "token") and self.num_labels < 1:
+            raise ValueError(f"HeadConfig(kind={self.kind!r}) needs num_labels >= 1")
+        if self.kind not in HeadKind.__args__:
+            raise ValueError(f"unknown head kind {self.kind!r}; expected one of {HeadKind.__args__}")
+        if self.pooling not in Pooling.__args__:
+            raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {Pooling.__args__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyMixin:
+    """Numerics and layout; shared by every architecture config."""
+
+    dtype: str = "float32"  # compute dtype of activations and matmuls
+    param_dtype: str = "float32"  # storage dtype of parameters
+    scan_layers: bool = False  # stack layer params on a leading "layers" axis and lax.scan them
+    remat: str = "none"  # "none" | "full" | "dots" (save only matmul outputs) for training
+    attention_impl: str | None = None  # None (let jax pick: cuDNN where it applies), "xla", "cudnn"
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def with_policy(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig(PolicyMixin):
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = None
+    arch: str = dataclasses.field(default="llama", init=False)
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if not self.head_dim and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
+                f"set head_dim explicitly"
+            )
+        if self.head_size % 2:
+            raise ValueError(f"rotary embeddings need an even head size, got {self.head_size}")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig(PolicyMixin):
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_layers: int = 12
+    num_heads: int = 12
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"  # exact erf GELU, as HF "gelu"
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+    add_pooler: bool = True
+    arch: str = dataclasses.field(default="bert", init=False)
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+BackboneConfig = LlamaConfig | BertConfig
+
+
+def default_compute_dtype() -> str:
+    """bf16 compute on accelerators, fp32 on CPU (where bf16 matmuls are slow and inexact)."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+# Named architectures. Checkpoint loaders build configs from the files themselves; these presets
+# are for random-init benchmarks and tests and are checked against the real files in tests.
+PRESETS: dict[str, BackboneConfig] = {
+    "smollm2-135m": LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+        num_kv_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    ),
+    "tinyllama-1.1b": LlamaConfig(
+        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
+        num_kv_heads=4, rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=2048,
+    ),
+    "llama-160m": LlamaConfig(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_layers=12, num_heads=12,
+        num_kv_heads=12, max_position_embeddings=2048,
+    ),
+    "all-minilm-l6-v2": BertConfig(
+        vocab_size=30522, hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=12,
+    ),
+    # Tiny prime-dimension configs: shape bugs (a transposed kernel, a wrong head split) cannot
+    # hide behind equal sizes.
+    "tiny-llama": LlamaConfig(
+        vocab_size=97, hidden_size=31, intermediate_size=37, num_layers=2, num_heads=6,
+        num_kv_heads=2, head_dim=10, rope_theta=10000.0, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    ),
+    "tiny-llama-tied": LlamaConfig(
+        vocab_size=97, hidden_size=31, intermediate_size=37, num_layers=3, num_heads=6,
+        num_kv_heads=3, head_dim=14, max_position_embeddings=64, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    ),
+    "tiny-bert": BertConfig(
+        vocab_size=101, hidden_size=30, intermediate_size=37, num_layers=2, num_heads=5,
+        max_position_embeddings=67, hidden_dropout=0.0, attention_dropout=0.0,
+    ),
+}
+
+
+def preset(name: str, **policy) -> BackboneConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return dataclasses.replace(PRESETS[name], **policy)

@@ -1,0 +1,190 @@
+"""Layers shared by every architecture.
+
+Every parameter is created with a logical axis name (`nn.with_logical_partitioning`); the sharding
+rules table (ftjax/parallel) maps them to mesh axes. Logical names used:
+  vocab, embed, mlp, heads (flattened query heads x head_dim), kv_heads (flattened kv heads x
+  head_dim), norm, positions, types, labels, layers (the stacked axis under scan).
+Parameter trees handed to users are unboxed (plain arrays); see `ftjax.models.model`.
+
+Shapes in names: B batch, T query length, S key length, D model width, N query heads,
+K key/value heads, H head size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+class Dense(nn.Module):
+    """y = x @ kernel (+ bias). Kernels are stored (in, out), the transpose of torch's Linear."""
+
+    features: int
+    axes: tuple[str, str]
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.axes),
+            (x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axes[1],)),
+                (self.features,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token (or position / type) embedding table with a tied-output `attend`."""
+
+    num_embeddings: int
+    features: int
+    axes: tuple[str, str] = ("vocab", "embed")
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(default_kernel_init, self.axes),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, ids):
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x):
+        """Logits against the table: the tied LM head."""
+        return jnp.dot(x.astype(self.dtype), self.embedding.astype(self.dtype).T)
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+            (x.shape[-1],), self.param_dtype,
+        )
+        # Statistics in fp32 whatever the compute dtype: bf16 variance loses the small weights.
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    eps: float = 1e-12
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+            (features,), self.param_dtype,
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+            (features,), self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_cos_sin(positions_BT, head_size: int, theta: float):
+    """cos/sin tables (B, T, H) for HF-style "rotate_half" rotary embeddings, in fp32."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_size, 2, dtype=jnp.float32) / head_size))
+    freqs = positions_BT.astype(jnp.float32)[..., None] * inv_freq  # (B, T, H/2)
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BTNH, cos_BTH, sin_BTH):
+    half = x_BTNH.shape[-1] // 2
+    x1, x2 = x_BTNH[..., :half], x_BTNH[..., half:]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    x32 = x_BTNH.astype(jnp.float32)
+    out = x32 * cos_BTH[:, :, None, :] + rotated.astype(jnp.float32) * sin_BTH[:, :, None, :]
+    return out.astype(x_BTNH.dtype)
+
+
+def attention_mask(
+    *,
+    q_valid_BT=None,
+    k_valid_BS=None,
+    causal_offset=None,
+    q_segments_BT=None,
+    k_segments_BS=None,
+    q_len: int,
+    k_len: int,
+):
+    """Boolean mask (B, 1, T, S): True where query t may attend to key s.
+
+    causal_offset: None for bidirectional attention; otherwise the key index of query 0 (an int
+    or a (B,) array), so query t sees keys s <= offset + t. That covers plain causal attention
+    (offset 0) and decoding against a KV cache (offset = number of cached slots).
+    Segment ids keep packed documents apart. Query rows with no visible key are not produced by
+    the masks we build (a padding query still sees itself or its segment's padding slot) except
+    for fully padded rows; those give finite garbage that the loss masks out.
+    """
+    mask = jnp.ones((1, 1, q_len, k_len), dtype=bool)
+    if causal_offset is not None:
+        q_idx = jnp.arange(q_len)[None, :] + jnp.reshape(jnp.asarray(causal_offset), (-1, 1))
+        k_idx = jnp.arange(k_len)
+        mask = mask & (k_idx[None, None, :] <= q_idx[:, :, None])[:, None]
+    if k_valid_BS is not None:
+        mask = mask & k_valid_BS.astype(bool)[:, None, None, :]
+    if q_segments_BT is not None and k_segments_BS is not None:
+        mask = mask & (q_segments_BT[:, None, :, None] == k_segments_BS[:, None, None, :])
+    del q_valid_BT  # query padding is handled by the loss mask, not by attention
+    return mask
+
+
+def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, *, implementation=None):
+    """Grouped-query attention through jax.nn.dot_product_attention.
+
+    jax picks cuDNN's fused kernel on GPU when the inputs allow it and XLA otherwise; K must
+    divide N (grouped-query attention is native there). Softmax runs in fp32 inside.
+    """
+    return jax.nn.dot_product_attention(
+        q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, implementation=implementation
+    )
+
+
+def activation(name: str):
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu
+    if name == "silu":
+        return jax.nn.silu
+    raise ValueError(f"unknown activation {name!r}")

@@ -1,0 +1,160 @@
+"""The one model entry point: a backbone (Llama or BERT) plus a task head.
+
+Parameter tree: {"backbone": {...}, "head": {...}} of plain arrays (the head subtree is absent for
+heads without parameters, such as a tied LM head). Everything else (trainability rules, PEFT leaves,
+checkpoint formats, sharding) addresses leaves by their "/"-joined path in this tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ftjax.models.bert import BertModel
+from ftjax.models.config import BackboneConfig, BertConfig, HeadConfig, LlamaConfig
+from ftjax.models.heads import (
+    MaskedLMHead,
+    SequenceClassificationHead,
+    SpanHead,
+    TokenClassificationHead,
+)
+from ftjax.models.layers import Dense
+from ftjax.models.llama import LlamaModel
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    logits: jax.Array | None  # fp32; (B, T, V) lm/mlm, (B, C) sequence, (B, T, C) token, (B, T, 2) span
+    hidden: jax.Array  # (B, T, D) final hidden states
+    cache: Any = None  # updated KV cache when one was passed in (decoders)
+
+
+def default_positions(attention_mask_BT, cache=None):
+    """Positions that skip padding: left-padded prompts still start at position 0.
+
+    With a KV cache, new tokens continue from the number of real tokens already cached.
+    """
+    positions = jnp.cumsum(attention_mask_BT, axis=1) - 1
+    if cache is not None:
+        positions = positions + jnp.sum(cache["mask"], axis=1, keepdims=True)
+    return jnp.maximum(positions, 0).astype(jnp.int32)
+
+
+class Model(nn.Module):
+    config: BackboneConfig
+    head_config: HeadConfig = HeadConfig()
+
+    def setup(self):
+        cfg, head = self.config, self.head_config
+        if isinstance(cfg, LlamaConfig):
+            self.backbone = LlamaModel(cfg)
+        elif isinstance(cfg, BertConfig):
+            self.backbone = BertModel(cfg)
+        else:
+            raise TypeError(f"unsupported backbone config {type(cfg).__name__}")
+        dtypes = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        if head.kind == "lm":
+            if isinstance(cfg, BertConfig):
+                raise ValueError("an encoder has no causal LM head; use HeadConfig(kind='mlm')")
+            if not cfg.tie_word_embeddings:
+                self.head = Dense(cfg.vocab_size, ("embed", "vocab"), **dtypes)
+        elif head.kind == "sequence":
+            self.head = SequenceClassificationHead(head, **dtypes)
+        elif head.kind == "token":
+            self.head = TokenClassificationHead(head, **dtypes)
+        elif head.kind == "span":
+            self.head = SpanHead(**dtypes)
+        elif head.kind == "mlm":
+            if not isinstance(cfg, BertConfig):
+                raise ValueError("kind='mlm' is the encoder objective; decoders use kind='lm'")
+            self.head = MaskedLMHead(cfg.hidden_act, cfg.layer_norm_eps, **dtypes)
+
+    def __call__(
+        self,
+        input_ids,
+        *,
+        attention_mask=None,
+        positions=None,
+        segment_ids=None,
+        token_type_ids=None,
+        cache=None,
+        deterministic: bool = True,
+    ) -> ModelOutput:
+        cfg, head = self.config, self.head_config
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        pooled = None
+        if isinstance(cfg, LlamaConfig):
+            if positions is None:
+                positions = default_positions(attention_mask, cache)
+            hidden, cache = self.backbone(
+                input_ids, positions=positions, attention_mask_BT=attention_mask,
+                segment_ids=segment_ids, cache=cache, deterministic=deterministic,
+            )
+        else:
+            if cache is not None:
+                raise ValueError("encoders do not take a KV cache")
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+            hidden, pooled = self.backbone(
+                input_ids, positions=positions, attention_mask_BT=attention_mask,
+                token_type_ids=token_type_ids, deterministic=deterministic,
+            )
+
+        if head.kind == "none":
+            logits = None
+        elif head.kind == "lm":
+            logits = self.backbone.attend(hidden) if cfg.tie_word_embeddings else self.head(hidden)
+        elif head.kind == "sequence":
+            logits = self.head(hidden, attention_mask, pooled, deterministic)
+        elif head.kind == "token":
+            logits = self.head(hidden, deterministic)
+        elif head.kind == "span":
+            logits = self.head(hidden)
+        else:  # mlm
+            logits = self.head(hidden, self.backbone.attend)
+        if logits is not None:
+            logits = logits.astype(jnp.float32)
+        return ModelOutput(logits=logits, hidden=hidden, cache=cache)
+
+
+def init_boxed(model: Model, rng: jax.Array):
+    """Initialize with logical-partitioning metadata still attached (nn.LogicallyPartitioned)."""
+    return model.init({"params": rng}, jnp.zeros((1, 4), jnp.int32))["params"]
+
+
+def init_params(model: Model, rng: jax.Array):
+    """Random parameters as a plain nested dict of arrays.
+
+    Jitted: op-by-op initialization of a deep model costs seconds of per-primitive compiles.
+    """
+    return jax.jit(lambda key: nn.meta.unbox(init_boxed(model, key)))(rng)
+
+
+def param_shapes(model: Model):
+    """Shapes and dtypes of every leaf (jax.ShapeDtypeStruct), without allocating anything."""
+    return nn.meta.unbox(jax.eval_shape(lambda: init_boxed(model, jax.random.key(0))))
+
+
+def logical_axes(model: Model):
+    """The logical axis names of every leaf, as a tree of PartitionSpec of logical names."""
+    boxed = jax.eval_shape(lambda: init_boxed(model, jax.random.key(0)))
+    return nn.get_partition_spec(boxed)
+
+
+def replace_head(model: Model, params: dict, head_config: HeadConfig, rng: jax.Array):
+    """Discard the current head and attach a freshly initialized one.
+
+    Returns (new_model, new_params): the backbone parameters are reused untouched.
+    """
+    new_model = dataclasses.replace(model, head_config=head_config)
+    fresh = init_params(new_model, rng)
+    new_params = {"backbone": params["backbone"]}
+    if "head" in fresh:
+        new_params["head"] = fresh["head"]
+    return new_model, new_params

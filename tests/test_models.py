@@ -1,0 +1,211 @@
+"""Invariants of the model code on tiny prime-dimension configs (no checkpoints needed)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ftjax.models import HeadConfig, Model, init_cache, init_params, logical_axes, preset
+from ftjax.models import replace_head
+from ftjax.models.layout import stack_layers, to_layout, unstack_layers
+
+HEADS = {
+    "tiny-llama": [HeadConfig(), HeadConfig("sequence", 3, "last"), HeadConfig("token", 5),
+                   HeadConfig("span")],
+    "tiny-llama-tied": [HeadConfig()],
+    "tiny-bert": [HeadConfig("sequence", 2, "cls"), HeadConfig("sequence", 2, "mean"),
+                  HeadConfig("sequence", 2, "pooler"), HeadConfig("token", 7),
+                  HeadConfig("span"), HeadConfig("mlm")],
+}
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_produces_its_shape(name):
+    cfg = preset(name)
+    ids = _ids(cfg, (2, 9))
+    for head in HEADS[name]:
+        model = Model(cfg, head)
+        out = _apply(model, init_params(model, jax.random.key(0)), ids)
+        expected = {"lm": (2, 9, cfg.vocab_size), "mlm": (2, 9, cfg.vocab_size),
+                    "sequence": (2, head.num_labels), "token": (2, 9, head.num_labels),
+                    "span": (2, 9, 2)}[head.kind]
+        assert out.logits.shape == expected and out.logits.dtype == jnp.float32
+        assert bool(jnp.isfinite(out.logits).all())
+
+
+def _ids(cfg, shape, seed=1):
+    # Avoid id 0..2 so real tokens never collide with pad/bos/eos in these tests.
+    return jax.random.randint(jax.random.key(seed), shape, 3, cfg.vocab_size)
+
+
+def _apply(model, params, ids, **kw):
+    """Jitted apply: op-by-op dispatch of a whole model costs seconds of per-primitive compiles."""
+    return jax.jit(model.apply)({"params": params}, ids, **kw)
+
+
+def _close(a, b, tol=1e-5):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+# Heads do not interact with the layer layout: one head per backbone suffices here.
+SCAN_CASES = [("tiny-llama", HeadConfig()), ("tiny-bert", HeadConfig("sequence", 2, "pooler"))]
+
+
+@pytest.mark.parametrize("name,head", SCAN_CASES, ids=lambda c: str(c))
+def test_scanned_equals_per_layer(name, head):
+    cfg = preset(name)
+    model = Model(cfg, head)
+    params = init_params(model, jax.random.key(0))
+    scanned = Model(dataclasses.replace(cfg, scan_layers=True), head)
+    ids = _ids(cfg, (2, 9))
+    ref = _apply(model, params, ids).logits
+    out = _apply(scanned, to_layout(params, scan_layers=True), ids).logits
+    _close(ref, out)
+    # The two layouts convert exactly, both ways.
+    back = unstack_layers(stack_layers(params["backbone"]))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), back, params["backbone"]))
+    # The scanned tree is what a scanned model initializes.
+    fresh = init_params(scanned, jax.random.key(0))
+    assert jax.tree.structure(fresh) == jax.tree.structure(to_layout(params, scan_layers=True))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
+def test_every_leaf_has_logical_axes(name):
+    for head in HEADS[name]:
+        for scan in (False, True):
+            model = Model(preset(name, scan_layers=scan), head)
+            specs = jax.tree.leaves(logical_axes(model), is_leaf=lambda x: x is None or
+                                    isinstance(x, jax.sharding.PartitionSpec))
+            shapes = jax.tree.leaves(jax.eval_shape(lambda m=model: init_params(m, jax.random.key(0))))
+            assert len(specs) == len(shapes)
+            for spec, shape in zip(specs, shapes):
+                assert spec is not None and len(spec) == len(shape.shape), (spec, shape)
+                assert all(isinstance(a, str) for a in spec)
+
+
+def test_causal_prefix_invariance():
+    """Appending tokens never changes earlier positions' logits (causality)."""
+    cfg = preset("tiny-llama")
+    model = Model(cfg)
+    params = init_params(model, jax.random.key(0))
+    ids = _ids(cfg, (2, 11))
+    full = _apply(model, params, ids).logits
+    prefix = _apply(model, params, ids[:, :6]).logits
+    _close(full[:, :6], prefix)
+
+
+def test_left_padding_does_not_change_a_row():
+    cfg = preset("tiny-llama")
+    model = Model(cfg)
+    params = init_params(model, jax.random.key(0))
+    ids = _ids(cfg, (1, 7))
+    alone = _apply(model, params, ids).logits
+    pad = 4
+    padded = jnp.concatenate([jnp.zeros((1, pad), jnp.int32), ids], axis=1)
+    mask = jnp.concatenate([jnp.zeros((1, pad), jnp.int32), jnp.ones((1, 7), jnp.int32)], axis=1)
+    out = _apply(model, params, padded, attention_mask=mask).logits
+    _close(out[:, pad:], alone)
+
+
+def test_right_padding_does_not_change_encoder_tokens():
+    cfg = preset("tiny-bert")
+    model = Model(cfg, HeadConfig("sequence", 2, "mean"))
+    params = init_params(model, jax.random.key(0))
+    ids = _ids(cfg, (1, 7))
+    alone = _apply(model, params, ids)
+    padded = jnp.concatenate([ids, jnp.zeros((1, 5), jnp.int32)], axis=1)
+    mask = (jnp.arange(12) < 7).astype(jnp.int32)[None]
+    out = _apply(model, params, padded, attention_mask=mask)
+    _close(out.hidden[:, :7], alone.hidden)
+    _close(out.logits, alone.logits)  # mean pooling weighted by the mask
+
+
+def test_packed_segments_equal_separate_sequences():
+    cfg = preset("tiny-llama")
+    model = Model(cfg)
+    params = init_params(model, jax.random.key(0))
+    a, b = _ids(cfg, (1, 5), seed=2), _ids(cfg, (1, 6), seed=3)
+    packed = jnp.concatenate([a, b], axis=1)
+    segments = jnp.array([[1] * 5 + [2] * 6])
+    positions = jnp.array([list(range(5)) + list(range(6))])
+    out = _apply(model, params, packed, segment_ids=segments, positions=positions).logits
+    _close(out[:, :5], _apply(model, params, a).logits)
+    _close(out[:, 5:], _apply(model, params, b).logits)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_kv_cache_decoding_equals_full_forward(scan):
+    """Prefill a left-padded batch, then feed tokens one at a time through the cache."""
+    cfg = preset("tiny-llama-tied", scan_layers=scan)
+    model = Model(cfg)
+    params = init_params(model, jax.random.key(0))
+    ids = _ids(cfg, (2, 10))
+    mask = jnp.array([[0, 0, 0] + [1] * 7, [1] * 10], jnp.int32)
+    full = _apply(model, params, ids, attention_mask=mask).logits
+
+    prompt = 6
+    cache = init_cache(cfg, batch_size=2, max_length=16)
+    out = _apply(model, params, ids[:, :prompt], attention_mask=mask[:, :prompt],
+                      cache=cache)
+    real = np.asarray(mask[:, :prompt], bool)  # padded queries see no key: their output is moot
+    _close(np.asarray(out.logits)[real], np.asarray(full[:, :prompt])[real], 1e-4)
+    cache = out.cache
+    for t in range(prompt, 10):
+        out = _apply(model, params, ids[:, t:t + 1], attention_mask=mask[:, t:t + 1],
+                          cache=cache)
+        _close(out.logits[:, 0], full[:, t], 1e-4)
+        cache = out.cache
+    assert int(cache["end"]) == 10
+
+
+def test_replace_head_keeps_backbone_and_discards_old_head():
+    cfg = preset("tiny-llama")
+    model = Model(cfg)
+    params = init_params(model, jax.random.key(0))
+    new_model, new_params = replace_head(model, params, HeadConfig("sequence", 4, "last"),
+                                         jax.random.key(5))
+    assert new_params["backbone"] is params["backbone"]
+    assert new_params["head"]["classifier"]["kernel"].shape == (cfg.hidden_size, 4)
+    out = _apply(new_model, new_params, _ids(cfg, (3, 5)))
+    assert out.logits.shape == (3, 4)
+
+
+def test_bf16_compute_policy_tracks_fp32():
+    cfg = preset("tiny-llama")
+    params = init_params(Model(cfg), jax.random.key(0))
+    ids = _ids(cfg, (2, 9))
+    ref = _apply(Model(cfg), params, ids).logits
+    out = _apply(Model(dataclasses.replace(cfg, dtype="bfloat16")), params, ids)
+    assert out.hidden.dtype == jnp.bfloat16 and out.logits.dtype == jnp.float32
+    rel = jnp.linalg.norm(out.logits - ref) / jnp.linalg.norm(ref)
+    assert rel < 2e-2
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_changes_nothing_but_memory(remat):
+    cfg = preset("tiny-llama")
+    params = init_params(Model(cfg), jax.random.key(0))
+    ids = _ids(cfg, (2, 9))
+
+    def grads(c):
+        loss = lambda p: _apply(Model(c), p, ids).logits.sum()  # noqa: E731
+        return jax.jit(jax.grad(loss))(to_layout(params, c.scan_layers))
+
+    ref = grads(cfg)
+    for scan in (False, True):
+        out = grads(dataclasses.replace(cfg, remat=remat, scan_layers=scan))
+        out = to_layout(out, scan_layers=False)
+        jax.tree.map(lambda a, b: _close(a, b, 1e-4), out, ref)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        dataclasses.replace(preset("tiny-llama"), num_kv_heads=4)
+    with pytest.raises(ValueError, match="num_labels"):
+        HeadConfig("sequence")
+    with pytest.raises(KeyError, match="unknown model preset"):
+        preset("no-such-model")
+    with pytest.raises(ValueError, match="no causal LM head"):
+        init_params(Model(preset("tiny-bert"), HeadConfig("lm")), jax.random.key(0))
