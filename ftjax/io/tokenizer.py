@@ -73,6 +73,9 @@ class Tokenizer:
     of all special added tokens, the ones `decode` skips), `special_tokens` (role -> token string,
     e.g. {"eos_token": "<|im_end|>"}), `model_max_length` (None when unknown), `source` (the file
     or directory it was read from, for error messages).
+
+    The constructor takes ownership of `backend` and switches its padding and truncation off;
+    `special_tokens` maps roles (SPECIAL_TOKEN_ROLES) to token strings that must be in the vocab.
     """
 
     def __init__(
@@ -256,14 +259,8 @@ class Tokenizer:
                              None)
             special_tokens[role] = token
 
-        # transformers (5.x TokenizersBackend) rebuilds the post-processor from these flags when the
-        # config states them; do the same so both encode identically.
-        if "add_bos_token" in config or "add_eos_token" in config:
-            _set_bos_eos_framing(backend, bos=special_tokens["bos_token"],
-                                 eos=special_tokens["eos_token"],
-                                 add_bos=bool(config.get("add_bos_token", False)),
-                                 add_eos=bool(config.get("add_eos_token", False)),
-                                 where=str(path / "tokenizer_config.json"))
+        # Whether BOS/EOS get added is tokenizer.json's post-processor alone: transformers 5 drops
+        # the config's add_bos_token/add_eos_token whenever a tokenizer.json exists, and so do we.
 
         max_length = config.get("model_max_length")
         if not isinstance(max_length, (int, float)) or max_length >= _NO_LENGTH_LIMIT:
@@ -292,9 +289,10 @@ class Tokenizer:
         }
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
-        # transformers replaces the post-processor with a BOS/EOS template whenever these flags are
-        # present. Write them only when that template is exactly what ours does; a BERT-style
-        # [CLS] ... [SEP] post-processor must be left alone.
+        # transformers 5 ignores these flags beside a tokenizer.json, but older versions and
+        # Llama-specific classes rebuild the post-processor from them. Write them only when a
+        # BOS/EOS template is exactly what ours does: a BERT-style [CLS] ... [SEP] post-processor
+        # must never be replaced.
         with_specials, _ = self._framing()
         for add_bos, add_eos in ((False, False), (True, False), (False, True), (True, True)):
             framing = [self.bos_id] * add_bos + [self.eos_id] * add_eos
