@@ -129,10 +129,12 @@ def test_local_file_errors_name_file_column_row_and_range(tmp_path):
     table = write(tmp_path / "t.csv", "sentence,label\nok,0\nbad,7\n")
     with pytest.raises(MissingColumnError, match=r"'text'.*t.csv.*\['label', 'sentence'\]"):
         local_file(table, text_column="text")
-    with pytest.raises(LabelOutOfRangeError, match=r"label 7 in column 'label' of row 1 .*t.csv.*\[0, 2\)"):
+    out_of_range = r"label 7 in column 'label' of row 1 .*t.csv.*\[0, 2\)"
+    with pytest.raises(LabelOutOfRangeError, match=out_of_range):
         local_file(table, text_column="sentence", label_column="label", num_labels=2)
     words = write(tmp_path / "w.jsonl", '{"text": "a", "label": "pos"}\n')
-    with pytest.raises(LabelOutOfRangeError, match=r"'pos' in column 'label' of row 0 \(line 1\).*w.jsonl"):
+    not_integer = r"'pos' in column 'label' of row 0 \(line 1\).*w.jsonl"
+    with pytest.raises(LabelOutOfRangeError, match=not_integer):
         local_file(words, text_column="text", label_column="label")
     empty = write(tmp_path / "empty.csv", "text,label\n")
     with pytest.raises(EmptySplitError, match="empty.csv"):
@@ -201,7 +203,8 @@ def test_tfds_mock_source_offline(tmp_path):
         assert record["label"] in (0, 1)
     tok = tiny_encoder_tokenizer([])  # mock text is random letters: all [UNK], fine here
     task = SequenceClassification("text", "label", num_labels=2, max_length=16)
-    assert sum(b["example_mask"].sum() for b in make_eval_batches(records, task, tok, batch_size=5)) == 12
+    batches = make_eval_batches(records, task, tok, batch_size=5)
+    assert sum(b["example_mask"].sum() for b in batches) == 12
 
 
 def test_tfds_unprepared_dataset_is_a_clear_error(tmp_path):

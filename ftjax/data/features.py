@@ -4,7 +4,8 @@ A batch is a dict of numpy arrays, B rows of length T:
 
   input_ids       int32   (B, T)  token ids, ``pad_id`` on padding
   attention_mask  int32   (B, T)  1 on real tokens
-  positions       int32   (B, T)  0.. within each document (restarting per packed document), 0 on pad
+  positions       int32   (B, T)  0.. within each document (restarting per packed document);
+                                  0 on padding
   segment_ids     int32   (B, T)  1.. = document index within the row, 0 on padding
   token_type_ids  int32   (B, T)  sentence A = 0 / sentence B = 1 (encoders); zeros otherwise
 plus, per task, either

@@ -37,7 +37,8 @@ def default_read_options() -> grain.ReadOptions:
 
 def batch_shapes(task: Task, batch_size: int) -> Shapes:
     """The one set of (shape, dtype) every batch of ``task`` has; e.g. for model init."""
-    return {name: ((batch_size, *shape), dtype) for name, (shape, dtype) in task.row_shapes().items()}
+    return {name: ((batch_size, *shape), dtype)
+            for name, (shape, dtype) in task.row_shapes().items()}
 
 
 def make_train_iterator(
