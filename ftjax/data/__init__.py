@@ -1,0 +1,61 @@
+"""Data for training: record sources -> task features -> grain pipelines of fixed-shape batches.
+
+    splits = polarity_splits(seed=0)
+    task = SequenceClassification("text", "label", num_labels=2, max_length=64)
+    train = make_train_iterator(splits["train"], task, tokenizer, batch_size=32, seed=0)
+    batch = next(train)                       # dict of numpy arrays, see features.py
+    state = train.get_state()                 # JSON-serializable; set_state() resumes exactly
+    for batch in make_eval_batches(splits["validation"], task, tokenizer, batch_size=64): ...
+
+``datasets`` and ``tensorflow_datasets`` are imported only by the sources that use them.
+"""
+
+from ftjax.data.errors import (
+    DataError,
+    EmptySplitError,
+    LabelOutOfRangeError,
+    MissingColumnError,
+    MissingFileError,
+    TokenizerError,
+)
+from ftjax.data.features import IndexedRecord
+from ftjax.data.pipeline import (
+    EvalBatches,
+    batch_shapes,
+    count_loss_weight,
+    count_real_tokens,
+    make_eval_batches,
+    make_train_iterator,
+    steps_per_epoch,
+)
+from ftjax.data.sources import PlainRecords, hf_dataset, local_file, polarity_splits, tfds_source
+from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
+from ftjax.data.types import RecordSource, TokenizerLike
+
+__all__ = [
+    "CausalLM",
+    "DataError",
+    "EmptySplitError",
+    "EvalBatches",
+    "IndexedRecord",
+    "LabelOutOfRangeError",
+    "MaskedLM",
+    "MissingColumnError",
+    "MissingFileError",
+    "PlainRecords",
+    "RecordSource",
+    "SequenceClassification",
+    "Task",
+    "TokenizerError",
+    "TokenizerLike",
+    "batch_shapes",
+    "count_loss_weight",
+    "count_real_tokens",
+    "hf_dataset",
+    "local_file",
+    "make_eval_batches",
+    "make_train_iterator",
+    "polarity_splits",
+    "steps_per_epoch",
+    "tfds_source",
+]

@@ -1,0 +1,210 @@
+"""Input pipelines on grain: an infinite, checkpointable train iterator and finite eval batches.
+
+Shapes: every batch a pipeline emits has exactly the shapes of ``batch_shapes(task,
+batch_size)``: (B, T) token features with T = ``task.max_length``, and (B,) or (B, T) labels
+and masks. There is no bucketing, so a train step compiles once for training and once for eval
+(if its batch size differs).
+
+Train order: records are shuffled by index (grain's ``index_shuffle``, a pure function of
+(seed, epoch, index): no buffer, identical on every machine), re-shuffled every epoch, and
+repeated forever; batches cross epoch boundaries, so every batch is full. The iterator's
+``get_state()`` is a small JSON-serializable dict; ``set_state()`` on a fresh iterator (also in
+a fresh process) continues with exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from ftjax.data.errors import DataError, EmptySplitError
+from ftjax.data.features import IndexedRecord, Row, Shapes, filler_like, stack_rows
+from ftjax.data.packing import pack_documents
+from ftjax.data.tasks import Task
+from ftjax.data.types import RecordSource, TokenizerLike
+
+Batch = dict[str, np.ndarray]
+
+
+def default_read_options() -> grain.ReadOptions:
+    """Modest threading: tokenization mostly holds the GIL, and CI machines have 2 cores."""
+    return grain.ReadOptions(num_threads=min(4, os.cpu_count() or 1), prefetch_buffer_size=32)
+
+
+def batch_shapes(task: Task, batch_size: int) -> Shapes:
+    """The one set of (shape, dtype) every batch of ``task`` has; e.g. for model init."""
+    return {name: ((batch_size, *shape), dtype)
+            for name, (shape, dtype) in task.row_shapes().items()}
+
+
+def make_train_iterator(
+    records: RecordSource,
+    task: Task,
+    tokenizer: TokenizerLike,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    packing_bins: int | None = None,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DatasetIterator:
+    """An infinite iterator of train batches (dicts of numpy arrays of fixed shapes).
+
+    With ``shard_count`` > 1 (one shard per host), shard ``shard_index`` takes every
+    ``shard_count``-th example of the one global shuffled stream, so hosts see disjoint
+    examples; ``batch_size`` is then the per-host batch. ``packing_bins`` (packed tasks only,
+    default ``batch_size``): rows per first-fit packing round; more rows pack tighter.
+    """
+    _check_batching(batch_size, shard_index, shard_count)
+    n = _num_records(records, "train records")
+    if not 0 <= seed < 2**32:
+        raise DataError(f"seed must lie in [0, 2**32), got {seed}")
+    stream = (
+        grain.MapDataset.source(records)
+        .map_with_index(_RecordIndex(n))
+        .shuffle(seed=_shuffle_seed(seed))
+        .repeat()
+        .map_with_index(_ExampleIndex())
+    )
+    if shard_count > 1:
+        stream = stream[shard_index::shard_count]
+    featurize = task.featurizer(tokenizer, seed=seed)
+    read_options = read_options or default_read_options()
+    if task.packed:
+        documents = stream.map(featurize).to_iter_dataset(read_options)
+        rows = pack_documents(documents, length=task.max_length,
+                              num_bins=packing_bins or batch_size, pad_id=tokenizer.pad_id)
+        batches = rows.batch(batch_size, drop_remainder=True)
+    else:
+        batches = stream.map(featurize).batch(batch_size, drop_remainder=True)
+        batches = batches.to_iter_dataset(read_options)
+    return iter(batches)
+
+
+class EvalBatches:
+    """A finite, ordered, re-iterable pass over every record, in fixed-shape batches.
+
+    The last batch is filled up to ``batch_size`` with copies of one of its rows whose
+    ``example_mask`` / ``loss_mask`` is 0, so summing masked losses counts every example (or
+    target token) exactly once.
+    """
+
+    def __init__(self, records: RecordSource, task: Task, tokenizer: TokenizerLike, *,
+                 batch_size: int, seed: int, read_options: grain.ReadOptions | None):
+        _check_batching(batch_size, 0, 1)
+        self.num_examples = _num_records(records, "eval records")
+        self.batch_size = batch_size
+        self._records, self._task, self._tokenizer = records, task, tokenizer
+        self._featurize = task.featurizer(tokenizer, seed=seed)  # fail early on a bad setup
+        self._read_options = read_options or default_read_options()
+
+    @property
+    def num_batches(self) -> int | None:
+        """Batches per pass; None for packed tasks (known only after packing)."""
+        if self._task.packed:
+            return None
+        return -(-self.num_examples // self.batch_size)
+
+    def _rows(self) -> grain.IterDataset:
+        examples = grain.MapDataset.source(self._records).map_with_index(_EvalIndex())
+        rows = examples.map(self._featurize).to_iter_dataset(self._read_options)
+        if self._task.packed:
+            rows = pack_documents(rows, length=self._task.max_length,
+                                  num_bins=self.batch_size, pad_id=self._tokenizer.pad_id)
+        return rows
+
+    def __iter__(self) -> Iterator[Batch]:
+        pending: list[Row] = []
+        for row in self._rows():
+            pending.append(row)
+            if len(pending) == self.batch_size:
+                yield stack_rows(pending)
+                pending = []
+        if pending:
+            pending += [filler_like(pending[0])] * (self.batch_size - len(pending))
+            yield stack_rows(pending)
+
+
+def make_eval_batches(
+    records: RecordSource,
+    task: Task,
+    tokenizer: TokenizerLike,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    read_options: grain.ReadOptions | None = None,
+) -> EvalBatches:
+    """Every record once, in order, in batches of ``batch_size`` (see ``EvalBatches``).
+
+    ``seed`` only matters for random tasks (MLM masking, seeded by (seed, record index)).
+    """
+    return EvalBatches(records, task, tokenizer, batch_size=batch_size, seed=seed,
+                       read_options=read_options)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, shard_count: int = 1) -> int:
+    """Full train batches per epoch for unpacked tasks (per host with ``shard_count`` hosts)."""
+    return num_examples // (batch_size * shard_count)
+
+
+def count_real_tokens(batch: Batch) -> int:
+    """Tokens the model attends to (filler rows included: they cost compute)."""
+    return int(batch["attention_mask"].sum())
+
+
+def count_loss_weight(batch: Batch) -> float:
+    """What a loss normalizes by: target tokens (LM tasks) or real examples (classification)."""
+    mask = batch["loss_mask"] if "loss_mask" in batch else batch["example_mask"]
+    return float(mask.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers. Module-level classes rather than lambdas so that the pipeline stays picklable
+# (grain's multiprocessing prefetch pickles the transformations).
+
+
+class _RecordIndex:
+    def __init__(self, num_records: int):
+        self.num_records = num_records
+
+    def __call__(self, index: int, record: Any) -> tuple[int, Any]:
+        # After shuffle + repeat, the source sees index + epoch * n: fold it back.
+        return index % self.num_records, record
+
+
+class _ExampleIndex:
+    def __call__(self, index: int, indexed: tuple[int, Any]) -> IndexedRecord:
+        return IndexedRecord(indexed[0], index, indexed[1])
+
+
+class _EvalIndex:
+    def __call__(self, index: int, record: Any) -> IndexedRecord:
+        return IndexedRecord(index, index, record)
+
+
+def _shuffle_seed(seed: int) -> int:
+    # grain reseeds epoch e with (seed + e), so seeds s and s+1 would share all but one epoch's
+    # order; scramble the user seed first so nearby seeds give unrelated orders.
+    return int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])
+
+
+def _num_records(records: RecordSource, what: str) -> int:
+    try:
+        n = len(records)
+    except TypeError:
+        raise DataError(f"{what} must support len() and indexing, got {type(records).__name__}")
+    if n == 0:
+        raise EmptySplitError(f"{what} are empty ({records!r:.120})")
+    return n
+
+
+def _check_batching(batch_size: int, shard_index: int, shard_count: int) -> None:
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise DataError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")

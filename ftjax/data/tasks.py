@@ -1,0 +1,302 @@
+"""Task types: how records become fixed-length rows (see ``features`` for the row layout).
+
+A task is a frozen spec. ``task.featurizer(tokenizer, seed=...)`` binds it to a tokenizer and
+returns a picklable callable over ``IndexedRecord``:
+- row tasks (``task.packed`` False) return one row dict of fixed shapes;
+- packed tasks return a list of variable-length document pieces (1-D ``input_ids``,
+  ``labels``, ``loss_mask``) that ``packing.pack_documents`` packs into rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import numpy as np
+
+from ftjax.data.errors import DataError, TokenizerError
+from ftjax.data.features import (
+    IndexedRecord,
+    Row,
+    Shapes,
+    SpecialTokenTemplate,
+    single_row,
+    token_shapes,
+    truncate_pair,
+)
+from ftjax.data.records import label_field, text_field
+from ftjax.data.types import TokenizerLike
+
+
+class Task(Protocol):
+    max_length: int
+
+    @property
+    def packed(self) -> bool: ...
+
+    def row_shapes(self) -> Shapes: ...
+
+    def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> Any: ...
+
+
+def _where(item: IndexedRecord) -> str:
+    return f"record {item.record_index}"
+
+
+def _check_max_length(max_length: int, reserved: int, what: str) -> None:
+    if max_length <= reserved:
+        raise DataError(
+            f"max_length={max_length} leaves no room for text: {what} takes {reserved} tokens"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence classification
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceClassification:
+    """One label per text (or text pair).
+
+    Texts are truncated before the special tokens are added, so the final special token
+    (BERT's [SEP]) always survives; pairs are cut longest-first. Right padding.
+    """
+
+    text_key: str
+    label_key: str
+    num_labels: int
+    max_length: int
+    text_pair_key: str | None = None
+
+    @property
+    def packed(self) -> bool:
+        return False
+
+    def row_shapes(self) -> Shapes:
+        return {
+            **token_shapes(self.max_length),
+            "labels": ((), np.dtype(np.int32)),
+            "example_mask": ((), np.dtype(np.float32)),
+        }
+
+    def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_ClassificationFeaturizer":
+        del seed  # deterministic: nothing random here
+        return _ClassificationFeaturizer(self, tokenizer, SpecialTokenTemplate.of(tokenizer))
+
+
+class _ClassificationFeaturizer:
+    def __init__(self, task: SequenceClassification, tokenizer: TokenizerLike,
+                 template: SpecialTokenTemplate):
+        self.task, self.tokenizer, self.template = task, tokenizer, template
+        n_suffixes = 2 if task.text_pair_key else 1
+        reserved = len(template.prefix) + n_suffixes * len(template.suffix)
+        _check_max_length(task.max_length, reserved, "the special tokens")
+        self.budget = task.max_length - reserved
+
+    def __call__(self, item: IndexedRecord) -> Row:
+        task, template, where = self.task, self.template, _where(item)
+        label = label_field(item.record, task.label_key, where, task.num_labels)
+        a = self.tokenizer.encode(text_field(item.record, task.text_key, where),
+                                  add_special_tokens=False)
+        b: list[int] = []
+        if task.text_pair_key is not None:
+            b = self.tokenizer.encode(text_field(item.record, task.text_pair_key, where),
+                                      add_special_tokens=False)
+        a, b = truncate_pair(a, b, self.budget)
+        first = [*template.prefix, *a, *template.suffix]
+        second = [*b, *template.suffix] if task.text_pair_key is not None else []
+        row = single_row(first + second, task.max_length, self.tokenizer.pad_id,
+                         token_type_ids=[0] * len(first) + [1] * len(second))
+        row["labels"] = np.asarray(label, np.int32)
+        row["example_mask"] = np.asarray(1.0, np.float32)
+        return row
+
+
+# --------------------------------------------------------------------------------------------
+# Causal LM
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+    """Next-token prediction over documents, packed or one per row.
+
+    Each document is ``encode(text)`` (special tokens as the tokenizer adds them, e.g. BOS)
+    followed by EOS when ``add_eos`` (unless the tokenizer already ended it with EOS). A
+    document of n tokens has n - 1 targets: labels[t] = token t+1 of the same document; the
+    last token of each document has loss_mask 0.
+
+    With ``prompt_key`` a document is ``encode(prompt) + encode(text, no specials) + EOS`` and
+    the loss counts only on predictions of text (target) tokens and the EOS.
+
+    packing=True: documents are packed whole into rows of exactly ``max_length`` by grain's
+    first-fit packer (``packing.pack_documents``); ``segment_ids`` number the documents in a
+    row, ``positions`` restart at 0 for each. A plain document longer than ``max_length`` is
+    first split into pieces of ``max_length`` tokens; each piece is its own segment (positions
+    restart) and keeps the targets of its document, so the last token of a piece predicts the
+    first token of the next piece and the n - 1 targets of the document are all counted. A
+    prompt/target document is truncated to ``max_length`` instead (a piece without its prompt
+    would be a different task). packing=False: one document per row, truncated to its first
+    ``max_length`` tokens (the last kept token still predicts the next document token).
+    """
+
+    text_key: str
+    max_length: int
+    packing: bool = True
+    add_eos: bool = True
+    prompt_key: str | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.packing
+
+    def row_shapes(self) -> Shapes:
+        return _lm_shapes(self.max_length)
+
+    def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_CausalLMFeaturizer":
+        del seed  # deterministic: nothing random here
+        if self.add_eos and tokenizer.eos_id is None:
+            raise TokenizerError("CausalLM(add_eos=True) needs a tokenizer with an eos_id")
+        if self.max_length < 2:
+            raise DataError(f"CausalLM needs max_length >= 2 (a token and its target), "
+                            f"got {self.max_length}")
+        return _CausalLMFeaturizer(self, tokenizer)
+
+
+def _lm_shapes(max_length: int) -> Shapes:
+    return {
+        **token_shapes(max_length),
+        "labels": ((max_length,), np.dtype(np.int32)),
+        "loss_mask": ((max_length,), np.dtype(np.float32)),
+    }
+
+
+class _CausalLMFeaturizer:
+    def __init__(self, task: CausalLM, tokenizer: TokenizerLike):
+        self.task, self.tokenizer = task, tokenizer
+
+    def document(self, item: IndexedRecord) -> dict[str, np.ndarray]:
+        """The whole document: input_ids, labels (next token, pad at the end), loss_mask."""
+        task, tokenizer, where = self.task, self.tokenizer, _where(item)
+        text = text_field(item.record, task.text_key, where)
+        if task.prompt_key is None:
+            n_prompt = 0
+            tokens = tokenizer.encode(text, add_special_tokens=True)
+        else:
+            prompt = tokenizer.encode(text_field(item.record, task.prompt_key, where),
+                                      add_special_tokens=True)
+            n_prompt = len(prompt)
+            tokens = prompt + tokenizer.encode(text, add_special_tokens=False)
+        if task.add_eos and (not tokens or tokens[-1] != tokenizer.eos_id):
+            tokens = [*tokens, tokenizer.eos_id]
+        n = len(tokens)
+        input_ids = np.asarray(tokens, np.int32)
+        labels = np.full(n, tokenizer.pad_id, np.int32)
+        labels[:-1] = input_ids[1:]
+        # Target t (predicting token t+1) counts when token t+1 is a text token, not a prompt one.
+        loss_mask = np.zeros(n, np.float32)
+        loss_mask[max(n_prompt - 1, 0) : n - 1] = 1.0
+        return {"input_ids": input_ids, "labels": labels, "loss_mask": loss_mask}
+
+    def __call__(self, item: IndexedRecord) -> Row | list[dict[str, np.ndarray]]:
+        doc = self.document(item)
+        length = self.task.max_length
+        if self.task.packing:
+            n = len(doc["input_ids"])
+            if self.task.prompt_key is not None:
+                n = min(n, length)
+            return [{k: v[start : min(start + length, n)] for k, v in doc.items()}
+                    for start in range(0, n, length)]
+        kept = {k: v[:length] for k, v in doc.items()}
+        row = single_row(kept["input_ids"], length, self.tokenizer.pad_id)
+        row["labels"] = np.full(length, self.tokenizer.pad_id, np.int32)
+        row["labels"][: len(kept["labels"])] = kept["labels"]
+        row["loss_mask"] = np.zeros(length, np.float32)
+        row["loss_mask"][: len(kept["loss_mask"])] = kept["loss_mask"]
+        return row
+
+
+# --------------------------------------------------------------------------------------------
+# Masked LM
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLM:
+    """BERT masked-LM: each real, non-special token is selected with ``mask_prob``; a selected
+    token becomes ``mask_token`` (80%), a random non-special token (10%) or stays (10%).
+
+    Special tokens (``tokenizer.special_ids``) and padding are never selected. labels are the
+    original ids everywhere; loss_mask is 1 exactly on the selected positions. The draw is
+    seeded by (seed, example index), so a resumed run re-masks identically while each epoch
+    masks afresh (the example index keeps growing across epochs). Texts are truncated like in
+    ``SequenceClassification`` (special tokens kept), one text per row.
+    """
+
+    text_key: str
+    max_length: int
+    mask_prob: float = 0.15
+    mask_token: str = "[MASK]"
+
+    @property
+    def packed(self) -> bool:
+        return False
+
+    def row_shapes(self) -> Shapes:
+        return _lm_shapes(self.max_length)
+
+    def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_MaskedLMFeaturizer":
+        if not 0.0 <= self.mask_prob <= 1.0:
+            raise DataError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
+        mask_id = tokenizer.token_to_id(self.mask_token)
+        if mask_id is None:
+            raise TokenizerError(
+                f"MaskedLM: the tokenizer has no mask token {self.mask_token!r}; "
+                f"pass mask_token=<its mask token>"
+            )
+        return _MaskedLMFeaturizer(self, tokenizer, SpecialTokenTemplate.of(tokenizer),
+                                   mask_id, seed)
+
+
+class _MaskedLMFeaturizer:
+    def __init__(self, task: MaskedLM, tokenizer: TokenizerLike,
+                 template: SpecialTokenTemplate, mask_id: int, seed: int):
+        self.task, self.tokenizer, self.template = task, tokenizer, template
+        self.mask_id, self.seed = mask_id, seed
+        reserved = len(template.prefix) + len(template.suffix)
+        _check_max_length(task.max_length, reserved, "the special tokens")
+        self.budget = task.max_length - reserved
+        self.special_ids = np.asarray(sorted(tokenizer.special_ids | {tokenizer.pad_id}),
+                                      np.int64)
+        self.replacement_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), self.special_ids)
+        if self.replacement_ids.size == 0:
+            raise TokenizerError("MaskedLM: the vocabulary has no non-special token")
+
+    def __call__(self, item: IndexedRecord) -> Row:
+        task, template = self.task, self.template
+        text = text_field(item.record, task.text_key, _where(item))
+        content = self.tokenizer.encode(text, add_special_tokens=False)[: self.budget]
+        tokens = [*template.prefix, *content, *template.suffix]
+        row = single_row(tokens, task.max_length, self.tokenizer.pad_id)
+        original = row["input_ids"]
+        real = np.zeros(task.max_length, bool)
+        real[: len(tokens)] = True  # not attention_mask: an empty row attends to one pad
+        maskable = real & ~np.isin(original, self.special_ids)
+
+        # Fixed-size draws, independent of the text, so the stream of random numbers for an
+        # example depends only on (seed, example_index).
+        rng = np.random.default_rng([self.seed, item.example_index])
+        selected = maskable & (rng.random(task.max_length) < task.mask_prob)
+        action = rng.random(task.max_length)
+        random_ids = rng.choice(self.replacement_ids, size=task.max_length)
+        input_ids = original.copy()
+        to_mask = selected & (action < 0.8)
+        to_random = selected & (action >= 0.8) & (action < 0.9)
+        input_ids[to_mask] = self.mask_id
+        input_ids[to_random] = random_ids[to_random]
+
+        row["input_ids"] = input_ids
+        row["labels"] = original
+        row["loss_mask"] = selected.astype(np.float32)
+        return row
+
+
+__all__ = ["Task", "SequenceClassification", "CausalLM", "MaskedLM"]
