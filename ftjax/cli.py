@@ -1,0 +1,45 @@
+"""`ftjax SUBCOMMAND ...`: a thin dispatcher over the library API.
+
+Each subcommand lives in ftjax/commands/<name>.py with `add_arguments(parser)` and `run(args)`;
+it is imported only when chosen, so `ftjax --help` stays fast and no subcommand's heavy imports
+leak into another's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": "fine-tune a model from an experiment config",
+    "eval": "evaluate the latest (or best) checkpoint of a run",
+    "generate": "generate text with a pretrained or fine-tuned model",
+    "export": "export a model or adapter (HF or PEFT format)",
+    "demo": "fine-tune MiniLM on the polarity corpus and print the result table",
+}
+
+
+def _module(name: str):
+    return importlib.import_module(f"ftjax.commands.{name}")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftjax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, help_text in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _module(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    return int(_module(args.command).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
