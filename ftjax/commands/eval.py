@@ -1,0 +1,45 @@
+"""`ftjax eval CONFIG --workdir DIR [--best] [--split S ...]`: evaluate a run's checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--best", action="store_true", help="the best checkpoint, not the latest")
+    parser.add_argument("--split", action="append", default=[],
+                        help="split(s) to evaluate (default: validation and test)")
+
+
+def run(args) -> int:
+    import jax
+
+    from ftjax.config import ConfigError, load_config
+    from ftjax.io.checkpoint import Checkpointer
+    from ftjax.train.experiment import build_experiment, evaluate
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as err:
+        print(f"ftjax eval: {err}")
+        return 2
+    exp = build_experiment(cfg)
+    ckpt = Checkpointer(args.workdir, keep=cfg.keep_checkpoints)
+    restored = ckpt.restore(exp.state, best=args.best)
+    ckpt.close()
+    if restored is None:
+        kind = "best" if args.best else "latest"
+        print(f"ftjax eval: no {kind} checkpoint in {args.workdir}")
+        return 2
+    eval_step = jax.jit(exp.eval_step)
+    splits = args.split or [s for s in ("validation", "test") if s in exp.splits]
+    unknown = [s for s in splits if s not in exp.splits]
+    if unknown:
+        print(f"ftjax eval: unknown split(s) {unknown}; have {sorted(exp.splits)}")
+        return 2
+    results = {s: evaluate(eval_step, restored.state, exp.eval_batches(s)) for s in splits}
+    print(json.dumps({"step": restored.step, "eval": results}, indent=2))
+    return 0

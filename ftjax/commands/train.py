@@ -1,0 +1,36 @@
+"""`ftjax train CONFIG --workdir DIR [--set key=value ...]`: run (or resume) an experiment."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", help="experiment file under experiments/ (defines get_config)")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory; an existing one with checkpoints is resumed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set optimizer.learning_rate=1e-4")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from ftjax.config import ConfigError, load_config
+    from ftjax.train.loop import NonFiniteLossError, train
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as err:
+        print(f"ftjax train: {err}")
+        return 2
+    try:
+        result = train(cfg, args.workdir, quiet=args.quiet)
+    except NonFiniteLossError as err:
+        print(f"ftjax train: {err}")
+        return 1
+    if result.interrupted:
+        return 130
+    print(json.dumps({"final_step": result.final_step, "best_step": result.best_step,
+                      "eval": result.eval, "train_tokens_per_s": round(result.train_tokens_per_s),
+                      "wall_s": round(result.wall_s, 1)}, indent=2))
+    return 0

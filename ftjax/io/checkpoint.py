@@ -1,0 +1,106 @@
+"""Training checkpoints on orbax: atomic, exact-resume, trainable delta only.
+
+A checkpoint step directory holds three items in one `ocp.args.Composite`:
+  state  the trainable params, optimizer state, step, rng and skipped-step count (orbax
+         StandardSave: sharded arrays restore onto whatever shardings the abstract target has);
+  data   the grain iterator state (JSON), so the input stream resumes where it stopped;
+  meta   JSON: the run's config, the base model's name and parameter-shape hash, metrics.
+Frozen leaves are not saved: they are the pretrained weights (or the seeded new head), rebuilt
+identically when the run is set up again. For full fine-tuning the delta is everything.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a run killed
+mid-save leaves the previous checkpoint as the latest loadable one.
+
+Two managers: `checkpoints/` keeps the latest K (resume), `best/` keeps the single best by the
+chosen eval metric (early stopping restores it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+STATE_FIELDS = ("step", "trainable", "opt_state", "rng", "nonfinite_steps")
+
+
+def params_shape_hash(params) -> str:
+    """A short hash of every leaf's path, shape and dtype: identifies the base a delta fits."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    text = ";".join(f"{jax.tree_util.keystr(p)}:{tuple(x.shape)}:{x.dtype}" for p, x in leaves
+                    if x is not None)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Restored:
+    state: Any
+    data: dict | None
+    meta: dict
+    step: int
+
+
+def _state_tree(state) -> dict:
+    return {name: getattr(state, name) for name in STATE_FIELDS}
+
+
+class Checkpointer:
+    def __init__(self, workdir: str | Path, *, keep: int = 2, async_save: bool = True):
+        workdir = Path(workdir)
+        options = lambda n: ocp.CheckpointManagerOptions(  # noqa: E731
+            max_to_keep=n, create=True, enable_async_checkpointing=async_save
+        )
+        self.latest = ocp.CheckpointManager(workdir / "checkpoints", options=options(keep))
+        self.best = ocp.CheckpointManager(workdir / "best", options=options(1))
+
+    def save(self, state, *, data_state: dict | None, meta: dict, best: bool = False) -> None:
+        step = int(state.step)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(_state_tree(state)),
+            data=ocp.args.JsonSave(data_state or {}),
+            meta=ocp.args.JsonSave(json.loads(json.dumps(meta, default=str))),
+        )
+        manager = self.best if best else self.latest
+        if step in manager.all_steps():
+            return  # already saved at this step (e.g. a final save right after a periodic one)
+        manager.save(step, args=args, force=True)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.best.latest_step()
+
+    def restore(self, template_state, *, best: bool = False, step: int | None = None) -> Restored | None:
+        """Restore onto `template_state`'s structure, dtypes and shardings; None if no checkpoint."""
+        manager = self.best if best else self.latest
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            return None
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(template_state))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ))
+        except Exception as err:  # orbax raises many types; say which checkpoint did not fit
+            raise RuntimeError(
+                f"checkpoint {manager.directory}/{step} does not fit this run's model/optimizer "
+                f"(was the config changed?): {type(err).__name__}: {err}"
+            ) from err
+        state = template_state.replace(**restored.state)
+        return Restored(state=state, data=restored.data or None, meta=restored.meta or {}, step=step)
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()

@@ -1,0 +1,117 @@
+"""The schema of every training config: all valid keys, their types and defaults.
+
+Experiment files start from `base_config()` and change what they need; `ftjax.config` rejects
+any key not listed here (with the closest valid one) and any value of the wrong type.
+Optional keys default to a typed placeholder (`placeholder(str)`), i.e. None that only accepts
+that type.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze")
+TASKS = ("classification", "causal_lm", "masked_lm")
+SOURCES = ("polarity", "local", "hf", "tfds")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.steps = 1000
+    c.eval_every = 200
+    c.checkpoint_every = 500
+    c.log_every = 10
+    c.keep_checkpoints = 2
+    c.best_metric = "accuracy"  # eval metric whose best checkpoint is kept ("" keeps none)
+    c.best_mode = "max"
+    c.nonfinite = "skip"  # a non-finite loss: "skip" the update and count it, or "stop" the run
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.accumulation_steps = 1  # micro-batches per step; batch_size is the global batch
+    c.method = "full"
+    c.eval_splits = ("validation",)  # evaluated every eval_every steps; "test" at the end only
+
+    c.early_stopping = ml_collections.ConfigDict()
+    c.early_stopping.patience = 0  # evals without improvement of best_metric before stopping; 0 = off
+    c.early_stopping.min_delta = 0.0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "all-minilm-l6-v2"  # asset name or local path (GGUF file or HF dir)
+    c.model.dtype = config_dict.placeholder(str)  # None: fp32 on CPU, bf16 on GPU
+    c.model.param_dtype = "float32"
+    c.model.scan_layers = False
+    c.model.remat = "none"
+
+    c.head = ml_collections.ConfigDict()
+    c.head.kind = "sequence"  # sequence | token | span | lm | mlm
+    c.head.num_labels = 2
+    c.head.pooling = "mean"
+    c.head.dropout = 0.0
+
+    c.task = ml_collections.ConfigDict()
+    c.task.kind = "classification"
+    c.task.text_key = "text"
+    c.task.label_key = "label"
+    c.task.text_pair_key = config_dict.placeholder(str)
+    c.task.prompt_key = config_dict.placeholder(str)
+    c.task.max_length = 64
+    c.task.packing = True
+    c.task.mask_prob = 0.15
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "polarity"
+    c.data.path = config_dict.placeholder(str)  # local file / HF name / tfds name
+    c.data.train_split = "train"
+    c.data.validation_split = "validation"
+    c.data.test_split = "test"
+    c.data.split_seed = 0  # the polarity corpus' fixed stratified split
+    c.data.max_train_examples = 0  # 0: all; >0 subsamples the train split (quick runs)
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 5e-5
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.schedule = "linear"  # constant | linear | cosine | inverse_sqrt | step
+    c.optimizer.warmup_steps = 0
+    c.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
+    c.optimizer.label_smoothing = 0.0
+    return c
+
+
+def _choice(cfg, key, value, options):
+    if value not in options:
+        raise ValueError(f"config key {key!r} is {value!r}; expected one of {options}")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Value checks the type schema cannot express."""
+    from ftjax.config import ConfigError
+
+    try:
+        for key in ("steps", "eval_every", "checkpoint_every", "log_every", "batch_size",
+                    "eval_batch_size", "accumulation_steps", "keep_checkpoints"):
+            if cfg[key] < 1:
+                raise ValueError(f"config key {key!r} must be >= 1, got {cfg[key]}")
+        if cfg.batch_size % cfg.accumulation_steps:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} is not divisible by "
+                f"accumulation_steps={cfg.accumulation_steps}"
+            )
+        _choice(cfg, "method", cfg.method, METHODS)
+        _choice(cfg, "task.kind", cfg.task.kind, TASKS)
+        _choice(cfg, "data.source", cfg.data.source, SOURCES)
+        _choice(cfg, "nonfinite", cfg.nonfinite, ("skip", "stop"))
+        _choice(cfg, "best_mode", cfg.best_mode, ("max", "min"))
+        if cfg.optimizer.learning_rate <= 0:
+            raise ValueError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
+        if cfg.task.max_length < 2:
+            raise ValueError(f"task.max_length must be >= 2, got {cfg.task.max_length}")
+        if cfg.data.source != "polarity" and not cfg.data.path:
+            raise ValueError(f"data.source={cfg.data.source!r} needs data.path")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,142 @@
+"""Build everything a run needs from a config: model, data, trainability, optimizer, state.
+
+`build_experiment(cfg)` is the notebook entry point too: it returns plain objects (the Flax
+module, parameter trees, the grain iterator factory, the pure step functions) that can be used
+without the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from ftjax import data as ftdata
+from ftjax.io.pretrained import Pretrained, load_pretrained
+from ftjax.models import HeadConfig
+from ftjax.optim import presets, trainability
+from ftjax.optim.optimizer import learning_rate_fn, make_optimizer
+from ftjax.train.losses import loss_for_task
+from ftjax.train.step import TrainState, create_train_state, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Experiment:
+    cfg: ml_collections.ConfigDict
+    pretrained: Pretrained
+    task: Any
+    splits: dict  # split name -> records
+    resolved: Any  # tree of trainability Rules
+    tx: Any
+    state: TrainState
+    train_step: Callable
+    eval_step: Callable
+    learning_rate: Callable
+
+    @property
+    def model(self):
+        return self.pretrained.model
+
+    @property
+    def tokenizer(self):
+        return self.pretrained.tokenizer
+
+    def train_iterator(self):
+        return ftdata.make_train_iterator(
+            self.splits["train"], self.task, self.tokenizer,
+            batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+        )
+
+    def eval_batches(self, split: str):
+        return ftdata.make_eval_batches(
+            self.splits[split], self.task, self.tokenizer, batch_size=self.cfg.eval_batch_size
+        )
+
+
+def head_config(cfg) -> HeadConfig:
+    return HeadConfig(kind=cfg.head.kind, num_labels=cfg.head.num_labels,
+                      pooling=cfg.head.pooling, dropout=cfg.head.dropout)
+
+
+def build_task(cfg):
+    t = cfg.task
+    if t.kind == "classification":
+        return ftdata.SequenceClassification(
+            t.text_key, t.label_key, num_labels=cfg.head.num_labels, max_length=t.max_length,
+            text_pair_key=t.text_pair_key,
+        )
+    if t.kind == "causal_lm":
+        return ftdata.CausalLM(t.text_key, t.max_length, packing=t.packing,
+                               prompt_key=t.prompt_key)
+    return ftdata.MaskedLM(t.text_key, t.max_length, mask_prob=t.mask_prob)
+
+
+def load_splits(cfg) -> dict:
+    d = cfg.data
+    names = {"train": d.train_split, "validation": d.validation_split, "test": d.test_split}
+    if d.source == "polarity":
+        splits = ftdata.polarity_splits(seed=d.split_seed)
+    elif d.source == "local":
+        # One file per split: data.path is a pattern with {split}, or a single train file.
+        label = cfg.task.label_key if cfg.task.kind == "classification" else None
+        splits = {}
+        for role, split in names.items():
+            path = d.path.format(split=split)
+            if role != "train" and path == d.path and "{split}" not in d.path:
+                continue
+            splits[role] = ftdata.local_file(path, text_column=cfg.task.text_key,
+                                             label_column=label, num_labels=cfg.head.num_labels)
+    elif d.source == "hf":
+        splits = {role: ftdata.hf_dataset(d.path, split) for role, split in names.items()}
+    else:
+        splits = {role: ftdata.tfds_source(d.path, split) for role, split in names.items()}
+    if d.max_train_examples:
+        train = splits["train"]
+        splits["train"] = [train[i] for i in range(min(d.max_train_examples, len(train)))]
+    return splits
+
+
+def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
+    pretrained = load_pretrained(
+        cfg.model.name, head=head_config(cfg), dtype=cfg.model.dtype,
+        param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
+        rng_seed=cfg.seed,
+    )
+    model_config = pretrained.model.config
+    if cfg.model.remat != "none":
+        pretrained.model = dataclasses.replace(
+            pretrained.model, config=dataclasses.replace(model_config, remat=cfg.model.remat)
+        )
+    params = pretrained.params
+    spec = presets.method_spec(cfg.method, pretrained.model.config, method_cfg=cfg.method_args)
+    resolved = trainability.resolve(spec, params)
+    mask = trainability.trainable_mask(resolved)
+    trainable, _ = trainability.partition(params, mask)
+    tx = make_optimizer(cfg.optimizer, resolved, trainable, total_steps=cfg.steps)
+    state = create_train_state(params, mask, tx, cfg.seed)
+    loss_fn = loss_for_task(cfg.task.kind, cfg.optimizer.label_smoothing)
+    lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
+    return Experiment(
+        cfg=cfg, pretrained=pretrained, task=build_task(cfg), splits=load_splits(cfg),
+        resolved=resolved, tx=tx, state=state,
+        train_step=make_train_step(pretrained.model, tx, loss_fn,
+                                   accumulation_steps=cfg.accumulation_steps,
+                                   learning_rate_fn=lr_fn),
+        eval_step=make_eval_step(pretrained.model, loss_fn),
+        learning_rate=lr_fn,
+    )
+
+
+def evaluate(eval_step_jit, state: TrainState, batches) -> dict:
+    """Sum the eval step over a finite pass of batches; metrics are exact per-example means."""
+    totals = None
+    for batch in batches:
+        sums = eval_step_jit(state.trainable, state.frozen, batch)
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals = jax.device_get(totals)
+    weight = max(float(totals["weight"]), 1.0)
+    return {"loss": float(totals["loss_sum"]) / weight,
+            "accuracy": float(totals["correct"]) / weight,
+            "examples": float(totals["weight"])}

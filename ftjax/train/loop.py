@@ -1,0 +1,263 @@
+"""The training loop: steps, logging, evaluation, checkpoints, early stopping, clean exits.
+
+`train(cfg, workdir)` resumes from the latest checkpoint in `workdir` when there is one: the same
+command continues a killed run, with bit-identical losses (the data iterator state, rng and
+optimizer state are all in the checkpoint). SIGTERM / Ctrl-C finish the current step, save a
+checkpoint and return. Metrics are fetched from the device only every `log_every` steps, so the
+host never waits on the device in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ftjax.io.checkpoint import Checkpointer, params_shape_hash
+from ftjax.optim import trainability
+from ftjax.train.experiment import Experiment, build_experiment, evaluate
+from ftjax.train.logging import MetricsWriter, Progress
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised with nonfinite="stop" when a step's loss or gradient is not finite."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    workdir: Path
+    final_step: int
+    eval: dict  # split -> metrics, measured at the end with the kept (best or last) params
+    best_step: int | None
+    stopped_early: bool
+    interrupted: bool
+    nonfinite_steps: int
+    train_tokens_per_s: float
+    wall_s: float
+    experiment: Experiment
+
+
+class _StopSignals:
+    """Turn SIGTERM / SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _EarlyStopping:
+    def __init__(self, mode: str, patience: int, min_delta: float):
+        self.mode, self.patience, self.min_delta = mode, patience, min_delta
+        self.best = None
+        self.best_step = None
+        self.bad_evals = 0
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        delta = value - self.best if self.mode == "max" else self.best - value
+        return delta > self.min_delta
+
+    def update(self, value: float, step: int) -> bool:
+        """Record an eval; True when the run should stop."""
+        if self.improved(value):
+            self.best, self.best_step, self.bad_evals = value, step, 0
+            return False
+        self.bad_evals += 1
+        return bool(self.patience) and self.bad_evals >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}
+
+    def load(self, state: dict) -> None:
+        self.best, self.best_step = state.get("best"), state.get("best_step")
+        self.bad_evals = state.get("bad_evals", 0)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = None) -> RunResult:
+    started = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp = experiment or build_experiment(cfg)
+    state = exp.state
+    base_hash = params_shape_hash(exp.pretrained.params)
+    ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints)
+    train_iter = exp.train_iterator()
+    stopper = _EarlyStopping(cfg.best_mode, cfg.early_stopping.patience,
+                             cfg.early_stopping.min_delta)
+
+    restored = ckpt.restore(state)
+    if restored is not None:
+        if restored.meta.get("base_hash") not in (None, base_hash):
+            raise RuntimeError(
+                f"{workdir}: the checkpoint was trained on a different base model "
+                f"({restored.meta.get('model')}); use a fresh --workdir"
+            )
+        state = restored.state
+        train_iter.set_state(restored.data["iterator"])
+        stopper.load(restored.meta.get("early_stopping", {}))
+    start_step = int(state.step)
+
+    report = trainability.report(state.params, exp.resolved, state.opt_state)
+    _write_json(workdir / "params_report.json", report)
+    _write_json(workdir / "config.json", cfg.to_dict())
+    log = MetricsWriter(workdir, resume_step=start_step)
+    progress = Progress(cfg.steps, start_step, quiet=quiet)
+    if restored is not None:
+        progress.write(f"resumed from step {start_step} in {workdir}")
+    else:
+        progress.write(trainability.format_report(report))
+
+    train_step = jax.jit(exp.train_step, donate_argnums=0)
+    eval_step = jax.jit(exp.eval_step)
+
+    def meta():
+        return {"model": cfg.model.name, "base_hash": base_hash, "config": cfg.to_dict(),
+                "early_stopping": stopper.state()}
+
+    def save(best: bool = False):
+        ckpt.save(state, data_state={"iterator": train_iter.get_state()}, meta=meta(), best=best)
+
+    pending: list[tuple[int, dict]] = []
+    tokens_seen, token_time = 0.0, 0.0
+    interrupted = stopped_early = False
+
+    def flush():
+        nonlocal tokens_seen, token_time
+        if not pending:
+            return
+        rows = jax.device_get([m for _, m in pending])
+        steps = [s for s, _ in pending]
+        pending.clear()
+        for step, row in zip(steps, rows):
+            if row["nonfinite"]:
+                message = f"non-finite loss or gradient at step {step} (update skipped)"
+                if cfg.nonfinite == "stop":
+                    save()
+                    ckpt.wait()
+                    raise NonFiniteLossError(
+                        f"{message}; stopping as nonfinite='stop'. The checkpoint at step "
+                        f"{int(state.step)} in {workdir} holds the last finite parameters."
+                    )
+                progress.write(message)
+        last = rows[-1]
+        tokens = float(sum(r["tokens"] for r in rows))
+        rate = progress.update(len(rows), tokens, float(last["loss"]))
+        tokens_seen += tokens
+        token_time += tokens / max(rate, 1e-9)
+        row = {"step": steps[-1], **{k: float(np.asarray(v)) for k, v in last.items()},
+               "tokens_per_s": rate}
+        row["nonfinite_total"] = int(sum(r["nonfinite"] for r in rows))
+        log.write(row)
+
+    def run_eval(step: int) -> bool:
+        """Evaluate the eval splits; keep the best checkpoint; True to stop early."""
+        flush()
+        results = {}
+        for split in cfg.eval_splits:
+            results[split] = evaluate(eval_step, state, exp.eval_batches(split))
+            log.write({"step": step, "split": split, **results[split]}, prefix=f"eval_{split}")
+        summary = "  ".join(f"{s}: loss {r['loss']:.4f} acc {r['accuracy']:.4f}"
+                            for s, r in results.items())
+        progress.write(f"step {step}: {summary}")
+        if not cfg.best_metric:
+            return False
+        value = results[cfg.eval_splits[0]][cfg.best_metric]
+        if stopper.improved(value):
+            stopper.update(value, step)
+            save(best=True)
+            return False
+        return stopper.update(value, step)
+
+    with _StopSignals() as signals:
+        for step in range(start_step, cfg.steps):
+            batch = next(train_iter)
+            state, metrics = train_step(state, batch)
+            done = step + 1
+            pending.append((done, metrics))
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                flush()
+            if done % cfg.eval_every == 0 and done < cfg.steps:
+                if run_eval(done):
+                    stopped_early = True
+                    progress.write(
+                        f"early stopping at step {done}: {cfg.best_metric} has not improved "
+                        f"by more than {cfg.early_stopping.min_delta} for "
+                        f"{cfg.early_stopping.patience} evaluations"
+                    )
+            if done % cfg.checkpoint_every == 0 or stopped_early:
+                save()
+            if signals.requested:
+                flush()
+                save()
+                interrupted = True
+                progress.write(f"{signals.requested}: saved a checkpoint at step {done}; "
+                               f"run the same command to resume")
+                break
+            if stopped_early:
+                break
+        flush()
+
+    final_step = int(state.step)
+    result_eval, best_step = {}, None
+    if not interrupted:
+        if final_step == cfg.steps and not stopped_early:
+            run_eval(final_step)
+        save()
+        ckpt.wait()
+        best_step = ckpt.best_step()
+        if best_step is not None and best_step != final_step:
+            state = ckpt.restore(state, best=True).state
+            progress.write(f"restored the best checkpoint (step {best_step}, "
+                           f"{cfg.best_metric} {stopper.best:.4f})")
+        for split in dict.fromkeys((*cfg.eval_splits, "test")):
+            if split in exp.splits:
+                result_eval[split] = evaluate(eval_step, state, exp.eval_batches(split))
+    ckpt.wait()
+    ckpt.close()
+    progress.close()
+    wall = time.perf_counter() - started
+    result = RunResult(
+        workdir=workdir, final_step=final_step, eval=result_eval, best_step=best_step,
+        stopped_early=stopped_early, interrupted=interrupted,
+        nonfinite_steps=int(state.nonfinite_steps),
+        train_tokens_per_s=tokens_seen / token_time if token_time else 0.0, wall_s=wall,
+        experiment=exp,
+    )
+    if not interrupted:
+        _write_json(workdir / "results.json", {
+            "final_step": final_step, "best_step": best_step, "eval": result_eval,
+            "stopped_early": stopped_early, "nonfinite_steps": result.nonfinite_steps,
+            "train_tokens_per_s": result.train_tokens_per_s, "wall_s": wall,
+            "trainable": report["trainable"], "total": report["total"],
+        })
+        log.write({"step": final_step, "split": "final", **{
+            f"{s}_{k}": v for s, r in result_eval.items() for k, v in r.items()}})
+    log.close()
+    return result

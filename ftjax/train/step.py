@@ -1,0 +1,157 @@
+"""The one train step and the eval step.
+
+`train_step(state, batch) -> (state, metrics)` is pure and jitted once with the state donated.
+Gradients are taken only with respect to the trainable leaves (the frozen ones enter as
+constants, get no gradient, no optimizer state and come out bit-identical). Accumulation splits
+the global batch into micro-batches inside the step (a lax.scan) and normalizes by the real
+token/example count of the whole global batch. A non-finite loss or gradient leaves params and
+optimizer state untouched and is reported in the metrics (the loop decides whether to stop).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from ftjax.optim.trainability import combine, partition
+from ftjax.train.losses import LossFn
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates attempted so far
+    trainable: Any  # params tree, None where frozen
+    frozen: Any  # params tree, None where trainable
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data (checkpointable); step keys are fold_in(rng, step)
+    nonfinite_steps: jax.Array  # int32 scalar: updates skipped for a non-finite loss/gradient
+
+    @property
+    def params(self):
+        return combine(self.trainable, self.frozen)
+
+
+def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
+                       seed: int) -> TrainState:
+    trainable, frozen = partition(params, trainable_mask)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        trainable=trainable,
+        frozen=frozen,
+        opt_state=tx.init(trainable),
+        rng=jax.random.key_data(jax.random.key(seed)),
+        nonfinite_steps=jnp.zeros((), jnp.int32),
+    )
+
+
+def model_inputs(batch: dict, is_decoder: bool) -> dict:
+    """The model's keyword arguments from a pipeline batch (ftjax.data.features)."""
+    kwargs = {"attention_mask": batch["attention_mask"], "positions": batch["positions"]}
+    if is_decoder:
+        kwargs["segment_ids"] = batch["segment_ids"]
+    elif "token_type_ids" in batch:
+        kwargs["token_type_ids"] = batch["token_type_ids"]
+    return kwargs
+
+
+def _split_micro(batch: dict, n: int) -> dict:
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {n} micro-batches")
+        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    *,
+    accumulation_steps: int = 1,
+    regularizer: Callable[[Any], jax.Array] | None = None,
+    learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
+):
+    """Build the (unjitted) pure train step; jit it with `jax.jit(step, donate_argnums=0)`."""
+    is_decoder = model.config.arch == "llama"
+
+    def loss_sums(trainable, frozen, micro, rng):
+        params = combine(trainable, frozen)
+        out = model.apply(
+            {"params": params}, micro["input_ids"], **model_inputs(micro, is_decoder),
+            deterministic=False, rngs={"dropout": rng},
+        )
+        loss_sum, weight, stats = loss_fn(out.logits, micro)
+        return loss_sum, (weight, stats)
+
+    value_and_grad = jax.value_and_grad(loss_sums, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        micro_batches = _split_micro(batch, accumulation_steps)
+
+        def accumulate(carry, xs):
+            grads_acc, loss_acc, weight_acc, stats_acc = carry
+            micro, index = xs
+            (loss_sum, (weight, stats)), grads = value_and_grad(
+                state.trainable, state.frozen, micro, jax.random.fold_in(rng, index)
+            )
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            stats_acc = jax.tree.map(jnp.add, stats_acc, stats)
+            return (grads_acc, loss_acc + loss_sum, weight_acc + weight, stats_acc), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+        init = (zeros, jnp.zeros(()), jnp.zeros(()), {"correct": jnp.zeros(())})
+        (grads, loss_sum, weight, stats), _ = jax.lax.scan(
+            accumulate, init, (micro_batches, jnp.arange(accumulation_steps))
+        )
+        # One normalization for the whole global batch (see losses.py).
+        denom = jnp.maximum(weight, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        loss = loss_sum / denom
+        if regularizer is not None:
+            reg, reg_grads = jax.value_and_grad(regularizer)(state.trainable)
+            grads = jax.tree.map(jnp.add, grads, reg_grads)
+            loss = loss + reg
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = state.replace(
+            step=state.step + 1,
+            trainable=jax.tree.map(keep, trainable, state.trainable),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+            nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+        )
+        metrics = {
+            "loss": loss,
+            "accuracy": stats["correct"] / denom,
+            "grad_norm": grad_norm,
+            "weight": weight,
+            "tokens": jnp.sum(batch["attention_mask"]),
+            "nonfinite": (~finite).astype(jnp.int32),
+        }
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = learning_rate_fn(state.step)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model, loss_fn: LossFn):
+    """eval_step(trainable, frozen, batch) -> sums {loss_sum, weight, correct}; jit it."""
+    is_decoder = model.config.arch == "llama"
+
+    def eval_step(trainable, frozen, batch):
+        out = model.apply({"params": combine(trainable, frozen)}, batch["input_ids"],
+                          **model_inputs(batch, is_decoder), deterministic=True)
+        loss_sum, weight, stats = loss_fn(out.logits, batch)
+        return {"loss_sum": loss_sum, "weight": weight, **stats}
+
+    return eval_step

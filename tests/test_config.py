@@ -1,0 +1,73 @@
+"""Strict configs: unknown keys, wrong types and bad values name the key and the closest one."""
+
+import glob
+
+import pytest
+
+from ftjax.config import ConfigError, load_config
+
+CONFIGS = sorted(glob.glob("experiments/*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_experiment_config_parses(path):
+    cfg = load_config(path)
+    for key in ("steps", "seed", "eval_every", "checkpoint_every"):
+        assert key in cfg
+
+
+def _write(tmp_path, body):
+    path = tmp_path / "exp.py"
+    path.write_text("from ftjax.train.defaults import base_config\n\n"
+                    "def get_config():\n    c = base_config()\n" + body + "    return c\n")
+    return path
+
+
+def test_unknown_key_in_file_names_closest(tmp_path):
+    path = _write(tmp_path, "    c.optimizer.learnin_rate = 1e-3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'optimizer.learnin_rate'.*"
+                                          r"did you mean 'optimizer.learning_rate'"):
+        load_config(path)
+
+
+def test_unknown_override_names_closest(tmp_path):
+    path = _write(tmp_path, "")
+    with pytest.raises(ConfigError, match=r"unknown key 'stepz'.*did you mean 'steps'"):
+        load_config(path, ["stepz=3"])
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = _write(tmp_path, "    c.steps = 'many'\n")
+    with pytest.raises(ConfigError, match=r"exp.py: get_config\(\).*'steps'.*int"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="steps"):
+        load_config(_write(tmp_path, ""), ["steps=1.5"])
+
+
+def test_bad_values(tmp_path):
+    path = _write(tmp_path, "")
+    with pytest.raises(ConfigError, match="method.*expected one of"):
+        load_config(path, ["method=lora_typo"])
+    with pytest.raises(ConfigError, match="steps.*>= 1"):
+        load_config(path, ["steps=0"])
+    with pytest.raises(ConfigError, match="not divisible by accumulation_steps"):
+        load_config(path, ["batch_size=10", "accumulation_steps=3"])
+
+
+def test_overrides_apply_and_result_is_locked(tmp_path):
+    cfg = load_config(_write(tmp_path, ""), ["optimizer.learning_rate=1", "steps=7",
+                                             "model.dtype=bfloat16", "eval_splits=('validation','test')"])
+    assert cfg.optimizer.learning_rate == 1.0 and isinstance(cfg.optimizer.learning_rate, float)
+    assert cfg.steps == 7 and cfg.model.dtype == "bfloat16"
+    assert tuple(cfg.eval_splits) == ("validation", "test")
+    with pytest.raises(AttributeError):
+        cfg.not_a_key = 1
+
+
+def test_missing_file_and_missing_get_config(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.py")
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="defines no get_config"):
+        load_config(bad)
