@@ -1,0 +1,105 @@
+"""Shared fixtures: a tiny BERT checkpoint directory and a tiny learnable text task on disk.
+
+They let the training tests run the real code path (load_pretrained -> data pipeline -> loop ->
+orbax) in seconds, without the 90 MB real checkpoints.
+"""
+
+import json
+import random
+
+import jax
+import pytest
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "bright", "warm"]
+NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "grim", "cold", "weak"]
+NEUTRAL = ["the", "film", "plot", "was", "a", "an", "actor", "scene", "story", "and", "very",
+           "quite", "it", "movie", "cast", "ending"]
+WORDS = POSITIVE + NEGATIVE + NEUTRAL
+
+
+def make_tiny_tokenizer():
+    import tokenizers
+    from tokenizers import models, pre_tokenizers, processors
+
+    from ftjax.io.tokenizer import Tokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS)}
+    backend = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(specials)
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    return Tokenizer(backend, name="tiny-words", special_tokens={
+        "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    })
+
+
+def make_sentences(n: int, seed: int) -> list[dict]:
+    """Sentences whose label is which sentiment word they contain: learnable, not trivial."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        cue = rng.choice(POSITIVE if label else NEGATIVE)
+        words = rng.choices(NEUTRAL, k=rng.randint(2, 9))
+        words.insert(rng.randint(0, len(words)), cue)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    from ftjax.io import save_hf
+    from ftjax.models import HeadConfig, Model, init_params, preset
+
+    cfg = preset("tiny-bert")
+    params = init_params(Model(cfg, HeadConfig("none")), jax.random.key(0))
+    out = tmp_path_factory.mktemp("tiny_bert")
+    save_hf(cfg, params, out, tokenizer=make_tiny_tokenizer())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_text_data(tmp_path_factory):
+    """jsonl files data/{train,validation,test}.jsonl; returns the path pattern."""
+    root = tmp_path_factory.mktemp("data")
+    for split, n, seed in (("train", 96, 0), ("validation", 40, 1), ("test", 40, 2)):
+        with open(root / f"{split}.jsonl", "w") as f:
+            for row in make_sentences(n, seed):
+                f.write(json.dumps(row) + "\n")
+    return str(root / "{split}.jsonl")
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path, tiny_bert_dir, tiny_text_data):
+    """Write an experiment file training tiny BERT on the tiny task; returns (path, overrides)."""
+    path = tmp_path / "tiny_experiment.py"
+    path.write_text(f'''
+from ftjax.train.defaults import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.name = {str(tiny_bert_dir)!r}
+    c.data.source = "local"
+    c.data.path = {tiny_text_data!r}
+    c.head.kind = "sequence"
+    c.head.num_labels = 2
+    c.head.pooling = "cls"
+    c.task.max_length = 16
+    c.steps = 12
+    c.batch_size = 8
+    c.eval_batch_size = 16
+    c.eval_every = 6
+    c.checkpoint_every = 6
+    c.log_every = 1
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.schedule = "constant"
+    c.optimizer.weight_decay = 0.0
+    return c
+''')
+    return path

@@ -1,0 +1,121 @@
+"""The loop end to end on a tiny checkpoint: logs, reports, checkpoints, exact resume, signals."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ftjax.config import load_config
+from ftjax.data import MissingFileError
+from ftjax.io.checkpoint import Checkpointer
+from ftjax.train.loop import NonFiniteLossError, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_losses(workdir):
+    return {r["step"]: r["loss"] for r in _rows(workdir) if "split" not in r}
+
+
+def _cli(*args, **popen_kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "ftjax.cli", *map(str, args)]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen_kw)
+
+
+def test_loop_trains_logs_and_reports(tiny_config_file, tmp_path):
+    result = train(load_config(tiny_config_file), tmp_path, quiet=True)
+    rows = _rows(tmp_path)
+    losses = _train_losses(tmp_path)
+    assert sorted(losses) == list(range(1, 13))
+    assert losses[12] < losses[1]
+    evals = [r for r in rows if r.get("split") == "validation"]
+    assert [r["step"] for r in evals] == [6, 12] and all("accuracy" in r for r in evals)
+    report = json.loads((tmp_path / "params_report.json").read_text())
+    assert report["trainable"] == report["total"] > 0
+    assert set(result.eval) == {"validation", "test"}
+    assert (tmp_path / "results.json").exists()
+    assert list((tmp_path / "tensorboard").iterdir())
+    assert Checkpointer(tmp_path).latest_step() == 12
+
+
+def test_resume_in_fresh_process_is_bit_identical(tiny_config_file, tmp_path):
+    """Uninterrupted 12 steps vs the same run restarted from its step-6 checkpoint."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    proc = _cli("train", tiny_config_file, "--workdir", full, "--quiet")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    shutil.copytree(full, resumed)
+    # Leave only the step-6 checkpoint, as if the run had been killed right after it.
+    for managed in ("checkpoints", "best"):
+        for step_dir in (resumed / managed).iterdir():
+            if step_dir.name != "6":
+                shutil.rmtree(step_dir)
+    proc = _cli("train", tiny_config_file, "--workdir", resumed, "--quiet")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    a, b = _train_losses(full), _train_losses(resumed)
+    assert sorted(b) == list(range(1, 13))
+    assert [a[s] for s in range(7, 13)] == [b[s] for s in range(7, 13)]  # exact, not allclose
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_config_file, tmp_path):
+    proc = _cli("train", tiny_config_file, "--workdir", tmp_path, "--quiet",
+                "--set", "steps=100000", "--set", "checkpoint_every=100000",
+                "--set", "eval_every=100000")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (tmp_path / "metrics.jsonl").exists() and len(_train_losses(tmp_path)) >= 3:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    saved = Checkpointer(tmp_path).latest_step()
+    assert saved is not None and saved >= 3
+    assert "saved a checkpoint" in out
+
+
+def test_nonfinite_stop_names_the_step(tiny_config_file, tmp_path):
+    cfg = load_config(tiny_config_file, ["nonfinite=stop", "optimizer.learning_rate=1e38",
+                                         "optimizer.grad_clip_norm=0.0"])
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
+        train(cfg, tmp_path, quiet=True)
+    assert Checkpointer(tmp_path).latest_step() is not None  # the last finite state is saved
+
+
+def test_nonfinite_skip_counts_and_continues(tiny_config_file, tmp_path):
+    cfg = load_config(tiny_config_file, ["optimizer.learning_rate=1e38",
+                                         "optimizer.grad_clip_norm=0.0", "steps=4"])
+    result = train(cfg, tmp_path, quiet=True)
+    assert result.final_step == 4 and result.nonfinite_steps >= 1
+
+
+def test_killed_mid_save_leaves_previous_checkpoint_loadable(tiny_config_file, tmp_path):
+    cfg = load_config(tiny_config_file, ["steps=6"])
+    first = train(cfg, tmp_path, quiet=True)
+    # What a kill during orbax's save leaves behind: a temporary step directory, never renamed.
+    partial = tmp_path / "checkpoints" / "12.orbax-checkpoint-tmp-1234567"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\x00" * 100)
+    ckpt = Checkpointer(tmp_path)
+    assert ckpt.latest_step() == 6
+    restored = ckpt.restore(first.experiment.state)
+    assert restored.step == 6
+
+
+def test_missing_data_file_is_a_clear_error(tiny_config_file, tmp_path):
+    cfg = load_config(tiny_config_file, [f"data.path={tmp_path}/nowhere/{{split}}.jsonl"])
+    with pytest.raises(MissingFileError, match="nowhere"):
+        train(cfg, tmp_path / "run", quiet=True)
