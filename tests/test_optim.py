@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 
 import jax
@@ -15,8 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from ftjax.models import HeadConfig, Model, init_params, param_shapes, preset
-from ftjax.models.layout import stack_layers, to_layout, unstack_layers
+from ftjax.models import HeadConfig, Model, param_shapes, preset
+from ftjax.models.layout import stack_layers, unstack_layers
 from ftjax.optim import (
     FROZEN,
     METHODS,
@@ -305,8 +306,12 @@ def test_llrd_update_per_layer_is_lr_times_decay_power(scan):
     updates, _ = jax.jit(tx.update)(coeffs, tx.init(params), params)  # gradient = coeffs
     if scan:
         updates, coeffs = _unstacked(updates), _unstacked(coeffs)
-    depth = lambda path: {"embeddings": 0, "head": L + 1, "norm": L + 1}.get(  # noqa: E731
-        group_of(path), int(group_of(path).removeprefix("layers_")) + 1 if "layers_" in path else None)
+    def depth(path):
+        group = group_of(path)
+        if group.startswith("layers_"):
+            return int(group.removeprefix("layers_")) + 1
+        return {"embeddings": 0, "head": L + 1, "norm": L + 1}[group]
+
     for (path, u), (_, c) in zip(leaf_paths(updates), leaf_paths(coeffs)):
         expected = -lr * decay ** (L + 1 - depth(path)) * np.asarray(c)
         np.testing.assert_allclose(u, expected, rtol=1e-6, err_msg=path)
@@ -378,8 +383,8 @@ def test_weight_decay_mask_excludes_norms_biases_embeddings_by_default():
     _, wds, _ = leaf_constants(OptimizerConfig(weight_decay=0.1, no_decay=()), resolved, params)
     assert all(float(w) > 0 for w in jax.tree.leaves(wds))
     stacked = param_shapes(_model("tiny-bert", HeadConfig("sequence", 2), scan_layers=True))
-    _, wds, _ = leaf_constants(OptimizerConfig(weight_decay=0.1, no_decay=("backbone/layers_0/.*",)),
-                               resolve([(".*", TRAIN)], stacked), stacked)
+    by_layer = OptimizerConfig(weight_decay=0.1, no_decay=("backbone/layers_0/.*",))
+    _, wds, _ = leaf_constants(by_layer, resolve([(".*", TRAIN)], stacked), stacked)
     np.testing.assert_allclose(wds["backbone"]["layers"]["block"]["output"]["kernel"], [0.0, 0.1])
 
 
@@ -552,7 +557,8 @@ def test_every_method_resolves_in_both_layouts(name):
                 warnings.simplefilter("always")
                 spec = method_spec(method, cfg)
             assert bool(caught) == (method == "bitfit" and name == "tiny-llama")
-            rep = report(*(lambda s: (s, resolve(spec, s)))(param_shapes(Model(cfg, head))))
+            shapes = param_shapes(Model(cfg, head))
+            rep = report(shapes, resolve(spec, shapes))
             assert 0 < rep["trainable"] <= rep["total"]
     with pytest.raises(ValueError, match="unknown method"):
         method_spec("lora", preset(name))
@@ -563,7 +569,6 @@ def test_selectors():
     llama_attn = component("attention", "llama", layers=[1])
     assert llama_attn == "backbone/layers_(?:1)/self_attn/.*"
     bert_mlp = component("mlp", "bert")
-    import re
     assert re.fullmatch(bert_mlp, "backbone/layers_3/output/kernel")
     assert not re.fullmatch(bert_mlp, "backbone/layers_3/attention/output/kernel")
     norms = component("norms", "bert")

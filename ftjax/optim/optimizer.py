@@ -104,7 +104,8 @@ def _moments(cfg: OptimizerConfig, starts: Any) -> optax.GradientTransformation:
     # Its statistics are not restarted per slice at unfreezing (the factored state is not
     # param-shaped); gradients are zero before the start, and the RMS clip bounds the first
     # updates after it.
-    parts = [optax.scale_by_factored_rms(decay_rate=b2, epsilon=1e-30), optax.clip_by_block_rms(1.0)]
+    parts = [optax.scale_by_factored_rms(decay_rate=b2, epsilon=1e-30),
+             optax.clip_by_block_rms(1.0)]
     if b1:
         parts.append(momentum_from(starts, b1, nesterov=False))
     return optax.chain(*parts)
@@ -143,8 +144,8 @@ def make_optimizer(
 def optimizer_step(opt_state: Any) -> jax.Array:
     """The step the learning-rate schedule uses (updates applied so far), from a make_optimizer
     state (also inside optax.MultiSteps or any wrapper that keeps the inner state)."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, LearningRateState))
-             if isinstance(s, LearningRateState)]
+    is_lr_state = lambda x: isinstance(x, LearningRateState)  # noqa: E731
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_lr_state) if is_lr_state(s)]
     if len(found) != 1:
         raise ValueError(f"expected one make_optimizer state inside opt_state, found {len(found)}")
     return found[0].count

@@ -49,7 +49,8 @@ class MethodConfig:
         if self.unfreeze_every < 1:
             raise ValueError(f"unfreeze_every must be >= 1, got {self.unfreeze_every}")
         if self.discriminative_decay is not None and not 0 < self.discriminative_decay <= 1:
-            raise ValueError(f"discriminative_decay must be in (0, 1], got {self.discriminative_decay}")
+            raise ValueError(
+                f"discriminative_decay must be in (0, 1], got {self.discriminative_decay}")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "MethodConfig":

@@ -89,5 +89,6 @@ def component(name: str, arch: str, layers: Iterable[int] | None = None) -> str:
         if inside is None:
             raise ValueError(f"{name!r} does not live inside the blocks; select it without layers")
         return f"backbone/layers_{layer_alternation(layers)}/{inside}"
-    options = ([rf"backbone/layers_\d+/{inside}"] if inside else []) + ([outside] if outside else [])
+    options = [rf"backbone/layers_\d+/{inside}"] if inside else []
+    options += [outside] if outside else []
     return "|".join(f"(?:{o})" for o in options) if options else NOTHING

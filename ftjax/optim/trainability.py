@@ -38,8 +38,8 @@ from ftjax.optim.rules import (
 
 __all__ = [
     "FROZEN", "NEVER", "TRAIN", "ResolvedRule", "Rule", "Spec", "StackedRule",
-    "UnmatchedParamsError", "combine", "is_rule", "format_report", "match_rule", "partition", "report",
-    "resolve", "state_bytes", "trainable_mask",
+    "UnmatchedParamsError", "combine", "format_report", "is_rule", "match_rule", "partition",
+    "report", "resolve", "state_bytes", "trainable_mask",
 ]
 
 

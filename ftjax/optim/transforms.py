@@ -105,7 +105,8 @@ def scale_by_adam_from(
                 t = count_inc
             else:
                 # Steps this slice has trained, including this one (>= 1 where active).
-                t = jnp.maximum(count_inc - along_layer_axis(np.asarray(start, np.int32), m.ndim), 1)
+                start_b = along_layer_axis(np.asarray(start, np.int32), m.ndim)
+                t = jnp.maximum(count_inc - start_b, 1)
             m_hat = m / (1 - b1**t).astype(m.dtype)
             v_hat = v / (1 - b2**t).astype(v.dtype)
             u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
