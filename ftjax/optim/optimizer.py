@@ -78,8 +78,9 @@ def leaf_constants(opt_cfg: OptimizerConfig, resolved: Any, trainable_params: An
         )
     lrs, wds, starts = [], [], []
     for leaf, (path, rule) in zip(leaves, rules):
-        if leaf is None:
-            lrs.append(None), wds.append(None), starts.append(None)
+        if leaf is None:  # frozen: no constants, as no state and no update
+            for out in (lrs, wds, starts):
+                out.append(None)
             continue
         if not rule.trains:
             raise ValueError(f"{path} is in the trainable tree but its rule freezes it")

@@ -192,11 +192,6 @@ def start_step(rule: ResolvedRule) -> np.ndarray:
     return _per_layer(rule, lambda r: r.start_step, np.int32)
 
 
-def always_active(rule: ResolvedRule) -> bool:
-    """Trains at every step: no gating code is needed for this leaf."""
-    return bool(np.all(start_step(rule) == 0))
-
-
 def _per_layer(rule: ResolvedRule, value, dtype) -> np.ndarray:
     if isinstance(rule, StackedRule):
         values = np.asarray([value(r) for r in rule.layers], dtype)
