@@ -1,0 +1,128 @@
+"""Classic fine-tuning methods as trainability specs (the top-level config key `method`).
+
+Each preset only *produces* a spec (DESIGN.md 2); the optimizer and train step are the same for
+all. Depth, used by llrd and gradual_unfreeze, counts from the input: embeddings 0, block i at
+i + 1, and the head (with the final norm and BERT's pooler, which feed it) at L + 1.
+
+Replacing the pretraining head by a new one (linear probes, classification) is the model's job
+(ftjax.models.replace_head); these specs only say that `head/...` trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+from ftjax.optim.rules import FROZEN, TRAIN, Rule, Spec
+from ftjax.optim.selectors import component, layers, top
+
+METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze")
+
+# Peak learning rates that work as defaults per method (AdamW): full updates of a pretrained
+# model want small steps; a fresh head or a few biases need larger ones to move at all.
+SUGGESTED_LEARNING_RATES = {
+    "full": 2e-5, "llrd": 5e-5, "top_layers": 1e-4, "gradual_unfreeze": 1e-4,
+    "bitfit": 1e-3, "linear_probe": 1e-3,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Settings of the presets; each reads only its own.
+
+    top_k: top_layers: how many of the last blocks train (with the head, final norm, pooler).
+    decay: llrd: lr multiplier decay per depth step (block i gets decay**(L - i)).
+    unfreeze_every: gradual_unfreeze: optimizer steps between unfreezing one more block.
+    discriminative_decay: gradual_unfreeze: optional per-depth lr decay as in ULMFiT
+      (1 / 2.6 there); None keeps every group at the full rate.
+    """
+
+    top_k: int = 2
+    decay: float = 0.9
+    unfreeze_every: int = 100
+    discriminative_decay: float | None = None
+
+    def __post_init__(self):
+        if not 0 < self.decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {self.decay}")
+        if self.unfreeze_every < 1:
+            raise ValueError(f"unfreeze_every must be >= 1, got {self.unfreeze_every}")
+        if self.discriminative_decay is not None and not 0 < self.discriminative_decay <= 1:
+            raise ValueError(
+                f"discriminative_decay must be in (0, 1], got {self.discriminative_decay}")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "MethodConfig":
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"unknown method setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def _head_side(arch: str, rule: Rule) -> Spec:
+    """The head and what feeds it directly (final norm, pooler): depth L + 1."""
+    return [(component(name, arch), rule) for name in ("head", "final_norm", "pooler")]
+
+
+def _by_depth(arch: str, num_layers: int, rule_at_depth) -> Spec:
+    """One rule per depth: head side (L + 1), blocks from the top down, embeddings (0)."""
+    spec = _head_side(arch, rule_at_depth(num_layers + 1))
+    spec += [(layers([i]), rule_at_depth(i + 1)) for i in reversed(range(num_layers))]
+    spec.append((component("embeddings", arch), rule_at_depth(0)))
+    return spec
+
+
+def method_spec(
+    method: str, model_config: Any, *, num_layers: int | None = None, method_cfg: Any = None
+) -> Spec:
+    """The spec of a named method for a backbone config (LlamaConfig or BertConfig).
+
+    full: everything trains. linear_probe: only head/. top_layers: the last top_k blocks, the
+    final norm / pooler and the head. bitfit: biases and the head (bias-free Llama: norm scales
+    and the head, with a warning). llrd: everything, lr x decay**(L + 1 - depth).
+    gradual_unfreeze: the head side from step 0, then one block per `unfreeze_every` steps from
+    the top, the embeddings last; optional discriminative lrs.
+
+    Specs without a catch-all (llrd, gradual_unfreeze) fail loudly on leaves they do not know
+    (e.g. a PEFT leaf outside the blocks); prepend rules for them.
+    """
+    arch = getattr(model_config, "arch", None)
+    if arch not in ("llama", "bert"):
+        raise ValueError(f"method_spec needs a LlamaConfig or BertConfig, got {model_config!r}")
+    L = num_layers if num_layers is not None else model_config.num_layers
+    cfg = MethodConfig.from_config(method_cfg)
+
+    if method == "full":
+        return [(".*", TRAIN)]
+    if method == "linear_probe":
+        return [(component("head", arch), TRAIN), (".*", FROZEN)]
+    if method == "top_layers":
+        return _head_side(arch, TRAIN) + [(layers(top(cfg.top_k, L)), TRAIN), (".*", FROZEN)]
+    if method == "bitfit":
+        spec = [(component("head", arch), TRAIN), (".*/bias", TRAIN)]
+        if arch == "llama":
+            warnings.warn(
+                "bitfit: Llama-family decoders have no bias parameters; training the RMSNorm "
+                "scales (two per block and the final norm) and the head instead",
+                stacklevel=2,
+            )
+            spec.append((component("norms", arch), TRAIN))
+        return spec + [(".*", FROZEN)]
+    if method == "llrd":
+        return _by_depth(arch, L, lambda depth: Rule(lr=cfg.decay ** (L + 1 - depth)))
+    if method == "gradual_unfreeze":
+        def rule(depth: int) -> Rule:
+            start = cfg.unfreeze_every * (L + 1 - depth)
+            lr = 1.0 if cfg.discriminative_decay is None else cfg.discriminative_decay ** (
+                L + 1 - depth)
+            return Rule(lr=lr, unfreeze_at=start or None)
+
+        return _by_depth(arch, L, rule)
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")

@@ -1,0 +1,142 @@
+"""Explicit penalties added to the loss: L1, L2 and L2-SP, over the trainable tree.
+
+Unlike decoupled weight decay (in the optimizer), these go through the gradient, so they interact
+with Adam's scaling and the clip norm; that is the point of L2-SP (Li et al. 2018): pull the
+fine-tuned weights back toward the pretrained ones, in the loss.
+
+All functions take the trainable half of `partition` (None at frozen positions, which they skip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftjax.optim.paths import canonical_layer_paths, is_stacked, path_str
+
+_is_none = lambda x: x is None  # noqa: E731
+
+
+def _sum(tree: Any, f) -> jax.Array:
+    terms = [jnp.sum(f(x).astype(jnp.float32)) for x in jax.tree.leaves(tree) if x is not None]
+    return sum(terms, jnp.zeros([], jnp.float32))
+
+
+def l1(params: Any) -> jax.Array:
+    """sum |w|: gradient sign(w), a constant-size pull toward zero (sparsity)."""
+    return _sum(params, jnp.abs)
+
+
+def l2(params: Any) -> jax.Array:
+    """(1/2) sum w^2: gradient w (coupled weight decay)."""
+    return 0.5 * _sum(params, jnp.square)
+
+
+def l2sp(params: Any, anchor: Any) -> jax.Array:
+    """(1/2) sum (w - w0)^2 over the leaves where `anchor` holds w0 (None: skipped).
+
+    Gradient w - w0: a pull toward the anchor (the pretrained weights); plain l2 for w0 = 0.
+    """
+    diffs = jax.tree.map(
+        lambda w, w0: None if w is None or w0 is None else w - w0, params, anchor, is_leaf=_is_none
+    )
+    return 0.5 * _sum(diffs, jnp.square)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegularizerConfig:
+    """Coefficients of the loss penalties (0 = off).
+
+    l2sp_include: canonical paths (re.fullmatch) pulled toward the anchor: by default the
+      pretrained backbone. Trainable leaves outside it (a new head, which has no pretrained
+      value) get the plain `l2` term instead, as in L2-SP's alpha/2 |w_S - w0|^2 + beta/2 |w_new|^2;
+      `l2` also applies to all trainable leaves when l2sp is 0.
+    """
+
+    l1: float = 0.0
+    l2: float = 0.0
+    l2sp: float = 0.0
+    l2sp_include: str = r"backbone/.*"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "RegularizerConfig":
+        if isinstance(cfg, cls):
+            return cfg
+        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"unknown regularizer setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def _include_weights(path: str, leaf: Any, pattern: str) -> np.ndarray:
+    """1.0 / 0.0 per slice (per layer for stacked leaves) by whether the canonical path matches."""
+    paths = canonical_layer_paths(path, leaf.shape[0]) if is_stacked(path) and leaf.ndim else [path]
+    w = np.asarray([bool(re.fullmatch(pattern, p)) for p in paths], np.float32)
+    return w[:1].reshape(()) if np.all(w == w[0]) else w
+
+
+@flax.struct.dataclass
+class Regularizer:
+    """penalty(trainable) -> scalar to add to the loss. A pytree: keep it in the train state so
+    the anchor is an argument of the jitted step, not a constant baked into its program."""
+
+    anchor: Any  # trainable-shaped; None where no L2-SP pull applies
+    sp_weights: Any  # trainable-shaped: 1.0 where the pull applies, 0.0 not; (L,) when stacked
+    l1: float = flax.struct.field(pytree_node=False, default=0.0)
+    l2: float = flax.struct.field(pytree_node=False, default=0.0)
+    l2sp: float = flax.struct.field(pytree_node=False, default=0.0)
+
+    def __call__(self, trainable: Any) -> jax.Array:
+        total = jnp.zeros([], jnp.float32)
+        if self.l1:
+            total += self.l1 * l1(trainable)
+        if self.l2sp:
+            # w0 where the pull applies; elsewhere (new leaves) a plain L2 with the l2 coefficient.
+            def term(w, w0, sp):
+                sp = sp.reshape(sp.shape + (1,) * (w.ndim - sp.ndim))  # along the layer axis
+                pull = self.l2sp * sp * jnp.square(w - w0) if w0 is not None else 0.0
+                plain = self.l2 * (1.0 - sp) * jnp.square(w) if self.l2 else 0.0
+                return jnp.sum(0.5 * (pull + plain))
+
+            terms = jax.tree.map(
+                lambda w, w0, sp: None if w is None else term(w, w0, sp),
+                trainable, self.anchor, self.sp_weights, is_leaf=_is_none,
+            )
+            total += _sum(terms, lambda x: x)
+        elif self.l2:
+            total += self.l2 * l2(trainable)
+        return total
+
+
+def make_regularizer(cfg: Any, anchor_params: Any) -> Regularizer | None:
+    """The configured penalty, or None when every coefficient is 0.
+
+    cfg: RegularizerConfig or a mapping / ConfigDict of its fields.
+    anchor_params: the trainable half of `partition` at the start (the pretrained / initial
+    weights). Anchor leaves are copied: the train state's params may be donated to the step.
+    """
+    cfg = RegularizerConfig.from_config(cfg)
+    if not (cfg.l1 or cfg.l2 or cfg.l2sp):
+        return None
+    flat, treedef = jax.tree_util.tree_flatten_with_path(anchor_params, is_leaf=_is_none)
+    weights, anchors = [], []
+    for key_path, leaf in flat:
+        if leaf is None:
+            weights.append(None), anchors.append(None)
+            continue
+        w = _include_weights(path_str(key_path), leaf, cfg.l2sp_include)
+        weights.append(jnp.asarray(w))
+        anchors.append(jnp.array(leaf, copy=True) if cfg.l2sp and np.any(w) else None)
+    return Regularizer(
+        anchor=jax.tree.unflatten(treedef, anchors),
+        sp_weights=jax.tree.unflatten(treedef, weights),
+        l1=cfg.l1, l2=cfg.l2, l2sp=cfg.l2sp,
+    )
