@@ -5,10 +5,17 @@ orbax) in seconds, without the 90 MB real checkpoints.
 """
 
 import json
+import os
 import random
 
-import jax
-import pytest
+# Tests compile many small programs and run each briefly: XLA's CPU backend optimizations cost
+# more compile time than they save. Set before jax is imported anywhere in the session.
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "bright", "warm"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "grim", "cold", "weak"]

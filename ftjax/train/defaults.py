@@ -11,7 +11,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze")
+from ftjax.optim.config import DEFAULT_NO_DECAY
+from ftjax.optim.presets import METHODS
+
 TASKS = ("classification", "causal_lm", "masked_lm")
 SOURCES = ("polarity", "local", "hf", "tfds")
 
@@ -69,17 +71,40 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.split_seed = 0  # the polarity corpus' fixed stratified split
     c.data.max_train_examples = 0  # 0: all; >0 subsamples the train split (quick runs)
 
+    # Mirrors ftjax.optim.OptimizerConfig field by field (it re-checks the keys).
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"
+    c.optimizer.name = "adamw"  # adamw | sgd | adafactor | lion
     c.optimizer.learning_rate = 5e-5
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
+    c.optimizer.b1 = config_dict.placeholder(float)  # None: the optimizer's usual value
+    c.optimizer.b2 = config_dict.placeholder(float)
     c.optimizer.eps = 1e-8
+    c.optimizer.momentum = 0.0  # sgd only
+    c.optimizer.nesterov = False
     c.optimizer.weight_decay = 0.01
+    c.optimizer.no_decay = DEFAULT_NO_DECAY  # regexes of leaves without weight decay
     c.optimizer.schedule = "linear"  # constant | linear | cosine | inverse_sqrt | step
     c.optimizer.warmup_steps = 0
+    c.optimizer.decay_steps = config_dict.placeholder(int)  # None: the rest of the run
+    c.optimizer.end_factor = 0.0
+    c.optimizer.step_boundaries = ()
+    c.optimizer.step_factor = 0.1
     c.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
-    c.optimizer.label_smoothing = 0.0
+
+    # Mirrors ftjax.optim.MethodConfig: each preset reads only its own keys.
+    c.method_args = ml_collections.ConfigDict()
+    c.method_args.top_k = 2  # top_layers: last k blocks train
+    c.method_args.decay = 0.9  # llrd: lr x decay**(depth from the top)
+    c.method_args.unfreeze_every = 100  # gradual_unfreeze: steps between unfreezing a block
+    c.method_args.discriminative_decay = config_dict.placeholder(float)
+
+    # Mirrors ftjax.optim.RegularizerConfig; added to the loss (0 = off).
+    c.regularizer = ml_collections.ConfigDict()
+    c.regularizer.l1 = 0.0
+    c.regularizer.l2 = 0.0
+    c.regularizer.l2sp = 0.0  # pull toward the pretrained weights (L2-SP)
+    c.regularizer.l2sp_include = "backbone/.*"
+
+    c.label_smoothing = 0.0
     return c
 
 

@@ -17,7 +17,7 @@ from ftjax import data as ftdata
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig
 from ftjax.optim import presets, trainability
-from ftjax.optim.optimizer import learning_rate_fn, make_optimizer
+from ftjax.optim import learning_rate_fn, make_optimizer, make_regularizer
 from ftjax.train.losses import loss_for_task
 from ftjax.train.step import TrainState, create_train_state, make_eval_step, make_train_step
 
@@ -115,8 +115,9 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     mask = trainability.trainable_mask(resolved)
     trainable, _ = trainability.partition(params, mask)
     tx = make_optimizer(cfg.optimizer, resolved, trainable, total_steps=cfg.steps)
-    state = create_train_state(params, mask, tx, cfg.seed)
-    loss_fn = loss_for_task(cfg.task.kind, cfg.optimizer.label_smoothing)
+    regularizer = make_regularizer(cfg.regularizer, trainable)
+    state = create_train_state(params, mask, tx, cfg.seed, regularizer=regularizer)
+    loss_fn = loss_for_task(cfg.task.kind, cfg.label_smoothing)
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(
         cfg=cfg, pretrained=pretrained, task=build_task(cfg), splits=load_splits(cfg),

@@ -29,6 +29,10 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # raw uint32 key data (checkpointable); step keys are fold_in(rng, step)
     nonfinite_steps: jax.Array  # int32 scalar: updates skipped for a non-finite loss/gradient
+    # Optional penalty on the trainable tree (ftjax.optim.Regularizer). It is a pytree in the
+    # state, not a closure, so its anchor weights enter the step as data rather than as
+    # constants compiled into the program.
+    regularizer: Any = None
 
     @property
     def params(self):
@@ -36,7 +40,7 @@ class TrainState:
 
 
 def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
-                       seed: int) -> TrainState:
+                       seed: int, regularizer=None) -> TrainState:
     trainable, frozen = partition(params, trainable_mask)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -45,6 +49,7 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
         opt_state=tx.init(trainable),
         rng=jax.random.key_data(jax.random.key(seed)),
         nonfinite_steps=jnp.zeros((), jnp.int32),
+        regularizer=regularizer,
     )
 
 
@@ -73,7 +78,6 @@ def make_train_step(
     loss_fn: LossFn,
     *,
     accumulation_steps: int = 1,
-    regularizer: Callable[[Any], jax.Array] | None = None,
     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
 ):
     """Build the (unjitted) pure train step; jit it with `jax.jit(step, donate_argnums=0)`."""
@@ -113,11 +117,11 @@ def make_train_step(
         denom = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = loss_sum / denom
-        if regularizer is not None:
-            reg, reg_grads = jax.value_and_grad(regularizer)(state.trainable)
+        if state.regularizer is not None:
+            reg, reg_grads = jax.value_and_grad(state.regularizer)(state.trainable)
             grads = jax.tree.map(jnp.add, grads, reg_grads)
             loss = loss + reg
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
 
