@@ -1,0 +1,7 @@
+"""Checkpoint and tokenizer input/output: GGUF and Hugging Face formats in, HF format out."""
+
+from ftjax.io.hf import save_hf
+from ftjax.io.loading import CheckpointError
+from ftjax.io.pretrained import Pretrained, load_pretrained
+
+__all__ = ["CheckpointError", "Pretrained", "load_pretrained", "save_hf"]

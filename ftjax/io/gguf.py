@@ -1,0 +1,164 @@
+"""GGUF (llama.cpp) files: architecture from metadata, tensors dequantized to fp32.
+
+Only `general.architecture == "llama"` is read. Facts this module depends on (see
+shared/ASSETS.md):
+- `gguf.quants.dequantize` returns arrays in numpy order, which for a 2-D weight is (out, in),
+  torch's Linear layout; GGUF's own `shape` lists the dimensions the other way round.
+- llama.cpp's converter permutes the rows of attn_q / attn_k so that its interleaved-pair rotary
+  embedding computes what HF's "rotate_half" does. We use rotate_half, so the permutation is
+  undone here; without it the logits are off by whole units while still looking plausible.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftjax.io.loading import Checkpoint, CheckpointError
+from ftjax.io.names import NameMap, Rule, convert, transpose
+from ftjax.models import LlamaConfig
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+
+def unpermute_rotary_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation of an (out, in) weight with `num_heads` heads.
+
+    llama.cpp stores each head's rows as interleaved (even, odd) pairs; HF stores the first
+    halves of all pairs, then the second halves.
+    """
+    rows, cols = w.shape
+    if rows % (2 * num_heads):
+        raise ValueError(f"{rows} rows do not split into {num_heads} heads of rotary pairs")
+    return w.reshape(num_heads, rows // num_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def permute_rotary_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """llama.cpp's q/k row permutation (HF order -> GGUF order); `unpermute_rotary_rows` inverts it."""
+    rows, cols = w.shape
+    if rows % (2 * num_heads):
+        raise ValueError(f"{rows} rows do not split into {num_heads} heads of rotary pairs")
+    return w.reshape(num_heads, 2, rows // num_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def gguf_llama_names(config: LlamaConfig) -> NameMap:
+    """GGUF tensor names -> our paths for a Llama of this config (read-only: no GGUF export)."""
+    def rotary(num_heads: int):
+        return lambda w: transpose(unpermute_rotary_rows(w, num_heads))
+
+    layer = "backbone/layers_{i}/"
+    linear = {"attn_v": "self_attn/v_proj", "attn_output": "self_attn/o_proj",
+              "ffn_gate": "mlp/gate_proj", "ffn_up": "mlp/up_proj", "ffn_down": "mlp/down_proj"}
+    return NameMap([
+        Rule("token_embd.weight", "backbone/embed_tokens/embedding", save=None),
+        Rule("blk.{i}.attn_q.weight", layer + "self_attn/q_proj/kernel",
+             load=rotary(config.num_heads), save=None),
+        Rule("blk.{i}.attn_k.weight", layer + "self_attn/k_proj/kernel",
+             load=rotary(config.num_kv_heads), save=None),
+        *(Rule(f"blk.{{i}}.{theirs}.weight", f"{layer}{ours}/kernel", load=transpose, save=None)
+          for theirs, ours in linear.items()),
+        Rule("blk.{i}.attn_norm.weight", layer + "input_layernorm/scale", save=None),
+        Rule("blk.{i}.ffn_norm.weight", layer + "post_attention_layernorm/scale", save=None),
+        Rule("output_norm.weight", "backbone/norm/scale", save=None),
+        Rule("output.weight", "head/kernel", load=transpose, save=None),
+    ])
+
+
+def read_gguf_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Config and dequantized tensors (under our names) of a llama GGUF file."""
+    import gguf  # deferred: only GGUF users pay for importing it
+
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as err:  # gguf raises ValueError / struct.error / OSError on bad files
+        raise CheckpointError(f"{path}: not a readable GGUF file ({err})") from err
+    tensor_names = {t.name for t in reader.tensors}
+    config = llama_config_from_gguf(reader.fields, tensor_names, where=str(path))
+    conversion = convert(dequantize_all(reader, where=str(path)), gguf_llama_names(config))
+    return Checkpoint(config=config, conversion=conversion)
+
+
+def dequantize_all(reader: Any, *, where: str) -> dict[str, np.ndarray]:
+    """Every tensor as float32 numpy, (out, in) for 2-D weights; one error for all failures."""
+    from gguf.quants import dequantize
+
+    tensors, problems = {}, []
+    for t in reader.tensors:
+        type_name = getattr(t.tensor_type, "name", str(t.tensor_type))
+        try:
+            array = dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            problems.append(f"tensor {t.name!r} has quantization type {type_name}, which the "
+                            f"gguf package cannot dequantize")
+            continue
+        numpy_shape = tuple(int(d) for d in reversed(t.shape))
+        if array.size != int(np.prod(numpy_shape)):
+            problems.append(f"tensor {t.name!r} ({type_name}) dequantized to {array.shape}, "
+                            f"expected {numpy_shape} from its GGUF shape {tuple(t.shape)}")
+            continue
+        tensors[t.name] = array.reshape(numpy_shape)
+    if problems:
+        raise CheckpointError(f"{where}: cannot read tensors:\n  " + "\n  ".join(problems))
+    return tensors
+
+
+def _f32(value: Any) -> float:
+    # GGUF stores floats as f32: 1e-5 reads back as 9.99999974e-06. The shortest decimal that
+    # rounds to the same f32 is the value the original config had.
+    return float(str(np.float32(value)))
+
+
+def llama_config_from_gguf(fields: dict[str, Any], tensor_names: set[str], *, where: str) -> LlamaConfig:
+    def get(key: str, default: Any = None) -> Any:
+        field = fields.get(key)
+        return default if field is None else field.contents()
+
+    def require(key: str) -> Any:
+        if key not in fields:
+            raise CheckpointError(f"{where}: GGUF metadata has no {key!r}")
+        return fields[key].contents()
+
+    arch = get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise CheckpointError(f"{where}: general.architecture is {arch!r}; only "
+                              f"{', '.join(map(repr, SUPPORTED_ARCHITECTURES))} GGUF files are supported")
+    scaling = get("llama.rope.scaling.type", "none")
+    if scaling not in ("none", None):
+        raise CheckpointError(f"{where}: llama.rope.scaling.type {scaling!r} is not supported "
+                              f"(only plain RoPE)")
+    if "tokenizer.ggml.tokens" not in fields:
+        raise CheckpointError(f"{where}: GGUF metadata has no 'tokenizer.ggml.tokens' (the vocabulary)")
+
+    hidden = int(require("llama.embedding_length"))
+    num_heads = int(require("llama.attention.head_count"))
+    head_dim = int(get("llama.attention.key_length", hidden // num_heads))
+    rotary_dims = int(get("llama.rope.dimension_count", head_dim))
+    if rotary_dims != head_dim:
+        raise CheckpointError(f"{where}: llama.rope.dimension_count={rotary_dims} rotates only part "
+                              f"of each {head_dim}-dim head; partial rotary is not supported")
+
+    def token_id(key: str) -> int | None:
+        value = get(key)
+        return None if value is None else int(value)
+
+    return LlamaConfig(
+        # The array length, not its decoded strings: decoding 49k tokens is the tokenizer's job.
+        vocab_size=len(fields["tokenizer.ggml.tokens"].data),
+        hidden_size=hidden,
+        intermediate_size=int(require("llama.feed_forward_length")),
+        num_layers=int(require("llama.block_count")),
+        num_heads=num_heads,
+        num_kv_heads=int(get("llama.attention.head_count_kv", num_heads)),
+        head_dim=0 if head_dim == hidden // num_heads else head_dim,
+        rope_theta=_f32(get("llama.rope.freq_base", 10000.0)),
+        rms_norm_eps=_f32(require("llama.attention.layer_norm_rms_epsilon")),
+        max_position_embeddings=int(require("llama.context_length")),
+        tie_word_embeddings="output.weight" not in tensor_names,
+        bos_token_id=token_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id=token_id("tokenizer.ggml.eos_token_id"),
+        pad_token_id=token_id("tokenizer.ggml.padding_token_id"),
+    )

@@ -1,0 +1,91 @@
+"""One entry point for pretrained models: `load_pretrained(name_or_path)`.
+
+Accepts an asset name (ftjax.assets), a `.gguf` file or an HF checkpoint directory (config.json
++ safetensors) and returns the model, its parameters, its tokenizer and where they came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import jax
+
+from ftjax import assets
+from ftjax.io.gguf import read_gguf_checkpoint
+from ftjax.io.hf import CONFIG_FILE, read_hf_checkpoint
+from ftjax.io.loading import Checkpoint, CheckpointError, fill_params
+from ftjax.io.tokenizer import Tokenizer
+from ftjax.models import HeadConfig, LlamaConfig, Model, default_compute_dtype, replace_head
+from ftjax.models.layout import to_layout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Pretrained:
+    model: Model  # flax module (config + head_config)
+    params: dict  # {"backbone":..., "head":...} plain arrays, in the layout config.scan_layers asks for
+    tokenizer: Tokenizer
+    source: Path  # the resolved file/dir
+    name: str  # the asset name or path given
+
+
+def pretraining_head(checkpoint: Checkpoint) -> HeadConfig:
+    """The head a checkpoint was trained with: next-token LM for Llama, none for BERT encoders."""
+    return HeadConfig(kind="lm") if isinstance(checkpoint.config, LlamaConfig) else HeadConfig(kind="none")
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    head: HeadConfig | None = None,
+    dtype: str | None = None,
+    param_dtype: str = "float32",
+    scan_layers: bool = False,
+    rng_seed: int = 0,
+) -> Pretrained:
+    """Load a pretrained model strictly: every parameter filled, every checkpoint tensor used.
+
+    head: None keeps the pretraining head (`pretraining_head`); any other head discards it
+      (an untied LM head's weights are dropped) and initializes the new one from `rng_seed`.
+    dtype: compute dtype; None picks `default_compute_dtype()` (fp32 on CPU, bf16 on GPU).
+    param_dtype: storage dtype; checkpoint tensors are cast to it.
+    scan_layers: return params stacked for `lax.scan` (the model's config says so too).
+    """
+    start = time.perf_counter()
+    source = assets.resolve(name_or_path)
+    checkpoint, tokenizer = _read(source, name=str(name_or_path))
+    pretrained_head = pretraining_head(checkpoint)
+    head = head or pretrained_head
+    config = checkpoint.config.with_policy(
+        dtype=dtype or default_compute_dtype(), param_dtype=param_dtype, scan_layers=False)
+
+    # Fill in the canonical per-layer layout; a replaced head is attached afterwards, so its
+    # random init never mixes with checkpoint values.
+    fill_head = head if head == pretrained_head else HeadConfig(kind="none")
+    model = Model(config, fill_head)
+    params = fill_params(model, checkpoint.conversion, where=str(source))
+    if fill_head != head:
+        model, params = replace_head(model, params, head, jax.random.key(rng_seed))
+    if scan_layers:
+        model = Model(config.with_policy(scan_layers=True), model.head_config)
+        params = to_layout(params, scan_layers=True)
+
+    logger.debug("loaded %s from %s in %.2f s", name_or_path, source, time.perf_counter() - start)
+    return Pretrained(model=model, params=params, tokenizer=tokenizer, source=source,
+                      name=str(name_or_path))
+
+
+def _read(source: Path, *, name: str) -> tuple[Checkpoint, Tokenizer]:
+    tokenizer_name = name if name in assets.ASSETS else None
+    if source.is_file() and source.suffix == ".gguf":
+        return read_gguf_checkpoint(source), Tokenizer.from_gguf(source, name=tokenizer_name)
+    if source.is_dir() and (source / CONFIG_FILE).is_file():
+        return read_hf_checkpoint(source), Tokenizer.from_hf_dir(source, name=tokenizer_name)
+    found = "a directory without config.json" if source.is_dir() else "a file that is not .gguf"
+    raise CheckpointError(f"{source}: expected a .gguf file or a Hugging Face checkpoint directory "
+                          f"(config.json + model.safetensors), found {found}")
