@@ -172,6 +172,8 @@ def test_sampled_tokens_lie_in_the_top_k_and_nucleus_sets():
         need = int(np.searchsorted(np.cumsum(probs[row][order]), 0.7)) + 1
         assert set(np.flatnonzero(kept[row])) == set(order[:need])
     assert top_k_filter(logits, 0) is logits and top_k_filter(logits, 97) is logits
+    kept_k = np.isfinite(np.asarray(jax.jit(top_k_filter, static_argnums=1)(logits, 5)))
+    assert all(set(np.flatnonzero(kept_k[row])) == set(top5[row]) for row in range(8))
 
 
 def test_second_request_of_similar_length_compiles_nothing(tiny):

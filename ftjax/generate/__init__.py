@@ -21,7 +21,9 @@ from ftjax.generate.sampling import (
     apply_temperature,
     draw,
     greedy,
+    nucleus_of_sorted,
     sample,
+    top_k_candidates,
     top_k_filter,
     top_p_filter,
 )
@@ -29,8 +31,8 @@ from ftjax.generate.sampling import (
 __all__ = [
     "DecodeContext", "Generation", "LogitsProcessor", "Sampler", "SamplingConfig",
     "SamplingKnobs", "apply_temperature", "chat_messages", "complete", "draw", "encode_prompts",
-    "generate", "generate_ids", "greedy", "run_generation", "sample", "top_k_filter",
-    "top_p_filter",
+    "generate", "generate_ids", "greedy", "nucleus_of_sorted", "run_generation", "sample",
+    "top_k_candidates", "top_k_filter", "top_p_filter",
 ]
 
 
