@@ -1,6 +1,7 @@
 """`ftjax generate`: continue prompts with a pretrained or fine-tuned model and print the text.
 
-  ftjax generate --model smollm2-135m-instruct --chat --greedy --prompt "What is the capital of France?"
+  ftjax generate --model smollm2-135m-instruct --chat --greedy \
+      --prompt "What is the capital of France?"
 
 Bad input (an unknown model, an empty prompt, max-new-tokens < 1, greedy combined with sampling
 options) is an error on stderr and exit code 2, found before any model is loaded.

@@ -141,7 +141,9 @@ class Generation:
 
     @property
     def decode_tokens_per_second(self) -> float:
-        return self.shapes.batch * self.decode_steps / self.decode_seconds if self.decode_steps else 0.0
+        if not self.decode_steps:
+            return 0.0
+        return self.shapes.batch * self.decode_steps / self.decode_seconds
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
