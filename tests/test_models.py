@@ -209,3 +209,37 @@ def test_config_errors_are_clear():
         preset("no-such-model")
     with pytest.raises(ValueError, match="no causal LM head"):
         init_params(Model(preset("tiny-bert"), HeadConfig("lm")), jax.random.key(0))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
+def test_dropout_acts_only_in_training(name):
+    cfg = dataclasses.replace(preset(name), hidden_dropout=0.3, attention_dropout=0.3,
+                              embedding_dropout=0.3)
+    model = Model(cfg, HeadConfig("sequence", 2, "mean"))
+    params = init_params(model, jax.random.key(0))
+    ids = _ids(cfg, (2, 9))
+    plain = _apply(Model(dataclasses.replace(cfg, hidden_dropout=0.0, attention_dropout=0.0,
+                                             embedding_dropout=0.0), model.head_config),
+                   params, ids).hidden
+    _close(_apply(model, params, ids).hidden, plain)  # deterministic: dropout is off
+    train = jax.jit(lambda p, key: model.apply({"params": p}, ids, deterministic=False,
+                                               rngs={"dropout": key}).hidden)
+    a, b = train(params, jax.random.key(1)), train(params, jax.random.key(2))
+    assert not np.allclose(a, plain) and not np.allclose(a, b)
+    np.testing.assert_array_equal(a, train(params, jax.random.key(1)))  # keyed, reproducible
+
+
+def test_attention_dropout_path_equals_fused_attention_at_rate_zero():
+    """The explicit-softmax path (used when dropping probabilities) computes the same function."""
+    from ftjax.models.layers import attention_mask, dot_product_attention
+
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(k1, (2, 5, 6, 4))
+    k = jax.random.normal(k2, (2, 7, 2, 4))
+    v = jax.random.normal(k3, (2, 7, 2, 4))
+    mask = attention_mask(k_valid_BS=jnp.array([[1] * 7, [1] * 4 + [0] * 3]), causal_offset=2,
+                          q_len=5, k_len=7)
+    fused = dot_product_attention(q, k, v, mask)
+    explicit = dot_product_attention(q, k, v, mask, dropout_rate=1e-9,
+                                     dropout_rng=jax.random.key(1))
+    _close(explicit, fused, 1e-5)

@@ -41,7 +41,9 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = embed(cfg.type_vocab_size, ("types", "embed"))
         self.norm = LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                               param_dtype=cfg.weight_dtype)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = nn.Dropout(
+            cfg.hidden_dropout if cfg.embedding_dropout is None else cfg.embedding_dropout
+        )
 
     def __call__(self, input_ids, token_type_ids, positions, deterministic):
         x = self.word_embeddings(input_ids)
@@ -64,25 +66,12 @@ class BertAttention(nn.Module):
         q = _dense(cfg, D, ("embed", "heads"), "query")(x_BTD).reshape(B, T, N, H)
         k = _dense(cfg, D, ("embed", "heads"), "key")(x_BTD).reshape(B, T, N, H)
         v = _dense(cfg, D, ("embed", "heads"), "value")(x_BTD).reshape(B, T, N, H)
-        if cfg.attention_dropout and not deterministic:
-            out = _attention_with_dropout(q, k, v, mask_B1TS, cfg.attention_dropout)
-        else:
-            out = dot_product_attention(q, k, v, mask_B1TS, implementation=cfg.attention_impl)
+        rate = 0.0 if deterministic else cfg.attention_dropout
+        out = dot_product_attention(
+            q, k, v, mask_B1TS, implementation=cfg.attention_impl, dropout_rate=rate,
+            dropout_rng=self.make_rng("dropout") if rate else None,
+        )
         return _dense(cfg, D, ("heads", "embed"), "output")(out.reshape(B, T, D))
-
-
-def _attention_with_dropout(q, k, v, mask, rate):
-    """Explicit softmax attention so dropout can hit the probabilities (training only).
-
-    jax.nn.dot_product_attention has no dropout; this path runs only when training with
-    attention_dropout > 0 and computes the same function otherwise.
-    """
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = nn.Dropout(rate)(probs, deterministic=False).astype(v.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs, v)
 
 
 class BertLayer(nn.Module):

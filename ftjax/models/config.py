@@ -82,6 +82,10 @@ class LlamaConfig(PolicyMixin):
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     pad_token_id: int | None = None
+    # Fine-tuning regularization; Llama pretraining uses none, so 0 by default.
+    hidden_dropout: float = 0.0  # on each residual branch (attention and MLP outputs)
+    attention_dropout: float = 0.0
+    embedding_dropout: float = 0.0
     arch: str = dataclasses.field(default="llama", init=False)
 
     def __post_init__(self):
@@ -115,6 +119,7 @@ class BertConfig(PolicyMixin):
     hidden_act: str = "gelu"  # exact erf GELU, as HF "gelu"
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
+    embedding_dropout: float | None = None  # None: hidden_dropout, as in HF BERT
     pad_token_id: int = 0
     add_pooler: bool = True
     arch: str = dataclasses.field(default="bert", init=False)

@@ -167,15 +167,27 @@ def attention_mask(
     return mask
 
 
-def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, *, implementation=None):
-    """Grouped-query attention through jax.nn.dot_product_attention.
+def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, *, implementation=None,
+                          dropout_rate: float = 0.0, dropout_rng=None):
+    """Grouped-query attention (K divides N).
 
-    jax picks cuDNN's fused kernel on GPU when the inputs allow it and XLA otherwise; K must
-    divide N (grouped-query attention is native there). Softmax runs in fp32 inside.
+    Without dropout: jax.nn.dot_product_attention, which picks cuDNN's fused kernel on GPU when
+    the inputs allow it and XLA otherwise. With dropout (training only; the fused kernels have
+    none): an explicit fp32 softmax whose probabilities are dropped, the same function otherwise.
     """
-    return jax.nn.dot_product_attention(
-        q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, implementation=implementation
-    )
+    if not dropout_rate or dropout_rng is None:
+        return jax.nn.dot_product_attention(
+            q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, implementation=implementation
+        )
+    B, T, N, H = q_BTNH.shape
+    K = k_BSKH.shape[2]
+    q = q_BTNH.reshape(B, T, K, N // K, H)  # query head n uses kv head n // (N // K)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k_BSKH).astype(jnp.float32) * H**-0.5
+    logits = jnp.where(mask_B1TS[:, :, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v_BSKH.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH).reshape(B, T, N, H)
 
 
 def activation(name: str):

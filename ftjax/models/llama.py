@@ -49,7 +49,7 @@ class LlamaAttention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end):
+    def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic=True):
         cfg = self.config
         B, T, _ = x_BTD.shape
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
@@ -67,7 +67,11 @@ class LlamaAttention(nn.Module):
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             layer_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = dot_product_attention(q, k, v, mask_B1TS, implementation=cfg.attention_impl)
+        rate = 0.0 if deterministic else cfg.attention_dropout
+        out = dot_product_attention(
+            q, k, v, mask_B1TS, implementation=cfg.attention_impl, dropout_rate=rate,
+            dropout_rng=self.make_rng("dropout") if rate else None,
+        )
         out = dense(cfg.hidden_size, ("heads", "embed"), "o_proj")(out.reshape(B, T, N * H))
         return out, layer_cache
 
@@ -90,16 +94,20 @@ class LlamaBlock(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end):
+    def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic=True):
         cfg = self.config
         norm = lambda name: RMSNorm(  # noqa: E731
             cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name
         )
-        attn, layer_cache = LlamaAttention(cfg, name="self_attn")(
-            norm("input_layernorm")(x_BTD), cos, sin, mask_B1TS, layer_cache, cache_end
+        drop = lambda y: nn.Dropout(cfg.hidden_dropout)(  # noqa: E731
+            y, deterministic=deterministic or not cfg.hidden_dropout
         )
-        x_BTD = x_BTD + attn
-        x_BTD = x_BTD + LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BTD))
+        attn, layer_cache = LlamaAttention(cfg, name="self_attn")(
+            norm("input_layernorm")(x_BTD), cos, sin, mask_B1TS, layer_cache, cache_end,
+            deterministic,
+        )
+        x_BTD = x_BTD + drop(attn)
+        x_BTD = x_BTD + drop(LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BTD)))
         return x_BTD, layer_cache
 
 
@@ -109,9 +117,9 @@ class _ScannedBlock(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BTD, layer_cache, cos, sin, mask_B1TS, cache_end):
+    def __call__(self, x_BTD, layer_cache, cos, sin, mask_B1TS, cache_end, deterministic):
         return LlamaBlock(self.config, name="block")(
-            x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end
+            x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic
         )
 
 
@@ -130,20 +138,23 @@ class LlamaModel(nn.Module):
         if cfg.scan_layers:
             scanned = _ScannedBlock
             if policy is not None:
-                scanned = nn.remat(scanned, policy=policy, prevent_cse=False)
+                # argnums count self: (self, x, cache, cos, sin, mask, end, deterministic)
+                scanned = nn.remat(scanned, policy=policy, prevent_cse=False, static_argnums=(7,))
             self.layers = nn.scan(
                 scanned,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg)
         else:
             if policy is not None:
-                block = nn.remat(block, policy=policy)
+                # argnums count self: (self, x, cos, sin, mask, cache, end, deterministic)
+                block = nn.remat(block, policy=policy, static_argnums=(7,))
             self.blocks = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
 
     def attend(self, x_BTD):
         return self.embed_tokens.attend(x_BTD)
@@ -152,10 +163,10 @@ class LlamaModel(nn.Module):
         self, input_ids, *, positions, attention_mask_BT, segment_ids=None, cache=None,
         deterministic=True,
     ):
-        del deterministic  # no dropout in Llama pretraining or our default fine-tuning recipe
         cfg = self.config
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)
+        x = self.embedding_dropout(x, deterministic=deterministic or not cfg.embedding_dropout)
         cos, sin = rope_cos_sin(positions, cfg.head_size, cfg.rope_theta)
 
         if cache is None:
@@ -179,14 +190,14 @@ class LlamaModel(nn.Module):
             layer_caches = (cache["k"], cache["v"])
 
         if cfg.scan_layers:
-            x, layer_caches = self.layers(x, layer_caches, cos, sin, mask, cache_end)
+            x, layer_caches = self.layers(x, layer_caches, cos, sin, mask, cache_end, deterministic)
         else:
             new_k, new_v = [], []
             for i, block in enumerate(self.blocks):
                 layer_cache = None if layer_caches is None else (
                     layer_caches[0][i], layer_caches[1][i]
                 )
-                x, layer_cache = block(x, cos, sin, mask, layer_cache, cache_end)
+                x, layer_cache = block(x, cos, sin, mask, layer_cache, cache_end, deterministic)
                 if layer_cache is not None:
                     new_k.append(layer_cache[0])
                     new_v.append(layer_cache[1])

@@ -45,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.scan_layers = False
     c.model.remat = "none"
+    # Dropout overrides; None keeps the checkpoint's own (MiniLM: 0.1 / 0.1; Llama: none).
+    c.model.hidden_dropout = config_dict.placeholder(float)
+    c.model.attention_dropout = config_dict.placeholder(float)
+    c.model.embedding_dropout = config_dict.placeholder(float)
 
     c.head = ml_collections.ConfigDict()
     c.head.kind = "sequence"  # sequence | token | span | lm | mlm

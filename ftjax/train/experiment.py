@@ -104,11 +104,13 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
         param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
         rng_seed=cfg.seed,
     )
-    model_config = pretrained.model.config
-    if cfg.model.remat != "none":
-        pretrained.model = dataclasses.replace(
-            pretrained.model, config=dataclasses.replace(model_config, remat=cfg.model.remat)
-        )
+    changes = {"remat": cfg.model.remat}
+    for key in ("hidden_dropout", "attention_dropout", "embedding_dropout"):
+        if cfg.model[key] is not None:
+            changes[key] = cfg.model[key]
+    pretrained.model = dataclasses.replace(
+        pretrained.model, config=dataclasses.replace(pretrained.model.config, **changes)
+    )
     params = pretrained.params
     spec = presets.method_spec(cfg.method, pretrained.model.config, method_cfg=cfg.method_args)
     resolved = trainability.resolve(spec, params)
