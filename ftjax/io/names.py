@@ -102,5 +102,5 @@ def convert(
             conversion.problems.append(f"shape: checkpoint key {key!r} {tuple(array.shape)} cannot "
                                        f"be converted for our {path}: {err}")
             continue
-        conversion.tensors[path] = Converted(source=key, value=value, stored_shape=tuple(array.shape))
+        conversion.tensors[path] = Converted(key, value, stored_shape=tuple(array.shape))
     return conversion

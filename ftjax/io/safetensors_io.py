@@ -29,7 +29,7 @@ def read_tensors(model_dir: Path) -> dict[str, np.ndarray]:
         return _read_file(single)
     others = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(
         p.name for p in model_dir.glob("*.safetensors"))
-    hint = f" (found {', '.join(others)}; only safetensors named as above are read)" if others else ""
+    hint = f" (found {', '.join(others)}; only the names above are read)" if others else ""
     raise CheckpointError(f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
 
 
@@ -45,7 +45,8 @@ def _read_sharded(index: Path) -> dict[str, np.ndarray]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({err})") from err
+        raise CheckpointError(
+            f"{index}: not a safetensors index with a 'weight_map' ({err})") from err
     tensors: dict[str, np.ndarray] = {}
     problems = []
     for shard in sorted(set(weight_map.values())):
@@ -64,7 +65,8 @@ def _read_sharded(index: Path) -> dict[str, np.ndarray]:
                  for key, shard in weight_map.items()
                  if key not in tensors and (index.parent / shard).is_file()]
     if problems:
-        raise CheckpointError(f"{index}: inconsistent sharded checkpoint:\n  " + "\n  ".join(problems))
+        raise CheckpointError(
+            f"{index}: inconsistent sharded checkpoint:\n  " + "\n  ".join(problems))
     return tensors
 
 
