@@ -186,62 +186,57 @@ def test_gguf_round_trip_is_bit_exact(tiny, tmp_path, name):
 # -- transformers reads what we write ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-llama-tied"])
-def test_transformers_runs_tiny_llama_exports(tmp_path, name):
+def test_transformers_loads_our_exports(tiny, tmp_path, subtests):
+    """One test with subtests: under xdist, transformers and SmolLM2 load in one worker only."""
     transformers, torch = _transformers(), _torch()
-    # transformers requires hidden_size % num_heads == 0 even with an explicit head_dim, so the
-    # prime width 31 becomes 30; head_dim (10 / 14) still differs from hidden // heads (5).
-    config = dataclasses.replace(preset(name), hidden_size=30)
-    model = Model(config, HeadConfig("lm"))
-    params = random_params(model, seed=3)
-    out = save_hf(config, params, tmp_path / name, tokenizer=tiny_tokenizer(config))
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
-                                                                attn_implementation="eager").eval()
-    with torch.no_grad():
-        logits = theirs(torch.from_numpy(IDS.astype(np.int64))).logits.numpy()
-    np.testing.assert_allclose(logits, _outputs(model, params, mask=np.ones_like(MASK)),
-                               rtol=1e-5, atol=1e-5)
 
+    def hf_model(auto_class, out):
+        return auto_class.from_pretrained(out, dtype=torch.float32,
+                                          attn_implementation="eager").eval()
 
-def test_transformers_runs_tiny_bert_export(tiny):
-    transformers, torch = _transformers(), _torch()
-    model, params, out = tiny["tiny-bert"]
-    theirs = transformers.AutoModel.from_pretrained(out, dtype=torch.float32,
-                                                    attn_implementation="eager").eval()
-    with torch.no_grad():
-        hidden = theirs(input_ids=torch.from_numpy(IDS.astype(np.int64)),
-                        attention_mask=torch.from_numpy(MASK.astype(np.int64)))
-    hidden = hidden.last_hidden_state.numpy()
-    mask = MASK[..., None]
-    np.testing.assert_allclose(hidden * mask, _outputs(model, params) * mask, rtol=1e-5, atol=1e-5)
+    for name in ("tiny-llama", "tiny-llama-tied"):
+        with subtests.test("tiny llama logits", preset=name):
+            # transformers requires hidden_size % num_heads == 0 even with an explicit
+            # head_dim, so width 31 becomes 30; head_dim (10 / 14) still differs from 30 // 6.
+            config = dataclasses.replace(preset(name), hidden_size=30)
+            model = Model(config, HeadConfig("lm"))
+            params = random_params(model, seed=3)
+            out = save_hf(config, params, tmp_path / name, tokenizer=tiny_tokenizer(config))
+            with torch.no_grad():
+                logits = hf_model(transformers.AutoModelForCausalLM, out)(
+                    torch.from_numpy(IDS.astype(np.int64))).logits.numpy()
+            np.testing.assert_allclose(logits, _outputs(model, params, mask=np.ones_like(MASK)),
+                                       rtol=1e-5, atol=1e-5)
 
+    with subtests.test("tiny bert hidden states"):
+        model, params, out = tiny["tiny-bert"]
+        with torch.no_grad():
+            hidden = hf_model(transformers.AutoModel, out)(
+                input_ids=torch.from_numpy(IDS.astype(np.int64)),
+                attention_mask=torch.from_numpy(MASK.astype(np.int64))).last_hidden_state.numpy()
+        mask = MASK[..., None]
+        np.testing.assert_allclose(hidden * mask, _outputs(model, params) * mask,
+                                   rtol=1e-5, atol=1e-5)
 
-@pytest.fixture(scope="module")
-def smollm2_export(tmp_path_factory):
     pretrained = load_pretrained("smollm2-135m-instruct", dtype="float32")
-    out = save_hf(pretrained.model.config, pretrained.params,
-                  tmp_path_factory.mktemp("smollm2") / "hf", tokenizer=pretrained.tokenizer)
-    return pretrained, out
-
-
-def test_smollm2_export_loads_in_transformers_with_the_same_logits(smollm2_export):
-    transformers, torch = _transformers(), _torch()
-    pretrained, out = smollm2_export
-    config = transformers.AutoConfig.from_pretrained(out)
-    assert config.model_type == "llama" and config.num_hidden_layers == 30
-    assert config.num_key_value_heads == 3
-    assert config.tie_word_embeddings and config.rope_parameters["rope_theta"] == 100000.0
+    out = save_hf(pretrained.model.config, pretrained.params, tmp_path / "smollm2",
+                  tokenizer=pretrained.tokenizer)
     reference = np.load(Path(__file__).parent / "fixtures" / "smollm2_reference.npz")
     ids = reference["ids_1"]
-    their_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
-    assert their_tokenizer(str(reference["prompt_1"])).input_ids == ids.tolist()
+    with subtests.test("SmolLM2 config.json and tokenizer"):
+        config = transformers.AutoConfig.from_pretrained(out)
+        assert config.model_type == "llama" and config.num_hidden_layers == 30
+        assert config.num_key_value_heads == 3 and config.tie_word_embeddings
+        assert config.rope_parameters["rope_theta"] == 100000.0
+        their_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+        assert their_tokenizer(str(reference["prompt_1"])).input_ids == ids.tolist()
 
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
-                                                                attn_implementation="eager").eval()
-    with torch.no_grad():
-        their_last = theirs(torch.from_numpy(ids[None].astype(np.int64))).logits[0, -1].numpy()
-    our_last = np.asarray(jax.jit(pretrained.model.apply)(
-        {"params": pretrained.params}, jnp.asarray(ids)[None]).logits[0, -1])
-    # Row scale ~27: see test_io_parity's tolerance note (fp32 rounding at this scale).
-    allowed = max(1e-4, 1e-5 * np.abs(their_last).max())
-    assert np.abs(their_last - our_last).max() <= allowed
+    with subtests.test("SmolLM2 last-position logits"):
+        with torch.no_grad():
+            their_last = hf_model(transformers.AutoModelForCausalLM, out)(
+                torch.from_numpy(ids[None].astype(np.int64))).logits[0, -1].numpy()
+        our_last = np.asarray(jax.jit(pretrained.model.apply)(
+            {"params": pretrained.params}, jnp.asarray(ids)[None]).logits[0, -1])
+        # Row scale ~27: see test_io_parity's tolerance note (fp32 rounding at this scale).
+        allowed = max(1e-4, 1e-5 * np.abs(their_last).max())
+        assert np.abs(their_last - our_last).max() <= allowed
