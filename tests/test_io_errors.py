@@ -148,6 +148,15 @@ def test_sharded_index_naming_a_missing_shard(llama_dir):
     assert "'model-00002-of-00002.safetensors'" in message and "does not exist" in message
 
 
+def test_single_file_beside_a_sharded_index_is_ambiguous(llama_dir, llama_params):
+    (llama_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
+    assert "holds both model.safetensors and model.safetensors.index.json" in _load_error(llama_dir)
+    config_before = (llama_dir / "config.json").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a sharded checkpoint"):
+        save_hf(preset("tiny-llama", rope_theta=5.0), llama_params, llama_dir)
+    assert (llama_dir / "config.json").read_bytes() == config_before
+
+
 def test_no_weights_file(llama_dir):
     (llama_dir / "model.safetensors").unlink()
     assert "no model.safetensors or model.safetensors.index.json" in _load_error(llama_dir)

@@ -23,7 +23,7 @@ import numpy as np
 from ftjax.io.hf_config import config_from_hf, config_to_hf, read_config_json
 from ftjax.io.loading import Checkpoint, CheckpointError, flatten
 from ftjax.io.names import NameMap, Rule, convert, transpose
-from ftjax.io.safetensors_io import read_tensors, write_tensors
+from ftjax.io.safetensors_io import check_writable, read_tensors, write_tensors
 from ftjax.io.tokenizer import Tokenizer
 from ftjax.models import BertConfig, LlamaConfig, Model
 from ftjax.models.config import BackboneConfig
@@ -150,6 +150,7 @@ def save_hf(
             f"(PEFT leaves must be merged into the base weights before exporting)")
 
     out = Path(out_dir)
+    check_writable(out)  # before anything is written: a refused export changes nothing
     out.mkdir(parents=True, exist_ok=True)
     stored_dtype = np.dtype(next(iter(tensors.values())).dtype).name
     hf_config = config_to_hf(config, dtype=stored_dtype)

@@ -21,10 +21,13 @@ INDEX_FILE = "model.safetensors.index.json"
 
 def read_tensors(model_dir: Path) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint in `model_dir`, keyed as stored."""
-    index = model_dir / INDEX_FILE
+    index, single = model_dir / INDEX_FILE, model_dir / SINGLE_FILE
+    if index.is_file() and single.is_file():
+        # Loaders disagree on which wins; one of them is stale, and guessing could load it.
+        raise CheckpointError(f"{model_dir}: holds both {SINGLE_FILE} and {INDEX_FILE}; "
+                              f"remove the stale one")
     if index.is_file():
         return _read_sharded(index)
-    single = model_dir / SINGLE_FILE
     if single.is_file():
         return _read_file(single)
     others = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(
@@ -68,6 +71,13 @@ def _read_sharded(index: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(
             f"{index}: inconsistent sharded checkpoint:\n  " + "\n  ".join(problems))
     return tensors
+
+
+def check_writable(model_dir: Path) -> None:
+    """Refuse to write a single file beside a sharded index that readers might prefer."""
+    if (model_dir / INDEX_FILE).exists():
+        raise CheckpointError(f"{model_dir} already holds a sharded checkpoint ({INDEX_FILE}); "
+                              f"write the export to an empty directory")
 
 
 def write_tensors(tensors: dict[str, np.ndarray], model_dir: Path) -> Path:
