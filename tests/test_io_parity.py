@@ -43,74 +43,49 @@ def assert_logits_close(ours, reference, what: str) -> None:
 # -- SmolLM2-135M-Instruct from GGUF ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return load_pretrained("smollm2-135m-instruct", dtype="float32")
+def test_smollm2_from_gguf_matches_transformers(subtests):
+    """One test with subtests: under xdist the 135M checkpoint then loads in one worker only."""
+    smollm2 = load_pretrained("smollm2-135m-instruct", dtype="float32")
+    ref = dict(np.load(FIXTURES / "smollm2_reference.npz"))
+    jitted = jax.jit(smollm2.model.apply)
 
+    def apply(ids, **kw):
+        return jitted({"params": smollm2.params}, jnp.asarray(ids), **kw)
 
-@pytest.fixture(scope="module")
-def smollm2_ref():
-    return dict(np.load(FIXTURES / "smollm2_reference.npz"))
+    with subtests.test("config from GGUF metadata"):
+        assert smollm2.model.config.with_policy(dtype="float32") == PRESETS["smollm2-135m"]
+        assert smollm2.model.head_config.kind == "lm" and "head" not in smollm2.params  # tied
+        assert smollm2.source.suffix == ".gguf" and smollm2.name == "smollm2-135m-instruct"
+        assert sum(x.size for x in jax.tree.leaves(smollm2.params)) == 134_515_008
 
-
-@pytest.fixture(scope="module")
-def smollm2_apply(smollm2):
-    apply = jax.jit(smollm2.model.apply)
-    return lambda ids, **kw: apply({"params": smollm2.params}, jnp.asarray(ids), **kw)
-
-
-@pytest.fixture(scope="module")
-def prompt_logits(smollm2_apply, smollm2_ref):
-    """(T_i, vocab) logits of each reference prompt, from ONE right-padded batch (one compile).
-
-    Causal attention keeps real tokens from seeing the padding after them.
-    """
-    prompts = [smollm2_ref[f"ids_{i}"] for i in range(3)]
-    width = max(map(len, prompts))
-    ids = np.zeros((len(prompts), width), np.int32)
+    # All prompts in ONE right-padded batch (one compile); causal attention keeps real tokens
+    # from seeing the padding after them.
+    prompts = [ref[f"ids_{i}"] for i in range(3)]
+    ids = np.zeros((len(prompts), max(map(len, prompts))), np.int32)
     mask = np.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, :len(p)], mask[row, :len(p)] = p, 1
-    logits = np.asarray(smollm2_apply(ids, attention_mask=mask).logits)
-    return [logits[row, :len(p)] for row, p in enumerate(prompts)]
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)], mask[row, :len(prompt)] = prompt, 1
+    logits = np.asarray(apply(ids, attention_mask=mask).logits)
+    for i, prompt in enumerate(prompts):
+        ours = logits[i, :len(prompt)]
+        with subtests.test("every position, vocab subset", prompt=i):
+            assert_logits_close(ours[:, ref["vocab_subset"]], ref[f"logits_subset_{i}"],
+                                f"prompt {i}, all positions")
+        with subtests.test("last position, full vocab, and argmax everywhere", prompt=i):
+            assert_logits_close(ours[-1], ref[f"last_logits_{i}"], f"prompt {i}, last")
+            np.testing.assert_array_equal(ours.argmax(-1), ref[f"argmax_{i}"])
 
+    with subtests.test("8 greedy tokens"):
+        prompt, expected = ref["ids_0"], ref["greedy_0"]
+        buffer = np.zeros_like(ids)  # the same shape: no new compile; causal mask hides the tail
+        buffer[0, :len(prompt)] = prompt
+        for end in range(len(prompt), len(prompt) + len(expected)):
+            buffer[0, end] = int(np.argmax(np.asarray(apply(buffer).logits[0, end - 1])))
+        np.testing.assert_array_equal(buffer[0, len(prompt):len(prompt) + len(expected)], expected)
 
-def test_smollm2_config_read_from_gguf_metadata(smollm2):
-    assert smollm2.model.config.with_policy(dtype="float32") == PRESETS["smollm2-135m"]
-    assert smollm2.model.head_config.kind == "lm" and "head" not in smollm2.params  # tied
-    assert smollm2.source.suffix == ".gguf" and smollm2.name == "smollm2-135m-instruct"
-    n_params = sum(x.size for x in jax.tree.leaves(smollm2.params))
-    assert n_params == 134_515_008
-
-
-@pytest.mark.parametrize("i", range(3))
-def test_smollm2_logits_every_position_on_vocab_subset(prompt_logits, smollm2_ref, i):
-    subset = smollm2_ref["vocab_subset"]
-    assert_logits_close(prompt_logits[i][:, subset], smollm2_ref[f"logits_subset_{i}"],
-                        f"prompt {i}, all positions")
-
-
-@pytest.mark.parametrize("i", range(3))
-def test_smollm2_last_position_full_vocab_and_argmax(prompt_logits, smollm2_ref, i):
-    assert_logits_close(prompt_logits[i][-1], smollm2_ref[f"last_logits_{i}"], f"prompt {i}, last")
-    np.testing.assert_array_equal(prompt_logits[i].argmax(-1), smollm2_ref[f"argmax_{i}"])
-
-
-def test_smollm2_greedy_continuation(smollm2_apply, smollm2_ref):
-    prompt, expected = smollm2_ref["ids_0"], smollm2_ref["greedy_0"]
-    # A fixed-width buffer: one compile for all steps; the causal mask hides the unused tail.
-    ids = np.zeros((1, len(prompt) + len(expected)), np.int32)
-    ids[0, :len(prompt)] = prompt
-    for step in range(len(expected)):
-        end = len(prompt) + step
-        ids[0, end] = int(np.argmax(np.asarray(smollm2_apply(ids).logits[0, end - 1])))
-    np.testing.assert_array_equal(ids[0, len(prompt):], expected)
-
-
-def test_smollm2_left_padded_batch_with_default_positions(smollm2_apply, smollm2_ref):
-    out = smollm2_apply(smollm2_ref["batch_input_ids"],
-                        attention_mask=smollm2_ref["batch_attention_mask"])
-    assert_logits_close(out.logits[:, -1], smollm2_ref["batch_last_logits"], "left-padded batch")
+    with subtests.test("left-padded batch, default positions"):
+        out = apply(ref["batch_input_ids"], attention_mask=ref["batch_attention_mask"])
+        assert_logits_close(out.logits[:, -1], ref["batch_last_logits"], "left-padded batch")
 
 
 # -- all-MiniLM-L6-v2 from an HF directory ------------------------------------------------------

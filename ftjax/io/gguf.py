@@ -37,7 +37,7 @@ def unpermute_rotary_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def permute_rotary_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
-    """llama.cpp's q/k row permutation (HF order -> GGUF order); `unpermute_rotary_rows` inverts it."""
+    """llama.cpp's q/k row permutation (HF order -> GGUF order); unpermute_rotary_rows inverts."""
     rows, cols = w.shape
     if rows % (2 * num_heads):
         raise ValueError(f"{rows} rows do not split into {num_heads} heads of rotary pairs")
@@ -112,7 +112,9 @@ def _f32(value: Any) -> float:
     return float(str(np.float32(value)))
 
 
-def llama_config_from_gguf(fields: dict[str, Any], tensor_names: set[str], *, where: str) -> LlamaConfig:
+def llama_config_from_gguf(
+    fields: dict[str, Any], tensor_names: set[str], *, where: str
+) -> LlamaConfig:
     def get(key: str, default: Any = None) -> Any:
         field = fields.get(key)
         return default if field is None else field.contents()
@@ -124,22 +126,24 @@ def llama_config_from_gguf(fields: dict[str, Any], tensor_names: set[str], *, wh
 
     arch = get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise CheckpointError(f"{where}: general.architecture is {arch!r}; only "
-                              f"{', '.join(map(repr, SUPPORTED_ARCHITECTURES))} GGUF files are supported")
+        supported = ", ".join(map(repr, SUPPORTED_ARCHITECTURES))
+        raise CheckpointError(f"{where}: general.architecture is {arch!r}; only {supported} "
+                              f"GGUF files are supported")
     scaling = get("llama.rope.scaling.type", "none")
     if scaling not in ("none", None):
         raise CheckpointError(f"{where}: llama.rope.scaling.type {scaling!r} is not supported "
                               f"(only plain RoPE)")
     if "tokenizer.ggml.tokens" not in fields:
-        raise CheckpointError(f"{where}: GGUF metadata has no 'tokenizer.ggml.tokens' (the vocabulary)")
+        raise CheckpointError(
+            f"{where}: GGUF metadata has no 'tokenizer.ggml.tokens' (the vocabulary)")
 
     hidden = int(require("llama.embedding_length"))
     num_heads = int(require("llama.attention.head_count"))
     head_dim = int(get("llama.attention.key_length", hidden // num_heads))
     rotary_dims = int(get("llama.rope.dimension_count", head_dim))
     if rotary_dims != head_dim:
-        raise CheckpointError(f"{where}: llama.rope.dimension_count={rotary_dims} rotates only part "
-                              f"of each {head_dim}-dim head; partial rotary is not supported")
+        raise CheckpointError(f"{where}: llama.rope.dimension_count={rotary_dims} rotates only "
+                              f"part of each {head_dim}-dim head; partial rotary is not supported")
 
     def token_id(key: str) -> int | None:
         value = get(key)

@@ -23,7 +23,7 @@ import numpy as np
 from ftjax.io.hf_config import config_from_hf, config_to_hf, read_config_json
 from ftjax.io.loading import Checkpoint, CheckpointError, flatten
 from ftjax.io.names import NameMap, Rule, convert, transpose
-from ftjax.io.safetensors_io import read_tensors, write_tensors
+from ftjax.io.safetensors_io import check_writable, read_tensors, write_tensors
 from ftjax.io.tokenizer import Tokenizer
 from ftjax.models import BertConfig, LlamaConfig, Model
 from ftjax.models.config import BackboneConfig
@@ -38,7 +38,8 @@ def _linear(checkpoint: str, ours: str) -> Rule:
 
 LLAMA_NAMES = NameMap([
     Rule("model.embed_tokens.weight", "backbone/embed_tokens/embedding"),
-    *(_linear(f"model.layers.{{i}}.self_attn.{p}.weight", f"backbone/layers_{{i}}/self_attn/{p}/kernel")
+    *(_linear(f"model.layers.{{i}}.self_attn.{p}.weight",
+              f"backbone/layers_{{i}}/self_attn/{p}/kernel")
       for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
     *(_linear(f"model.layers.{{i}}.mlp.{p}.weight", f"backbone/layers_{{i}}/mlp/{p}/kernel")
       for p in ("gate_proj", "up_proj", "down_proj")),
@@ -59,7 +60,8 @@ def _bert_rules():
     yield Rule("embeddings.LayerNorm.bias", "backbone/embeddings/norm/bias")
     layer, ours = "encoder.layer.{i}.", "backbone/layers_{i}/"
     dense = {"attention.self.query": "attention/query", "attention.self.key": "attention/key",
-             "attention.self.value": "attention/value", "attention.output.dense": "attention/output",
+             "attention.self.value": "attention/value",
+             "attention.output.dense": "attention/output",
              "intermediate.dense": "intermediate", "output.dense": "output"}
     for theirs, mine in dense.items():
         yield _linear(f"{layer}{theirs}.weight", f"{ours}{mine}/kernel")
@@ -96,7 +98,8 @@ def read_hf_checkpoint(model_dir: str | os.PathLike) -> Checkpoint:
     model_dir = Path(model_dir)
     config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
-        raise CheckpointError(f"{model_dir}: no {CONFIG_FILE}; not a Hugging Face checkpoint directory")
+        raise CheckpointError(
+            f"{model_dir}: no {CONFIG_FILE}; not a Hugging Face checkpoint directory")
     config = config_from_hf(read_config_json(config_path), where=str(config_path))
     tensors = {k: v for k, v in read_tensors(model_dir).items() if not _KNOWN_BUFFERS.match(k)}
     if isinstance(config, LlamaConfig):
@@ -147,6 +150,7 @@ def save_hf(
             f"(PEFT leaves must be merged into the base weights before exporting)")
 
     out = Path(out_dir)
+    check_writable(out)  # before anything is written: a refused export changes nothing
     out.mkdir(parents=True, exist_ok=True)
     stored_dtype = np.dtype(next(iter(tensors.values())).dtype).name
     hf_config = config_to_hf(config, dtype=stored_dtype)

@@ -57,10 +57,10 @@ def _rope_theta(hf: dict[str, Any], where: str) -> float:
     """rope_theta from transformers <5 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`)."""
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
-    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if rope_type != "default":
-        raise CheckpointError(f"{where}: rope type {rope_type!r} (rope scaling) is not supported; "
-                              f"only plain RoPE ('default') is")
+    for rope_type in (params.get("rope_type"), scaling.get("rope_type"), scaling.get("type")):
+        if rope_type not in (None, "default"):
+            raise CheckpointError(f"{where}: rope type {rope_type!r} (rope scaling) is not "
+                                  f"supported; only plain RoPE ('default') is")
     theta = params.get("rope_theta", hf.get("rope_theta"))
     return 10000.0 if theta is None else float(theta)  # transformers' LlamaConfig default
 
@@ -68,10 +68,12 @@ def _rope_theta(hf: dict[str, Any], where: str) -> float:
 def _llama_from_hf(hf: dict[str, Any], where: str) -> LlamaConfig:
     act = hf.get("hidden_act", "silu")
     if act != "silu":
-        raise CheckpointError(f"{where}: hidden_act {act!r} is not supported for llama (only 'silu')")
+        raise CheckpointError(
+            f"{where}: hidden_act {act!r} is not supported for llama (only 'silu')")
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
-            raise CheckpointError(f"{where}: {flag}=true is not supported (our Llama has no biases)")
+            raise CheckpointError(
+                f"{where}: {flag}=true is not supported (our Llama has no biases)")
     num_heads = int(_require(hf, "num_attention_heads", where))
     hidden = int(_require(hf, "hidden_size", where))
     head_dim = hf.get("head_dim")
@@ -97,8 +99,8 @@ def _llama_from_hf(hf: dict[str, Any], where: str) -> LlamaConfig:
 def _bert_from_hf(hf: dict[str, Any], where: str) -> BertConfig:
     position_type = hf.get("position_embedding_type", "absolute")
     if position_type != "absolute":
-        raise CheckpointError(f"{where}: position_embedding_type {position_type!r} is not supported "
-                              f"(only 'absolute')")
+        raise CheckpointError(f"{where}: position_embedding_type {position_type!r} is not "
+                              f"supported (only 'absolute')")
     act = hf.get("hidden_act", "gelu")
     try:
         return BertConfig(

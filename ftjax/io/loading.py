@@ -102,7 +102,8 @@ def fill_params(model: Model, conversion: Conversion, *, where: str) -> dict[str
         if path not in conversion.tensors:
             key = conversion.expected_key(path)
             source = f"checkpoint key {key!r}" if key else "no checkpoint key maps to it"
-            problems.append(f"missing: {source} -> our {path} {tuple(spec.shape)} is not in the file")
+            problems.append(
+                f"missing: {source} -> our {path} {tuple(spec.shape)} is not in the file")
 
     dropped = []
     for path, tensor in conversion.tensors.items():
@@ -115,9 +116,10 @@ def fill_params(model: Model, conversion: Conversion, *, where: str) -> dict[str
             continue
         want = expected[path].shape
         if tuple(tensor.value.shape) != tuple(want):
-            problems.append(f"shape: checkpoint key {tensor.source!r} stored as {tensor.stored_shape} "
-                            f"converts to {tuple(tensor.value.shape)}, but our {path} is {tuple(want)}")
-        if not np.issubdtype(tensor.value.dtype, np.floating) and tensor.value.dtype != jnp.bfloat16:
+            problems.append(
+                f"shape: checkpoint key {tensor.source!r} stored as {tensor.stored_shape} "
+                f"converts to {tuple(tensor.value.shape)}, but our {path} is {tuple(want)}")
+        if not jnp.issubdtype(tensor.value.dtype, jnp.floating):  # bfloat16 counts, unlike np
             problems.append(f"dtype: checkpoint key {tensor.source!r} is {tensor.value.dtype}, "
                             f"not a floating-point type, so it cannot fill our {path}")
 

@@ -36,10 +36,13 @@ class Rule:
     ours: str  # e.g. "backbone/layers_{i}/self_attn/q_proj/kernel"
     load: ArrayFn = identity
     save: ArrayFn | None = identity  # None: this format is read-only for this tensor
+    checkpoint_re: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
+    ours_re: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "_checkpoint_re", _template_re(self.checkpoint))
-        object.__setattr__(self, "_ours_re", _template_re(self.ours))
+        # Compiled once per rule; frozen dataclasses set derived fields through object.
+        object.__setattr__(self, "checkpoint_re", _template_re(self.checkpoint))
+        object.__setattr__(self, "ours_re", _template_re(self.ours))
 
 
 def _template_re(template: str) -> re.Pattern:
@@ -58,13 +61,13 @@ class NameMap:
 
     def to_ours(self, key: str) -> tuple[str, Rule] | None:
         for rule in self.rules:
-            if m := rule._checkpoint_re.match(key):
+            if m := rule.checkpoint_re.match(key):
                 return _fill(rule.ours, m), rule
         return None
 
     def to_checkpoint(self, path: str) -> tuple[str, Rule] | None:
         for rule in self.rules:
-            if m := rule._ours_re.match(path):
+            if m := rule.ours_re.match(path):
                 return _fill(rule.checkpoint, m), rule
         return None
 
@@ -102,5 +105,5 @@ def convert(
             conversion.problems.append(f"shape: checkpoint key {key!r} {tuple(array.shape)} cannot "
                                        f"be converted for our {path}: {err}")
             continue
-        conversion.tensors[path] = Converted(source=key, value=value, stored_shape=tuple(array.shape))
+        conversion.tensors[path] = Converted(key, value, stored_shape=tuple(array.shape))
     return conversion

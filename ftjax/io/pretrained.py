@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 
 from ftjax import assets
@@ -19,8 +20,9 @@ from ftjax.io.gguf import read_gguf_checkpoint
 from ftjax.io.hf import CONFIG_FILE, read_hf_checkpoint
 from ftjax.io.loading import Checkpoint, CheckpointError, fill_params
 from ftjax.io.tokenizer import Tokenizer
-from ftjax.models import HeadConfig, LlamaConfig, Model, default_compute_dtype, replace_head
+from ftjax.models import HeadConfig, LlamaConfig, Model, default_compute_dtype
 from ftjax.models.layout import to_layout
+from ftjax.models.model import init_boxed
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,8 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Pretrained:
     model: Model  # flax module (config + head_config)
-    params: dict  # {"backbone":..., "head":...} plain arrays, in the layout config.scan_layers asks for
+    # {"backbone":..., "head":...} plain arrays, in the layout config.scan_layers asks for
+    params: dict
     tokenizer: Tokenizer
     source: Path  # the resolved file/dir
     name: str  # the asset name or path given
@@ -36,7 +39,8 @@ class Pretrained:
 
 def pretraining_head(checkpoint: Checkpoint) -> HeadConfig:
     """The head a checkpoint was trained with: next-token LM for Llama, none for BERT encoders."""
-    return HeadConfig(kind="lm") if isinstance(checkpoint.config, LlamaConfig) else HeadConfig(kind="none")
+    is_decoder = isinstance(checkpoint.config, LlamaConfig)
+    return HeadConfig(kind="lm" if is_decoder else "none")
 
 
 def load_pretrained(
@@ -50,8 +54,9 @@ def load_pretrained(
 ) -> Pretrained:
     """Load a pretrained model strictly: every parameter filled, every checkpoint tensor used.
 
-    head: None keeps the pretraining head (`pretraining_head`); any other head discards it
-      (an untied LM head's weights are dropped) and initializes the new one from `rng_seed`.
+    head: None keeps the pretraining head (`pretraining_head`), as does any head of the same
+      kind (e.g. with dropout); another kind discards it (an untied LM head's weights are
+      dropped) and initializes the new head from `rng_seed`.
     dtype: compute dtype; None picks `default_compute_dtype()` (fp32 on CPU, bf16 on GPU).
     param_dtype: storage dtype; checkpoint tensors are cast to it.
     scan_layers: return params stacked for `lax.scan` (the model's config says so too).
@@ -64,13 +69,14 @@ def load_pretrained(
     config = checkpoint.config.with_policy(
         dtype=dtype or default_compute_dtype(), param_dtype=param_dtype, scan_layers=False)
 
-    # Fill in the canonical per-layer layout; a replaced head is attached afterwards, so its
-    # random init never mixes with checkpoint values.
-    fill_head = head if head == pretrained_head else HeadConfig(kind="none")
-    model = Model(config, fill_head)
+    # Fill in the canonical per-layer layout. The same head kind keeps the pretrained weights
+    # (an "lm" head with dropout is still the pretrained LM head); another kind is attached
+    # afterwards, so its random init never mixes with checkpoint values.
+    keeps_head = head.kind == pretrained_head.kind
+    model = Model(config, head if keeps_head else HeadConfig(kind="none"))
     params = fill_params(model, checkpoint.conversion, where=str(source))
-    if fill_head != head:
-        model, params = replace_head(model, params, head, jax.random.key(rng_seed))
+    if not keeps_head:
+        model, params = attach_new_head(model, params, head, jax.random.key(rng_seed))
     if scan_layers:
         model = Model(config.with_policy(scan_layers=True), model.head_config)
         params = to_layout(params, scan_layers=True)
@@ -78,6 +84,22 @@ def load_pretrained(
     logger.debug("loaded %s from %s in %.2f s", name_or_path, source, time.perf_counter() - start)
     return Pretrained(model=model, params=params, tokenizer=tokenizer, source=source,
                       name=str(name_or_path))
+
+
+def attach_new_head(model: Model, params: dict, head: HeadConfig, rng: jax.Array):
+    """`ftjax.models.replace_head`, with the same values, without initializing the backbone.
+
+    replace_head jits a full `init` and keeps only the head; for SmolLM2 on CPU that compiles and
+    draws 135M random numbers (~27 s). Returning only the head subtree from the jitted function
+    lets XLA drop the backbone's initializers and forward pass as dead code (~1.5 s). Flax
+    derives each parameter's key from the rng and its path, so the head is bit-identical.
+    """
+    new_model = dataclasses.replace(model, head_config=head)
+    fresh_head = jax.jit(lambda key: nn.meta.unbox(init_boxed(new_model, key)).get("head"))(rng)
+    new_params = {"backbone": params["backbone"]}
+    if fresh_head is not None:
+        new_params["head"] = fresh_head
+    return new_model, new_params
 
 
 def _read(source: Path, *, name: str) -> tuple[Checkpoint, Tokenizer]:

@@ -21,15 +21,18 @@ INDEX_FILE = "model.safetensors.index.json"
 
 def read_tensors(model_dir: Path) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint in `model_dir`, keyed as stored."""
-    index = model_dir / INDEX_FILE
+    index, single = model_dir / INDEX_FILE, model_dir / SINGLE_FILE
+    if index.is_file() and single.is_file():
+        # Loaders disagree on which wins; one of them is stale, and guessing could load it.
+        raise CheckpointError(f"{model_dir}: holds both {SINGLE_FILE} and {INDEX_FILE}; "
+                              f"remove the stale one")
     if index.is_file():
         return _read_sharded(index)
-    single = model_dir / SINGLE_FILE
     if single.is_file():
         return _read_file(single)
     others = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(
         p.name for p in model_dir.glob("*.safetensors"))
-    hint = f" (found {', '.join(others)}; only safetensors named as above are read)" if others else ""
+    hint = f" (found {', '.join(others)}; only the names above are read)" if others else ""
     raise CheckpointError(f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
 
 
@@ -45,7 +48,8 @@ def _read_sharded(index: Path) -> dict[str, np.ndarray]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({err})") from err
+        raise CheckpointError(
+            f"{index}: not a safetensors index with a 'weight_map' ({err})") from err
     tensors: dict[str, np.ndarray] = {}
     problems = []
     for shard in sorted(set(weight_map.values())):
@@ -64,8 +68,16 @@ def _read_sharded(index: Path) -> dict[str, np.ndarray]:
                  for key, shard in weight_map.items()
                  if key not in tensors and (index.parent / shard).is_file()]
     if problems:
-        raise CheckpointError(f"{index}: inconsistent sharded checkpoint:\n  " + "\n  ".join(problems))
+        raise CheckpointError(
+            f"{index}: inconsistent sharded checkpoint:\n  " + "\n  ".join(problems))
     return tensors
+
+
+def check_writable(model_dir: Path) -> None:
+    """Refuse to write a single file beside a sharded index that readers might prefer."""
+    if (model_dir / INDEX_FILE).exists():
+        raise CheckpointError(f"{model_dir} already holds a sharded checkpoint ({INDEX_FILE}); "
+                              f"write the export to an empty directory")
 
 
 def write_tensors(tensors: dict[str, np.ndarray], model_dir: Path) -> Path:

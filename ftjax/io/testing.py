@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import tokenizers
 from tokenizers import models, pre_tokenizers
@@ -19,7 +21,7 @@ from tokenizers import models, pre_tokenizers
 from ftjax.io.gguf import permute_rotary_rows
 from ftjax.io.loading import flatten
 from ftjax.io.tokenizer import Tokenizer
-from ftjax.models import LlamaConfig
+from ftjax.models import LlamaConfig, Model, param_shapes
 from ftjax.models.config import BackboneConfig
 from ftjax.models.layout import to_layout
 
@@ -38,10 +40,27 @@ def tiny_tokenizer(config: BackboneConfig) -> Tokenizer:
     tokens = [*specials.values()]
     tokens += [f"w{i}" for i in range(len(tokens), config.vocab_size)]
     unk = specials.get("unk_token", "<pad>")
-    backend = tokenizers.Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=unk))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    backend = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token=unk))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.add_special_tokens([tokenizers.AddedToken(t, special=True) for t in specials.values()])
     return Tokenizer(backend, name="tiny", special_tokens=specials)
+
+
+def random_params(model: Model, seed: int = 0) -> dict[str, Any]:
+    """Random parameters for `model` in its own layout, drawn with numpy from `param_shapes`.
+
+    Much faster than `init_params` for tests (no compile of init + forward), and norm scales
+    differ from 1 so that a swapped scale/bias or a dropped norm shows in the outputs.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(path, spec):
+        noise = 0.1 * rng.standard_normal(spec.shape)
+        is_scale = getattr(path[-1], "key", None) == "scale"
+        return jnp.asarray((1.0 + noise) if is_scale else noise, spec.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, param_shapes(model))
 
 
 # Our paths -> GGUF names (the inverse of ftjax.io.gguf.gguf_llama_names, for writing).
@@ -124,7 +143,7 @@ def _add_tokenizer(writer: Any, config: LlamaConfig) -> None:
     specials = ["<pad>", "<s>", "</s>"]
     count = config.vocab_size - len(specials) - 1
     if count < 66:  # the sorted alphabet reaches "b" at index 65
-        raise ValueError(f"vocab_size {config.vocab_size} is too small for the tiny GGUF vocabulary")
+        raise ValueError(f"vocab_size {config.vocab_size} is too small for the tiny vocabulary")
     tokens = [*specials, *byte_chars[:count], "ab"]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt2")
