@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 from ftjax.io import load_pretrained, save_hf
 from ftjax.io.gguf import permute_rotary_rows, unpermute_rotary_rows
 from ftjax.io.testing import random_params, tiny_tokenizer, write_llama_gguf
-from ftjax.models import HeadConfig, Model, preset, replace_head
+from ftjax.models import HeadConfig, Model, init_params, preset
 
 CASES = {  # preset -> the pretraining head load_pretrained gives it back with
     "tiny-llama": HeadConfig("lm"),
@@ -135,8 +135,8 @@ def test_new_head_replaces_the_pretraining_head(tiny):
     loaded = load_pretrained(out, head=head, rng_seed=7)
     assert loaded.model.head_config == head and set(loaded.params["head"]) == {"classifier"}
     assert _bit_equal(loaded.params["backbone"], params["backbone"])
-    # Same values as models.replace_head with the same seed (which initializes the whole model).
-    _, expected = replace_head(model, params, head, jax.random.key(7))
+    # Same values as initializing the whole new model with the same seed.
+    expected = init_params(dataclasses.replace(model, head_config=head), jax.random.key(7))
     assert _bit_equal(loaded.params["head"], expected["head"])
     # The same kind with other settings keeps the pretrained LM head.
     with_dropout = load_pretrained(out, head=HeadConfig("lm", dropout=0.1))

@@ -119,3 +119,31 @@ def test_missing_data_file_is_a_clear_error(tiny_config_file, tmp_path):
     cfg = load_config(tiny_config_file, [f"data.path={tmp_path}/nowhere/{{split}}.jsonl"])
     with pytest.raises(MissingFileError, match="nowhere"):
         train(cfg, tmp_path / "run", quiet=True)
+
+
+def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tmp_path,
+                                                              monkeypatch):
+    """Scripted validation accuracies: best at step 4, then 3 evals without improvement."""
+    import numpy as np
+
+    from ftjax.train import loop
+
+    script = iter([0.50, 0.70, 0.69, 0.70, 0.65, 0.99, 0.99])
+    real_evaluate = loop.evaluate
+
+    def scripted(eval_step, state, batches):
+        metrics = real_evaluate(eval_step, state, batches)
+        return {**metrics, "accuracy": next(script, metrics["accuracy"])}
+
+    monkeypatch.setattr(loop, "evaluate", scripted)
+    overrides = ["steps=20", "eval_every=2", "early_stopping.patience=3",
+                 "early_stopping.min_delta=0.005"]
+    stopped = train(load_config(tiny_config_file, overrides), tmp_path / "es", quiet=True)
+    assert stopped.stopped_early and stopped.final_step == 10 and stopped.best_step == 4
+
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
+    reference = train(load_config(tiny_config_file, ["steps=4"]), tmp_path / "ref", quiet=True)
+    same = [np.array_equal(a, b) for a, b in zip(
+        __import__("jax").tree.leaves(stopped.state.trainable),
+        __import__("jax").tree.leaves(reference.state.trainable))]
+    assert same and all(same)  # the restored params are exactly those of step 4

@@ -67,15 +67,20 @@ def gguf_llama_names(config: LlamaConfig) -> NameMap:
     ])
 
 
-def read_gguf_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Config and dequantized tensors (under our names) of a llama GGUF file."""
+def open_gguf(path: str | os.PathLike):
+    """A gguf.GGUFReader (parsing the metadata costs seconds: open a file once, share it)."""
     import gguf  # deferred: only GGUF users pay for importing it
 
-    path = Path(path)
     try:
-        reader = gguf.GGUFReader(path)
+        return gguf.GGUFReader(Path(path))
     except Exception as err:  # gguf raises ValueError / struct.error / OSError on bad files
         raise CheckpointError(f"{path}: not a readable GGUF file ({err})") from err
+
+
+def read_gguf_checkpoint(path: str | os.PathLike, reader=None) -> Checkpoint:
+    """Config and dequantized tensors (under our names) of a llama GGUF file."""
+    path = Path(path)
+    reader = reader or open_gguf(path)
     tensor_names = {t.name for t in reader.tensors}
     config = llama_config_from_gguf(reader.fields, tensor_names, where=str(path))
     conversion = convert(dequantize_all(reader, where=str(path)), gguf_llama_names(config))

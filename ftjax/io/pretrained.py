@@ -12,17 +12,16 @@ import os
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 
 from ftjax import assets
-from ftjax.io.gguf import read_gguf_checkpoint
+from ftjax.io.gguf import open_gguf, read_gguf_checkpoint
 from ftjax.io.hf import CONFIG_FILE, read_hf_checkpoint
 from ftjax.io.loading import Checkpoint, CheckpointError, fill_params
 from ftjax.io.tokenizer import Tokenizer
 from ftjax.models import HeadConfig, LlamaConfig, Model, default_compute_dtype
 from ftjax.models.layout import to_layout
-from ftjax.models.model import init_boxed
+from ftjax.models.model import replace_head
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def load_pretrained(
     model = Model(config, head if keeps_head else HeadConfig(kind="none"))
     params = fill_params(model, checkpoint.conversion, where=str(source))
     if not keeps_head:
-        model, params = attach_new_head(model, params, head, jax.random.key(rng_seed))
+        model, params = replace_head(model, params, head, jax.random.key(rng_seed))
     if scan_layers:
         model = Model(config.with_policy(scan_layers=True), model.head_config)
         params = to_layout(params, scan_layers=True)
@@ -86,26 +85,12 @@ def load_pretrained(
                       name=str(name_or_path))
 
 
-def attach_new_head(model: Model, params: dict, head: HeadConfig, rng: jax.Array):
-    """`ftjax.models.replace_head`, with the same values, without initializing the backbone.
-
-    replace_head jits a full `init` and keeps only the head; for SmolLM2 on CPU that compiles and
-    draws 135M random numbers (~27 s). Returning only the head subtree from the jitted function
-    lets XLA drop the backbone's initializers and forward pass as dead code (~1.5 s). Flax
-    derives each parameter's key from the rng and its path, so the head is bit-identical.
-    """
-    new_model = dataclasses.replace(model, head_config=head)
-    fresh_head = jax.jit(lambda key: nn.meta.unbox(init_boxed(new_model, key)).get("head"))(rng)
-    new_params = {"backbone": params["backbone"]}
-    if fresh_head is not None:
-        new_params["head"] = fresh_head
-    return new_model, new_params
-
-
 def _read(source: Path, *, name: str) -> tuple[Checkpoint, Tokenizer]:
     tokenizer_name = name if name in assets.ASSETS else None
     if source.is_file() and source.suffix == ".gguf":
-        return read_gguf_checkpoint(source), Tokenizer.from_gguf(source, name=tokenizer_name)
+        reader = open_gguf(source)
+        return (read_gguf_checkpoint(source, reader),
+                Tokenizer.from_gguf(source, name=tokenizer_name, fields=reader.fields))
     if source.is_dir() and (source / CONFIG_FILE).is_file():
         return read_hf_checkpoint(source), Tokenizer.from_hf_dir(source, name=tokenizer_name)
     found = "a directory without config.json" if source.is_dir() else "a file that is not .gguf"

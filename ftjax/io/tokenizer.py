@@ -172,10 +172,14 @@ class Tokenizer:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike, *, name: str | None = None) -> Tokenizer:
-        """Rebuild the byte-level BPE tokenizer stored in a GGUF file's metadata."""
+    def from_gguf(cls, path: str | os.PathLike, *, name: str | None = None,
+                  fields=None) -> Tokenizer:
+        """Rebuild the byte-level BPE tokenizer stored in a GGUF file's metadata.
+
+        fields: the file's already-parsed `GGUFReader(path).fields`, to avoid parsing it twice.
+        """
         path = Path(path)
-        metadata = _GGUFMetadata(path)
+        metadata = _GGUFMetadata(path, fields)
         model_type = metadata.get("tokenizer.ggml.model")
         if model_type != "gpt2":
             raise TokenizerError(f"{path}: tokenizer.ggml.model is {model_type!r}; only byte-level BPE "
@@ -351,14 +355,14 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
 class _GGUFMetadata:
     """Key/value metadata of a GGUF file, decoded to Python values."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fields=None) -> None:
         import gguf  # deferred: only GGUF users pay for importing it
 
         if not path.is_file():
             raise TokenizerError(f"{path}: no such GGUF file")
         self.path = path
         try:
-            self._fields = gguf.GGUFReader(path).fields
+            self._fields = fields if fields is not None else gguf.GGUFReader(path).fields
         except Exception as err:  # gguf raises ValueError / struct errors on malformed files
             raise TokenizerError(f"{path}: not a readable GGUF file ({err})") from err
         self._value_type = gguf.GGUFValueType

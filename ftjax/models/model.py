@@ -150,11 +150,14 @@ def logical_axes(model: Model):
 def replace_head(model: Model, params: dict, head_config: HeadConfig, rng: jax.Array):
     """Discard the current head and attach a freshly initialized one.
 
-    Returns (new_model, new_params): the backbone parameters are reused untouched.
+    Returns (new_model, new_params): the backbone parameters are reused untouched. The head gets
+    exactly the values a full `init_params(new_model, rng)` would give it (Flax derives each
+    parameter's key from the rng and its path), but only the head leaves the jitted init, so XLA
+    drops the backbone's initializers as dead code (SmolLM2 on CPU: ~1.5 s instead of ~27 s).
     """
     new_model = dataclasses.replace(model, head_config=head_config)
-    fresh = init_params(new_model, rng)
+    fresh_head = jax.jit(lambda key: nn.meta.unbox(init_boxed(new_model, key)).get("head"))(rng)
     new_params = {"backbone": params["backbone"]}
-    if "head" in fresh:
-        new_params["head"] = fresh["head"]
+    if fresh_head is not None:
+        new_params["head"] = fresh_head
     return new_model, new_params

@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.method_args.top_k = 2  # top_layers: last k blocks train
     c.method_args.decay = 0.9  # llrd: lr x decay**(depth from the top)
     c.method_args.unfreeze_every = 100  # gradual_unfreeze: steps between unfreezing a block
+    c.method_args.unfreeze_every_epochs = 0.0  # > 0: the same in epochs (overrides the above)
     c.method_args.discriminative_decay = config_dict.placeholder(float)
 
     # Mirrors ftjax.optim.RegularizerConfig; added to the loss (0 = off).

@@ -98,6 +98,16 @@ def load_splits(cfg) -> dict:
     return splits
 
 
+def method_args(cfg, num_train_examples: int) -> dict:
+    """cfg.method_args as MethodConfig fields; unfreezing given in epochs becomes steps."""
+    args = cfg.method_args.to_dict()
+    epochs = args.pop("unfreeze_every_epochs")
+    if epochs:
+        per_epoch = max(ftdata.steps_per_epoch(num_train_examples, cfg.batch_size), 1)
+        args["unfreeze_every"] = max(int(round(epochs * per_epoch)), 1)
+    return args
+
+
 def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     pretrained = load_pretrained(
         cfg.model.name, head=head_config(cfg), dtype=cfg.model.dtype,
@@ -112,7 +122,9 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
         pretrained.model, config=dataclasses.replace(pretrained.model.config, **changes)
     )
     params = pretrained.params
-    spec = presets.method_spec(cfg.method, pretrained.model.config, method_cfg=cfg.method_args)
+    splits = load_splits(cfg)
+    spec = presets.method_spec(cfg.method, pretrained.model.config,
+                               method_cfg=method_args(cfg, len(splits["train"])))
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
     trainable, _ = trainability.partition(params, mask)
@@ -122,7 +134,7 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     loss_fn = loss_for_task(cfg.task.kind, cfg.label_smoothing)
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(
-        cfg=cfg, pretrained=pretrained, task=build_task(cfg), splits=load_splits(cfg),
+        cfg=cfg, pretrained=pretrained, task=build_task(cfg), splits=splits,
         resolved=resolved, tx=tx, state=state,
         train_step=make_train_step(pretrained.model, tx, loss_fn,
                                    accumulation_steps=cfg.accumulation_steps,

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from ftjax.io.checkpoint import Checkpointer, params_shape_hash
-from ftjax.optim import trainability
+from ftjax.optim import effective_lrs, trainability
 from ftjax.train.experiment import Experiment, build_experiment, evaluate
 from ftjax.train.logging import MetricsWriter, Progress
 
@@ -40,6 +40,7 @@ class RunResult:
     train_tokens_per_s: float
     wall_s: float
     experiment: Experiment
+    state: object  # the final TrainState (the best checkpoint's when one was restored)
 
 
 class _StopSignals:
@@ -174,6 +175,9 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         row = {"step": steps[-1], **{k: float(np.asarray(v)) for k, v in last.items()},
                "tokens_per_s": rate}
         row["nonfinite_total"] = int(sum(r["nonfinite"] for r in rows))
+        # The rate each group trained with at this step: LLRD / unfreezing phases made visible.
+        lrs = effective_lrs(steps[-1] - 1, exp.resolved, exp.learning_rate)
+        row.update({f"lr/{group}": lr for group, lr in lrs.items()})
         log.write(row)
 
     def run_eval(step: int) -> bool:
@@ -248,7 +252,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         stopped_early=stopped_early, interrupted=interrupted,
         nonfinite_steps=int(state.nonfinite_steps),
         train_tokens_per_s=tokens_seen / token_time if token_time else 0.0, wall_s=wall,
-        experiment=exp,
+        experiment=exp, state=state,
     )
     if not interrupted:
         _write_json(workdir / "results.json", {
