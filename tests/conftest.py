@@ -41,7 +41,7 @@ def make_tiny_tokenizer():
     )
     return Tokenizer(backend, name="tiny-words", special_tokens={
         "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-        "mask_token": "[MASK]",
+        "mask_token": "[MASK]", "bos_token": "[CLS]", "eos_token": "[SEP]",
     })
 
 
@@ -66,6 +66,22 @@ def tiny_bert_dir(tmp_path_factory):
     cfg = preset("tiny-bert")
     params = init_params(Model(cfg, HeadConfig("none")), jax.random.key(0))
     out = tmp_path_factory.mktemp("tiny_bert")
+    save_hf(cfg, params, out, tokenizer=make_tiny_tokenizer())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny Llama checkpoint whose tokenizer is the word-level one (EOS = [SEP])."""
+    import dataclasses
+
+    from ftjax.io import save_hf
+    from ftjax.models import Model, init_params, preset
+
+    cfg = dataclasses.replace(preset("tiny-llama"), bos_token_id=2, eos_token_id=3,
+                              pad_token_id=0)
+    params = init_params(Model(cfg), jax.random.key(0))
+    out = tmp_path_factory.mktemp("tiny_llama")
     save_hf(cfg, params, out, tokenizer=make_tiny_tokenizer())
     return out
 

@@ -147,3 +147,32 @@ def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tm
         __import__("jax").tree.leaves(stopped.state.trainable),
         __import__("jax").tree.leaves(reference.state.trainable))]
     assert same and all(same)  # the restored params are exactly those of step 4
+
+
+def test_eval_command_reproduces_the_run_s_numbers(tiny_config_file, tmp_path, capsys):
+    from ftjax.cli import main
+
+    result = train(load_config(tiny_config_file), tmp_path, quiet=True)
+    args = ["eval", str(tiny_config_file), "--workdir", str(tmp_path), "--split", "test"]
+    if result.best_step is not None:
+        args.append("--best")
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["eval"]["test"] == result.eval["test"]
+
+
+@pytest.mark.parametrize("objective", ["causal_lm", "masked_lm"])
+def test_language_modeling_objectives_train_through_the_loop(objective, tiny_config_file,
+                                                             tiny_llama_dir, tmp_path):
+    overrides = [f"task.kind={objective}", "task.max_length=24", "steps=8", "eval_every=4",
+                 "best_metric=loss", "best_mode=min", "optimizer.learning_rate=1e-2"]
+    if objective == "causal_lm":  # packed documents through the decoder
+        overrides += [f"model.name={tiny_llama_dir}", "head.kind=lm", "task.packing=True"]
+    else:
+        overrides += ["head.kind=mlm", "task.mask_prob=0.3"]
+    result = train(load_config(tiny_config_file, overrides), tmp_path, quiet=True)
+    losses = _train_losses(tmp_path)
+    assert len(losses) == 8 and losses[8] < losses[1]
+    assert 0.0 <= result.eval["validation"]["accuracy"] <= 1.0
+    assert result.eval["validation"]["examples"] > 0  # real (masked / target) tokens counted

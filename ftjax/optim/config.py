@@ -86,17 +86,24 @@ class OptimizerConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "OptimizerConfig":
         """From an ml_collections ConfigDict, a mapping or an OptimizerConfig; unknown keys fail."""
-        if isinstance(cfg, cls):
-            return cfg
-        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        return cls(**_checked_keys(values, cls))
+        return from_config(cls, cfg, "optimizer")
 
 
-def _checked_keys(values: Mapping[str, Any], cls: type) -> dict[str, Any]:
+def from_config(cls: type, cfg: Any, what: str):
+    """A settings dataclass `cls` from a ConfigDict / mapping / instance / None (defaults).
+
+    Unknown keys are an error naming the closest known one: a typo must never fall back to a
+    default silently.
+    """
+    if cfg is None:
+        return cls()
+    if isinstance(cfg, cls):
+        return cfg
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     known = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
-            raise KeyError(f"unknown optimizer setting {key!r}{hint}")
-    return dict(values)
+            raise KeyError(f"unknown {what} setting {key!r}{hint}")
+    return cls(**values)

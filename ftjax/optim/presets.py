@@ -14,6 +14,7 @@ import dataclasses
 import warnings
 from typing import Any
 
+from ftjax.optim.config import from_config
 from ftjax.optim.rules import FROZEN, TRAIN, Rule, Spec
 from ftjax.optim.selectors import component, layers, top
 
@@ -54,16 +55,7 @@ class MethodConfig:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "MethodConfig":
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, cls):
-            return cfg
-        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"unknown method setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_config(cls, cfg, "method")
 
 
 def _head_side(arch: str, rule: Rule) -> Spec:

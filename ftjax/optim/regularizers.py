@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftjax.optim.config import from_config
 from ftjax.optim.paths import canonical_layer_paths, is_stacked, path_str
 
 _is_none = lambda x: x is None  # noqa: E731
@@ -66,14 +67,7 @@ class RegularizerConfig:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "RegularizerConfig":
-        if isinstance(cfg, cls):
-            return cfg
-        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"unknown regularizer setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_config(cls, cfg, "regularizer")
 
 
 def _include_weights(path: str, leaf: Any, pattern: str) -> np.ndarray:

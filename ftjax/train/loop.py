@@ -180,15 +180,19 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         row.update({f"lr/{group}": lr for group, lr in lrs.items()})
         log.write(row)
 
+    last_eval: dict = {}  # split -> metrics of the latest evaluation, with the step it was at
+
     def run_eval(step: int) -> bool:
         """Evaluate the eval splits; keep the best checkpoint; True to stop early."""
         flush()
-        results = {}
+        results = last_eval
+        results.clear()
+        results["step"] = step
         for split in cfg.eval_splits:
             results[split] = evaluate(eval_step, state, exp.eval_batches(split))
             log.write({"step": step, "split": split, **results[split]}, prefix=f"eval_{split}")
         summary = "  ".join(f"{s}: loss {r['loss']:.4f} acc {r['accuracy']:.4f}"
-                            for s, r in results.items())
+                            for s, r in results.items() if s != "step")
         progress.write(f"step {step}: {summary}")
         if not cfg.best_metric:
             return False
@@ -240,8 +244,13 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
             state = ckpt.restore(state, best=True).state
             progress.write(f"restored the best checkpoint (step {best_step}, "
                            f"{cfg.best_metric} {stopper.best:.4f})")
+        kept_step = int(state.step)
         for split in dict.fromkeys((*cfg.eval_splits, "test")):
-            if split in exp.splits:
+            if split not in exp.splits:
+                continue
+            if last_eval.get("step") == kept_step and split in last_eval:
+                result_eval[split] = last_eval[split]  # these params were just evaluated
+            else:
                 result_eval[split] = evaluate(eval_step, state, exp.eval_batches(split))
     ckpt.wait()
     ckpt.close()
