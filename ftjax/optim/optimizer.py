@@ -12,7 +12,7 @@ The chain, applied to the trainable tree (None at frozen positions):
      unfreeze step,
   4. decoupled weight decay, coefficient weight_decay * Rule.wd, none on `no_decay` leaves,
   5. scale by -schedule(step) * Rule.lr; slices not yet unfrozen get an exact no-op.
-Freezing never uses optax.masked: frozen leaves are simply absent from the trainable tree.
+Freezing never uses optax's masked wrapper: frozen leaves are simply absent from the trainable tree.
 """
 
 from __future__ import annotations

@@ -25,30 +25,28 @@ def _cross_entropy(logits, labels, label_smoothing: float):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def classification_loss(logits_BC, batch, label_smoothing: float = 0.0):
-    """One label per example; filler rows (example_mask 0) count for nothing."""
-    weights = batch["example_mask"].astype(jnp.float32)
-    labels = batch["labels"]
-    per_example = _cross_entropy(logits_BC, labels, label_smoothing)
-    correct = (jnp.argmax(logits_BC, -1) == labels).astype(jnp.float32)
+def weighted_cross_entropy(logits, labels, weights, label_smoothing: float = 0.0):
+    """(loss sum, weight sum, {"correct": sum}) over whatever positions `weights` selects."""
+    weights = weights.astype(jnp.float32)
+    per_item = _cross_entropy(logits, labels, label_smoothing)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return (
-        jnp.sum(per_example * weights),
+        jnp.sum(per_item * weights),
         jnp.sum(weights),
         {"correct": jnp.sum(correct * weights)},
     )
+
+
+def classification_loss(logits_BC, batch, label_smoothing: float = 0.0):
+    """One label per example; filler rows (example_mask 0) count for nothing."""
+    return weighted_cross_entropy(logits_BC, batch["labels"], batch["example_mask"],
+                                  label_smoothing)
 
 
 def token_loss(logits_BTV, batch, label_smoothing: float = 0.0):
     """Per-token targets (causal LM already shifted, masked LM at masked positions)."""
-    weights = batch["loss_mask"].astype(jnp.float32)
-    labels = batch["labels"]
-    per_token = _cross_entropy(logits_BTV, labels, label_smoothing)
-    correct = (jnp.argmax(logits_BTV, -1) == labels).astype(jnp.float32)
-    return (
-        jnp.sum(per_token * weights),
-        jnp.sum(weights),
-        {"correct": jnp.sum(correct * weights)},
-    )
+    return weighted_cross_entropy(logits_BTV, batch["labels"], batch["loss_mask"],
+                                  label_smoothing)
 
 
 def loss_for_task(task_kind: str, label_smoothing: float = 0.0) -> LossFn:
