@@ -47,14 +47,15 @@ def add_lora(model, params: dict, config: LoraConfig, rng: jax.Array) -> tuple[A
 
 
 def dense_module_paths(model) -> list[str]:
-    """Canonical per-layer paths of every module with a `kernel` (the LoRA candidates)."""
+    """Canonical per-layer paths of the LoRA candidates: every backbone module with a `kernel`
+    and an untied LM head (`head`). Task heads (`head/classifier`, ...) are new and train whole."""
     per_layer = dataclasses.replace(model, config=model.config.with_policy(scan_layers=False,
                                                                            lora=None))
     shapes = jax.eval_shape(lambda: nn.meta.unbox(_init_boxed(per_layer, jax.random.key(0))))
     paths = []
     for key_path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         names = [str(getattr(k, "key", k)) for k in key_path]
-        if names[-1] == "kernel":
+        if names[-1] == "kernel" and names[0] != "head" or names == ["head", "kernel"]:
             paths.append("/".join(names[:-1]))
     return paths
 
