@@ -43,12 +43,12 @@ def _base(name, scan, head=HeadConfig("sequence", num_labels=3)):
     return model, init_params(model, jax.random.key(0))
 
 
-def _randomize_b(params, seed=7):
-    """Non-zero B everywhere so the adapter actually changes the function."""
+def _trained_adapter(params, seed=7):
+    """Random A and non-zero B everywhere, so the adapter actually changes the function."""
     base, lora = split_lora(params)
     leaves, treedef = jax.tree.flatten(lora)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [x if x.ndim < 2 else 0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+    leaves = [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
     return insert_lora(base, jax.tree.unflatten(treedef, leaves))
 
 
@@ -63,7 +63,7 @@ def test_b_zero_is_the_base_model_and_merge_matches(name, scan):
     assert all(not np.any(leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(lparams)
                if "lora_b" in jax.tree_util.keystr(p))
 
-    trained = _randomize_b(lparams)
+    trained = _trained_adapter(lparams)
     adapted = _logits(lmodel, trained)
     assert not np.allclose(adapted, base_out, atol=1e-4)  # the adapter does something
     merged = merge(trained, lora_cfg)
@@ -134,7 +134,7 @@ def test_init_and_dropout():
     assert abs(float(jnp.std(g)) - 0.25) < 0.08  # std 1/rank
     # Dropout acts on the LoRA branch only, in training mode only.
     lmodel, lparams = add_lora(model, params, LoraConfig(dropout=0.5), jax.random.key(0))
-    trained = _randomize_b(lparams)
+    trained = _trained_adapter(lparams)
     eval_out = _logits(lmodel, trained)
     np.testing.assert_array_equal(_logits(lmodel, trained, False, jax.random.key(3)),
                                   _logits(lmodel, trained, False, jax.random.key(3)))

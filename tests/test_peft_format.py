@@ -33,9 +33,10 @@ def test_golden_names_and_shapes(tmp_path):
     _, _, lmodel, lparams = _adapted(llama, rank=3)
     out = save_peft(lmodel, lparams, tmp_path / "llama")
     tensors = load_file(str(out / "adapter_model.safetensors"))
-    assert tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"].shape == (3, 30)
-    assert tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"].shape == (60, 3)
-    assert tensors["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"].shape == (20, 3)
+    key = "base_model.model.model.layers.{}.self_attn.{}.lora_{}.weight".format
+    assert tensors[key(1, "q_proj", "A")].shape == (3, 30)  # torch (r, in)
+    assert tensors[key(1, "q_proj", "B")].shape == (60, 3)  # torch (out, r): 6 heads x 10
+    assert tensors[key(0, "v_proj", "B")].shape == (20, 3)  # 2 kv heads x 10
     assert len(tensors) == 2 * 2 * 2
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 3 and config["lora_alpha"] == 8.0 and config["task_type"] == "CAUSAL_LM"

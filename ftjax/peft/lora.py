@@ -70,7 +70,8 @@ class LoraConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
         if self.init not in LoraInit.__args__:
-            raise ValueError(f"unknown lora init {self.init!r}; expected one of {LoraInit.__args__}")
+            raise ValueError(
+                f"unknown lora init {self.init!r}; expected one of {LoraInit.__args__}")
         try:
             re.compile(self.targets)
         except re.error as err:
@@ -190,7 +191,8 @@ def merge(params: dict, config: LoraConfig) -> dict:
     leaves, for the base model (the config without `lora`)."""
     def fold(module: dict) -> dict:
         kernel = module["kernel"]
-        merged = kernel.astype(jnp.float32) + delta(module["lora_a"], module["lora_b"], config.scale)
+        update = delta(module["lora_a"], module["lora_b"], config.scale)
+        merged = kernel.astype(jnp.float32) + update
         rest = {k: v for k, v in module.items() if k not in LORA_LEAVES}
         return {**rest, "kernel": merged.astype(kernel.dtype)}
 
