@@ -4,6 +4,7 @@ Hand counts (all-MiniLM-L6-v2: 6 layers of 1,774,464 params, hidden 384, MLP 153
 2-class head of 384 x 2 + 2 = 770):
   biases per layer: q, k, v, o (4 x 384) + two LayerNorm biases (2 x 384) + MLP (1536 + 384)
   = 4,224; plus the embedding LayerNorm bias (384) and the pooler bias (384).
+LoRA (rank 8 on query and value) adds 6 x 2 x (384 x 8 + 8 x 384) = 73,728 leaves to the model.
 """
 
 import json
@@ -18,6 +19,7 @@ HEAD = 770
 LAYER = 1_774_464
 POOLER = 384 * 384 + 384
 BIASES = 6 * 4_224 + 384 + 384
+LORA = 6 * 2 * (384 * 8 + 8 * 384)  # rank 8 (A and B) on query and value of every layer
 EXPECTED_TRAINABLE = {
     "full": TOTAL,
     "linear_probe": HEAD,
@@ -25,10 +27,11 @@ EXPECTED_TRAINABLE = {
     "bitfit": BIASES + HEAD,
     "llrd": TOTAL,
     "gradual_unfreeze": TOTAL,
+    "lora": LORA + HEAD,  # only the adapters and the new head train
 }
 # Rates large enough that 8 steps on one small set visibly lower its loss.
 LEARNING_RATES = {"full": 1e-4, "linear_probe": 3e-2, "top_layers": 3e-4, "bitfit": 3e-3,
-                  "llrd": 2e-4, "gradual_unfreeze": 1e-3}
+                  "llrd": 2e-4, "gradual_unfreeze": 1e-3, "lora": 3e-3}
 
 
 @pytest.mark.parametrize("method", list(EXPECTED_TRAINABLE))
@@ -43,7 +46,7 @@ def test_preset_trains_real_minilm_on_polarity(method, tmp_path):
     ])
     result = train(cfg, tmp_path, quiet=True)
     report = json.loads((tmp_path / "params_report.json").read_text())
-    assert report["total"] == TOTAL
+    assert report["total"] == TOTAL + (LORA if method == "lora" else 0)
     assert report["trainable"] == EXPECTED_TRAINABLE[method]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "split" not in r]

@@ -46,6 +46,7 @@ from ftjax.optim.optimizer import leaf_constants
 from ftjax.optim.paths import group_of, leaf_paths
 from ftjax.optim.rules import lr_multiplier
 from ftjax.optim.selectors import component, layers, top
+from ftjax.peft import LoraConfig, with_lora
 
 SGD = dict(name="sgd", schedule="constant", weight_decay=0.0, grad_clip_norm=None)
 
@@ -557,11 +558,14 @@ def test_every_method_resolves_in_both_layouts(name):
                 warnings.simplefilter("always")
                 spec = method_spec(method, cfg)
             assert bool(caught) == (method == "bitfit" and name == "tiny-llama")
-            shapes = param_shapes(Model(cfg, head))
+            model = Model(cfg, head)
+            if method == "lora":  # PEFT methods train leaves the model adds first
+                model = with_lora(model, LoraConfig())
+            shapes = param_shapes(model)
             rep = report(shapes, resolve(spec, shapes))
             assert 0 < rep["trainable"] <= rep["total"]
     with pytest.raises(ValueError, match="unknown method"):
-        method_spec("lora", preset(name))
+        method_spec("lora_typo", preset(name))
 
 
 def test_selectors():

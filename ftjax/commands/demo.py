@@ -21,6 +21,8 @@ DEMO_RUNS = {
     "llrd": ["method=llrd", "optimizer.learning_rate=1e-4", "method_args.decay=0.8"],
     "gradual_unfreeze": ["method=gradual_unfreeze", "optimizer.learning_rate=1e-4",
                          "method_args.unfreeze_every=30"],
+    # Rank-8 adapters on the query and value projections plus the new head.
+    "lora": ["method=lora", "optimizer.learning_rate=1e-3", "lora.rank=8", "lora.alpha=16"],
 }
 DEFAULT_METHODS = ["full", "linear_probe"]  # what `make demo` runs within its time budget
 

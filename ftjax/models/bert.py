@@ -19,7 +19,7 @@ from ftjax.models.remat import remat_policy
 def _dense(cfg: BertConfig, features, axes, name):
     return Dense(
         features, axes, use_bias=True, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        name=name,
+        lora=cfg.lora, name=name,
     )
 
 
@@ -63,15 +63,15 @@ class BertAttention(nn.Module):
         cfg = self.config
         B, T, D = x_BTD.shape
         N, H = cfg.num_heads, cfg.head_size
-        q = _dense(cfg, D, ("embed", "heads"), "query")(x_BTD).reshape(B, T, N, H)
-        k = _dense(cfg, D, ("embed", "heads"), "key")(x_BTD).reshape(B, T, N, H)
-        v = _dense(cfg, D, ("embed", "heads"), "value")(x_BTD).reshape(B, T, N, H)
+        q = _dense(cfg, D, ("embed", "heads"), "query")(x_BTD, deterministic).reshape(B, T, N, H)
+        k = _dense(cfg, D, ("embed", "heads"), "key")(x_BTD, deterministic).reshape(B, T, N, H)
+        v = _dense(cfg, D, ("embed", "heads"), "value")(x_BTD, deterministic).reshape(B, T, N, H)
         rate = 0.0 if deterministic else cfg.attention_dropout
         out = dot_product_attention(
             q, k, v, mask_B1TS, implementation=cfg.attention_impl, dropout_rate=rate,
             dropout_rng=self.make_rng("dropout") if rate else None,
         )
-        return _dense(cfg, D, ("heads", "embed"), "output")(out.reshape(B, T, D))
+        return _dense(cfg, D, ("heads", "embed"), "output")(out.reshape(B, T, D), deterministic)
 
 
 class BertLayer(nn.Module):
@@ -85,8 +85,10 @@ class BertLayer(nn.Module):
         )
         attn = BertAttention(cfg, name="attention")(x_BTD, mask_B1TS, deterministic)
         x_BTD = _norm(cfg, "attention_norm")(x_BTD + dropout(attn))
-        h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BTD)
-        h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(activation(cfg.hidden_act)(h))
+        h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BTD,
+                                                                                  deterministic)
+        h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(activation(cfg.hidden_act)(h),
+                                                                     deterministic)
         return _norm(cfg, "output_norm")(x_BTD + dropout(h))
 
 
@@ -155,5 +157,5 @@ class BertModel(nn.Module):
         else:
             for block in self.blocks:
                 x = block(x, mask, deterministic)
-        pooled = jnp.tanh(self.pooler(x[:, 0])) if cfg.add_pooler else None
+        pooled = jnp.tanh(self.pooler(x[:, 0], deterministic)) if cfg.add_pooler else None
         return x, pooled

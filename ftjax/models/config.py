@@ -3,6 +3,7 @@
 Architecture fields describe a checkpoint and are read from / written to its config.json or GGUF
 metadata. Policy fields (`dtype`, `param_dtype`, `scan_layers`, `remat`, `attention_impl`) choose
 how it runs and never change the function the model computes beyond floating-point rounding.
+PEFT fields (`lora`) add a method's leaves to the model; each method gets one field there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+
+from ftjax.peft.lora import LoraConfig
 
 HeadKind = Literal["lm", "sequence", "token", "span", "mlm", "none"]
 Pooling = Literal["cls", "mean", "last", "pooler"]
@@ -53,6 +56,8 @@ class PolicyMixin:
     scan_layers: bool = False  # stack layer params on a leading "layers" axis and lax.scan them
     remat: str = "none"  # "none" | "full" | "dots" (save only matmul outputs) for training
     attention_impl: str | None = None  # None (let jax pick: cuDNN where it applies), "xla", "cudnn"
+    # PEFT: one field per method, beside each other. Not read from or written to checkpoints.
+    lora: LoraConfig | None = None  # adds lora_a / lora_b to the targeted Dense layers
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -3,7 +3,8 @@
 Every parameter is created with a logical axis name (`nn.with_logical_partitioning`); the sharding
 rules table (ftjax/parallel) maps them to mesh axes. Logical names used:
   vocab, embed, mlp, heads (flattened query heads x head_dim), kv_heads (flattened kv heads x
-  head_dim), norm, positions, types, labels, layers (the stacked axis under scan).
+  head_dim), norm, positions, types, labels, layers (the stacked axis under scan), lora_rank
+  (the inner axis of LoRA's A @ B; ftjax.peft.lora).
 Parameter trees handed to users are unboxed (plain arrays); see `ftjax.models.model`.
 
 Shapes in names: B batch, T query length, S key length, D model width, N query heads,
@@ -18,13 +19,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ftjax.peft.lora import LoraConfig, lora_branch
+
 Initializer = Callable[..., jax.Array]
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
 
 
 class Dense(nn.Module):
-    """y = x @ kernel (+ bias). Kernels are stored (in, out), the transpose of torch's Linear."""
+    """y = x @ kernel (+ bias). Kernels are stored (in, out), the transpose of torch's Linear.
+
+    lora: when set and this module's path matches `lora.targets`, the module also owns
+      `lora_a` / `lora_b` and adds their low-rank update (ftjax.peft.lora). `deterministic`
+      only matters then (LoRA dropout).
+    """
 
     features: int
     axes: tuple[str, str]
@@ -32,9 +40,10 @@ class Dense(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
+    lora: LoraConfig | None = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, deterministic: bool = True):
         kernel = self.param(
             "kernel",
             nn.with_logical_partitioning(self.kernel_init, self.axes),
@@ -42,6 +51,8 @@ class Dense(nn.Module):
             self.param_dtype,
         )
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.lora is not None and self.lora.targets_module("/".join(self.path)):
+            y = y + lora_branch(self, x, self.features, self.axes, self.lora, deterministic)
         if self.use_bias:
             bias = self.param(
                 "bias",

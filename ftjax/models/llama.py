@@ -54,11 +54,12 @@ class LlamaAttention(nn.Module):
         B, T, _ = x_BTD.shape
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
         dense = lambda features, axes, name: Dense(  # noqa: E731
-            features, axes, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name
+            features, axes, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+            lora=cfg.lora, name=name,
         )
-        q = dense(N * H, ("embed", "heads"), "q_proj")(x_BTD).reshape(B, T, N, H)
-        k = dense(K * H, ("embed", "kv_heads"), "k_proj")(x_BTD).reshape(B, T, K, H)
-        v = dense(K * H, ("embed", "kv_heads"), "v_proj")(x_BTD).reshape(B, T, K, H)
+        q = dense(N * H, ("embed", "heads"), "q_proj")(x_BTD, deterministic).reshape(B, T, N, H)
+        k = dense(K * H, ("embed", "kv_heads"), "k_proj")(x_BTD, deterministic).reshape(B, T, K, H)
+        v = dense(K * H, ("embed", "kv_heads"), "v_proj")(x_BTD, deterministic).reshape(B, T, K, H)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if layer_cache is not None:
             cache_k, cache_v = layer_cache
@@ -72,7 +73,8 @@ class LlamaAttention(nn.Module):
             q, k, v, mask_B1TS, implementation=cfg.attention_impl, dropout_rate=rate,
             dropout_rng=self.make_rng("dropout") if rate else None,
         )
-        out = dense(cfg.hidden_size, ("heads", "embed"), "o_proj")(out.reshape(B, T, N * H))
+        out = dense(cfg.hidden_size, ("heads", "embed"), "o_proj")(out.reshape(B, T, N * H),
+                                                                   deterministic)
         return out, layer_cache
 
 
@@ -80,14 +82,16 @@ class LlamaMLP(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BTD):
+    def __call__(self, x_BTD, deterministic=True):
         cfg = self.config
         dense = lambda features, axes, name: Dense(  # noqa: E731
-            features, axes, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name
+            features, axes, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+            lora=cfg.lora, name=name,
         )
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x_BTD)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x_BTD)
-        return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(jax.nn.silu(gate) * up)
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x_BTD, deterministic)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x_BTD, deterministic)
+        return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(jax.nn.silu(gate) * up,
+                                                                     deterministic)
 
 
 class LlamaBlock(nn.Module):
@@ -107,7 +111,8 @@ class LlamaBlock(nn.Module):
             deterministic,
         )
         x_BTD = x_BTD + drop(attn)
-        x_BTD = x_BTD + drop(LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BTD)))
+        x_BTD = x_BTD + drop(LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BTD),
+                                                    deterministic))
         return x_BTD, layer_cache
 
 

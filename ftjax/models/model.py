@@ -62,7 +62,8 @@ class Model(nn.Module):
             if isinstance(cfg, BertConfig):
                 raise ValueError("an encoder has no causal LM head; use HeadConfig(kind='mlm')")
             if not cfg.tie_word_embeddings:
-                self.head = Dense(cfg.vocab_size, ("embed", "vocab"), **dtypes)
+                # The pretrained LM head is a LoRA candidate like any backbone projection.
+                self.head = Dense(cfg.vocab_size, ("embed", "vocab"), lora=cfg.lora, **dtypes)
         elif head.kind == "sequence":
             self.head = SequenceClassificationHead(head, **dtypes)
         elif head.kind == "token":
@@ -109,7 +110,8 @@ class Model(nn.Module):
         if head.kind == "none":
             logits = None
         elif head.kind == "lm":
-            logits = self.backbone.attend(hidden) if cfg.tie_word_embeddings else self.head(hidden)
+            logits = (self.backbone.attend(hidden) if cfg.tie_word_embeddings
+                      else self.head(hidden, deterministic))
         elif head.kind == "sequence":
             logits = self.head(hidden, attention_mask, pooled, deterministic)
         elif head.kind == "token":

@@ -18,13 +18,16 @@ from ftjax.optim.config import from_config
 from ftjax.optim.rules import FROZEN, TRAIN, Rule, Spec
 from ftjax.optim.selectors import component, layers, top
 
-METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze")
+METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze", "lora")
+
+# PEFT leaves by method: the model adds them (ftjax.peft), the spec only says they train.
+LORA_LEAVES = r".*/lora_(?:a|b)"
 
 # Peak learning rates that work as defaults per method (AdamW): full updates of a pretrained
 # model want small steps; a fresh head or a few biases need larger ones to move at all.
 SUGGESTED_LEARNING_RATES = {
     "full": 2e-5, "llrd": 5e-5, "top_layers": 1e-4, "gradual_unfreeze": 1e-4,
-    "bitfit": 1e-3, "linear_probe": 1e-3,
+    "bitfit": 1e-3, "linear_probe": 1e-3, "lora": 2e-4,
 }
 
 
@@ -37,12 +40,15 @@ class MethodConfig:
     unfreeze_every: gradual_unfreeze: optimizer steps between unfreezing one more block.
     discriminative_decay: gradual_unfreeze: optional per-depth lr decay as in ULMFiT
       (1 / 2.6 there); None keeps every group at the full rate.
+    train_head: PEFT methods (lora): whether head/ trains beside the method's leaves. None
+      decides by the head: a new task head trains, the pretrained LM head ("lm") stays frozen.
     """
 
     top_k: int = 2
     decay: float = 0.9
     unfreeze_every: int = 100
     discriminative_decay: float | None = None
+    train_head: bool | None = None
 
     def __post_init__(self):
         if not 0 < self.decay <= 1:
@@ -72,7 +78,8 @@ def _by_depth(arch: str, num_layers: int, rule_at_depth) -> Spec:
 
 
 def method_spec(
-    method: str, model_config: Any, *, num_layers: int | None = None, method_cfg: Any = None
+    method: str, model_config: Any, *, num_layers: int | None = None, method_cfg: Any = None,
+    head_kind: str | None = None,
 ) -> Spec:
     """The spec of a named method for a backbone config (LlamaConfig or BertConfig).
 
@@ -80,7 +87,11 @@ def method_spec(
     final norm / pooler and the head. bitfit: biases and the head (bias-free Llama: norm scales
     and the head, with a warning). llrd: everything, lr x decay**(L + 1 - depth).
     gradual_unfreeze: the head side from step 0, then one block per `unfreeze_every` steps from
-    the top, the embeddings last; optional discriminative lrs.
+    the top, the embeddings last; optional discriminative lrs. lora: only the lora_a / lora_b
+    leaves (added by ftjax.peft.add_lora) and, per `train_head`, the head.
+
+    head_kind: the model's HeadConfig.kind, for the PEFT methods' default of training a new head
+    but not the pretrained LM head; None (unknown) trains the head.
 
     Specs without a catch-all (llrd, gradual_unfreeze) fail loudly on leaves they do not know
     (e.g. a PEFT leaf outside the blocks); prepend rules for them.
@@ -117,4 +128,8 @@ def method_spec(
             return Rule(lr=lr, unfreeze_at=start or None)
 
         return _by_depth(arch, L, rule)
+    if method == "lora":
+        train_head = cfg.train_head if cfg.train_head is not None else head_kind != "lm"
+        return [(LORA_LEAVES, TRAIN), (component("head", arch), TRAIN if train_head else FROZEN),
+                (".*", FROZEN)]
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")

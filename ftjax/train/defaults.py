@@ -13,6 +13,7 @@ from ml_collections import config_dict
 
 from ftjax.optim.config import DEFAULT_NO_DECAY
 from ftjax.optim.presets import METHODS
+from ftjax.peft.lora import DEFAULT_TARGETS
 
 TASKS = ("classification", "causal_lm", "masked_lm")
 SOURCES = ("polarity", "local", "hf", "tfds")
@@ -101,6 +102,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.method_args.unfreeze_every = 100  # gradual_unfreeze: steps between unfreezing a block
     c.method_args.unfreeze_every_epochs = 0.0  # > 0: the same in epochs (overrides the above)
     c.method_args.discriminative_decay = config_dict.placeholder(float)
+    # PEFT methods: None trains a new task head but keeps a pretrained LM head frozen.
+    c.method_args.train_head = config_dict.placeholder(bool)
+
+    # Mirrors ftjax.peft.LoraConfig; read when method="lora".
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 8
+    c.lora.alpha = 16.0  # update scale alpha / rank (alpha / sqrt(rank) with rslora)
+    c.lora.dropout = 0.0
+    c.lora.targets = DEFAULT_TARGETS  # regex over module paths (ftjax.peft.lora lists the names)
+    c.lora.rslora = False
+    c.lora.init = "default"  # default (peft's kaiming-uniform A) | gaussian (std 1/rank)
 
     # Mirrors ftjax.optim.RegularizerConfig; added to the loss (0 = off).
     c.regularizer = ml_collections.ConfigDict()

@@ -18,6 +18,7 @@ from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig
 from ftjax.optim import presets, trainability
 from ftjax.optim import learning_rate_fn, make_optimizer, make_regularizer
+from ftjax.peft import LoraConfig, add_lora
 from ftjax.train.losses import loss_for_task
 from ftjax.train.step import TrainState, create_train_state, make_eval_step, make_train_step
 
@@ -121,10 +122,17 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     pretrained.model = dataclasses.replace(
         pretrained.model, config=dataclasses.replace(pretrained.model.config, **changes)
     )
+    if cfg.method == "lora":
+        # The base comes from the checkpoint; the adapter leaves are new, seeded like the head.
+        pretrained.model, pretrained.params = add_lora(
+            pretrained.model, pretrained.params, LoraConfig.from_config(cfg.lora),
+            jax.random.key(cfg.seed),
+        )
     params = pretrained.params
     splits = load_splits(cfg)
     spec = presets.method_spec(cfg.method, pretrained.model.config,
-                               method_cfg=method_args(cfg, len(splits["train"])))
+                               method_cfg=method_args(cfg, len(splits["train"])),
+                               head_kind=cfg.head.kind)
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
     trainable, _ = trainability.partition(params, mask)

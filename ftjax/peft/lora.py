@@ -1,0 +1,227 @@
+"""LoRA (Hu et al., 2021): a trainable low-rank update beside a frozen linear map.
+
+    y = x @ W + (dropout(x) @ A @ B) * scale,   A: (in, r), B: (r, out), B = 0 at init
+
+Leaves: every targeted `Dense` (ftjax.models.layers) owns `lora_a` and `lora_b` next to its
+`kernel`, e.g. `backbone/layers_3/self_attn/q_proj/lora_a`; under `scan_layers` they are stacked
+like every other block leaf (`backbone/layers/block/self_attn/q_proj/lora_a`, (L, in, r)).
+Their logical axes are (kernel's in-axis, "lora_rank") and ("lora_rank", kernel's out-axis), so
+they shard along with the kernel they modify (DESIGN.md 6).
+
+Targets: `LoraConfig.targets` is `re.fullmatch`ed against each Dense module's path in the
+canonical per-layer layout (`backbone/layers_N/...`; a scanned model matches as layer 0, and
+`ftjax.peft.add_lora` checks that every layer is targeted alike). Module names:
+  Llama: backbone/layers_N/self_attn/{q,k,v,o}_proj, backbone/layers_N/mlp/{gate,up,down}_proj,
+         head (an untied LM head)
+  BERT:  backbone/layers_N/attention/{query,key,value,output}, backbone/layers_N/{intermediate,
+         output}, backbone/pooler
+Task heads (head/classifier, ...) are new and trained whole; they take no LoRA.
+
+This module imports no model code (the models import it), so it holds the config, the layer
+math and the pure tree operations; `ftjax.peft.attach` inserts fresh leaves into a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Attention query and value projections of both architectures (the LoRA paper's choice).
+DEFAULT_TARGETS = r".*/(?:self_attn/(?:q_proj|v_proj)|attention/(?:query|value))"
+LORA_LEAVES = ("lora_a", "lora_b")
+# Logical name of the rank axis; replicated by any sharding table that does not name it.
+RANK_AXIS = "lora_rank"
+
+LoraInit = Literal["default", "gaussian"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """LoRA settings (the `lora` config block; ftjax.train.defaults mirrors these fields).
+
+    rank: r, the inner dimension of A @ B.
+    alpha: the update is scaled by alpha / r (or alpha / sqrt(r) with rslora), so changing r
+      does not change the effective learning rate much.
+    dropout: on the LoRA branch's input only, during training (the frozen path sees x as is).
+    targets: regex over module paths (see the module docstring for the names).
+    rslora: rank-stabilized scaling alpha / sqrt(r) (Kalajdzievski, 2023).
+    init: A's initializer; B is always zero so the model starts as the base model.
+      "default": uniform(+-1/sqrt(in)), peft's default (torch kaiming_uniform with a=sqrt(5)
+        on the (r, in) weight), so ours and peft's start from the same distribution.
+      "gaussian": normal with std 1/r, peft's init_lora_weights="gaussian".
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str = DEFAULT_TARGETS
+    rslora: bool = False
+    init: LoraInit = "default"
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
+        if self.init not in LoraInit.__args__:
+            raise ValueError(
+                f"unknown lora init {self.init!r}; expected one of {LoraInit.__args__}")
+        try:
+            re.compile(self.targets)
+        except re.error as err:
+            raise ValueError(f"lora targets {self.targets!r} is not a valid regex: {err}") from None
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    def targets_module(self, module_path: str) -> bool:
+        return re.fullmatch(self.targets, canonical_module_path(module_path)) is not None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "LoraConfig":
+        """From a ConfigDict / mapping / LoraConfig / None; unknown keys are an error."""
+        from ftjax.optim.config import from_config
+
+        return from_config(cls, cfg, "lora")
+
+
+def canonical_module_path(module_path: str) -> str:
+    """A scanned block's path (`.../layers/block/...`) as layer 0's per-layer path."""
+    return re.sub(r"(^|/)layers/block(/|$)", r"\1layers_0\2", module_path)
+
+
+def a_initializer(init: LoraInit, rank: int):
+    if init == "gaussian":
+        return nn.initializers.normal(stddev=1.0 / rank)
+
+    def uniform_fan_in(key, shape, dtype=jnp.float32):
+        bound = 1.0 / math.sqrt(shape[-2])  # shape (..., in, r); fan_in = in
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return uniform_fan_in
+
+
+def lora_branch(module: nn.Module, x, features: int, kernel_axes: tuple[str, str],
+                config: LoraConfig, deterministic: bool):
+    """The LoRA term of a Dense `module` (called inside its compact __call__): creates the
+    leaves on first use and returns (dropout(x) @ A @ B) * scale in the module's dtype."""
+    in_features = x.shape[-1]
+    a = module.param(
+        "lora_a",
+        nn.with_logical_partitioning(a_initializer(config.init, config.rank),
+                                     (kernel_axes[0], RANK_AXIS)),
+        (in_features, config.rank), module.param_dtype,
+    )
+    b = module.param(
+        "lora_b",
+        nn.with_logical_partitioning(nn.initializers.zeros_init(), (RANK_AXIS, kernel_axes[1])),
+        (config.rank, features), module.param_dtype,
+    )
+    if config.dropout and not deterministic:
+        keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - config.dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - config.dropout), 0.0)
+    dtype = module.dtype
+    # x @ A first: (.., in) @ (in, r) is the cheap order; never form the (in, out) product here.
+    h = jnp.dot(x.astype(dtype), a.astype(dtype))
+    return jnp.dot(h, b.astype(dtype)) * jnp.asarray(config.scale, dtype)
+
+
+# ---- pure tree operations on {backbone, head} parameter dicts ----
+
+def _is_lora_module(tree: Any) -> bool:
+    return isinstance(tree, dict) and all(k in tree for k in LORA_LEAVES)
+
+
+def split_lora(params: dict) -> tuple[dict, dict]:
+    """(base, lora): the tree without LoRA leaves, and a tree holding only them.
+
+    Empty branches are dropped from `lora`, so it is the small adapter tree to save or swap.
+    """
+    base, lora = {}, {}
+    for key, value in params.items():
+        if key in LORA_LEAVES:
+            lora[key] = value
+        elif isinstance(value, dict):
+            sub_base, sub_lora = split_lora(value)
+            base[key] = sub_base
+            if sub_lora:
+                lora[key] = sub_lora
+        else:
+            base[key] = value
+    return base, lora
+
+
+def lora_only(params: dict) -> dict:
+    return split_lora(params)[1]
+
+
+def insert_lora(base: dict, lora: dict) -> dict:
+    """Inverse of split_lora: the base tree with the adapter's leaves put back."""
+    out = dict(base)
+    for key, value in lora.items():
+        if isinstance(value, dict):
+            if key not in out:
+                raise KeyError(f"adapter leaf branch {key!r} has no counterpart in the base tree")
+            out[key] = insert_lora(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def delta(lora_a, lora_b, scale: float):
+    """A @ B * scale in fp32; batched over a leading layer axis when stacked."""
+    return jnp.matmul(lora_a.astype(jnp.float32), lora_b.astype(jnp.float32)) * scale
+
+
+def _map_lora_modules(params: dict, fn) -> dict:
+    if _is_lora_module(params):
+        return fn(params)
+    return {k: _map_lora_modules(v, fn) if isinstance(v, dict) else v for k, v in params.items()}
+
+
+def merge(params: dict, config: LoraConfig) -> dict:
+    """Fold every adapter into its kernel, W' = W + A @ B * scale; returns a tree without LoRA
+    leaves, for the base model (the config without `lora`)."""
+    def fold(module: dict) -> dict:
+        kernel = module["kernel"]
+        update = delta(module["lora_a"], module["lora_b"], config.scale)
+        merged = kernel.astype(jnp.float32) + update
+        rest = {k: v for k, v in module.items() if k not in LORA_LEAVES}
+        return {**rest, "kernel": merged.astype(kernel.dtype)}
+
+    return _map_lora_modules(params, fold)
+
+
+def unmerge(merged: dict, lora: dict, config: LoraConfig) -> dict:
+    """Inverse of merge: W = W' - A @ B * scale, with the adapter's leaves put back.
+
+    Exact up to floating-point rounding of the add and subtract (at the kernel's dtype).
+    """
+    def unfold(module: dict) -> dict:
+        kernel = module["kernel"]
+        base = kernel.astype(jnp.float32) - delta(module["lora_a"], module["lora_b"], config.scale)
+        return {**module, "kernel": base.astype(kernel.dtype)}
+
+    return _map_lora_modules(insert_lora(merged, lora), unfold)
+
+
+def lora_paths(params: dict) -> list[str]:
+    """'/'-joined paths of the modules that carry LoRA leaves (for messages and tests)."""
+    found = []
+
+    def walk(tree: dict, prefix: str):
+        if _is_lora_module(tree):
+            found.append(prefix)
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}/{key}" if prefix else key)
+
+    walk(params, "")
+    return sorted(found)
