@@ -164,3 +164,35 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> ml_collec
     validate(merged)
     merged.lock()
     return merged
+
+
+def config_from_dict(values: dict, where: str) -> ml_collections.ConfigDict:
+    """Rebuild a run's config from its saved `config.json` (cfg.to_dict()), fully checked.
+
+    JSON turns tuples into lists; the schema says which keys are tuples, so they come back as such.
+    """
+    from ftjax.train.defaults import base_config, validate
+
+    schema = base_config()
+    flat_schema = _flatten(schema)
+    cfg = base_config()
+
+    def assign(node, prefix, mapping):
+        for key, value in mapping.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+                assign(node[key], path + ".", value)
+                continue
+            if path not in flat_schema:
+                raise ConfigError(f"{where}: unknown key {path!r}{closest_key(path, list(flat_schema))}")
+            if isinstance(flat_schema[path], tuple) and isinstance(value, list):
+                value = tuple(value)
+            try:
+                node[key] = value
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"{where}: {path}: {err}") from None
+
+    assign(cfg, "", values)
+    validate(cfg)
+    cfg.lock()
+    return cfg

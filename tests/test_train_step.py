@@ -9,7 +9,12 @@ import pytest
 from ftjax.models import HeadConfig, Model, init_params, preset
 from ftjax.optim.trainability import combine
 from ftjax.train.losses import loss_for_task
-from ftjax.train.step import create_train_state, make_eval_step, make_train_step
+from ftjax.train.step import (
+    create_train_state,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+)
 
 
 def _batch(cfg, lengths, *, num_labels=2, seed=0, B=None):
@@ -145,9 +150,11 @@ def test_frozen_leaves_come_out_bit_identical():
     state = create_train_state(params, mask, tx, seed=0)
     assert all(x is None for x in jax.tree.leaves(state.trainable["backbone"],
                                                   is_leaf=lambda x: x is None))
-    step = jax.jit(make_train_step(model, tx, loss_for_task("classification")))
+    step = jit_train_step(make_train_step(model, tx, loss_for_task("classification")))
     for seed in range(3):
         state, _ = step(state, _batch(cfg, [4, 6, 3], seed=seed))
+    # The caller's frozen arrays survive the donating step (only trainable state is donated).
+    assert not any(x.is_deleted() for x in jax.tree.leaves(params["backbone"]))
     out = combine(state.trainable, state.frozen)
     same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), out["backbone"],
                         params["backbone"])

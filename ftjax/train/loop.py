@@ -22,6 +22,7 @@ from ftjax.io.checkpoint import Checkpointer, params_shape_hash
 from ftjax.optim import effective_lrs, trainability
 from ftjax.train.experiment import Experiment, build_experiment, evaluate
 from ftjax.train.logging import MetricsWriter, Progress
+from ftjax.train.step import jit_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -135,7 +136,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     else:
         progress.write(trainability.format_report(report))
 
-    train_step = jax.jit(exp.train_step, donate_argnums=0)
+    train_step = jit_train_step(exp.train_step)
     eval_step = jax.jit(exp.eval_step)
 
     def meta():

@@ -150,6 +150,26 @@ def make_train_step(
     return train_step
 
 
+def jit_train_step(train_step):
+    """Jit `train_step(state, batch)` donating everything in the state except the frozen leaves.
+
+    Frozen leaves come out unchanged, so donating them saves nothing, and it would delete the
+    caller's arrays (the pretrained base is shared with, e.g., the Pretrained object).
+    """
+
+    def split_step(state_without_frozen, frozen, batch):
+        new_state, metrics = train_step(state_without_frozen.replace(frozen=frozen), batch)
+        return new_state.replace(frozen=None), metrics
+
+    jitted = jax.jit(split_step, donate_argnums=0)
+
+    def step(state: TrainState, batch: dict):
+        new_state, metrics = jitted(state.replace(frozen=None), state.frozen, batch)
+        return new_state.replace(frozen=state.frozen), metrics
+
+    return step
+
+
 def make_eval_step(model, loss_fn: LossFn):
     """eval_step(trainable, frozen, batch) -> sums {loss_sum, weight, correct}; jit it."""
     is_decoder = model.config.arch == "llama"
