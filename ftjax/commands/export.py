@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -21,25 +20,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default=None, help="storage dtype of the written tensors")
     parser.add_argument("--backbone-only", action="store_true",
                         help="drop a task head HF format cannot hold (e.g. a new classifier)")
-
-
-def _run_params(workdir: Path, best: bool):
-    """The run's model and full parameter tree, from its saved config and checkpoint."""
-    from ftjax.config import config_from_dict
-    from ftjax.io.checkpoint import Checkpointer
-    from ftjax.train.experiment import build_experiment
-
-    config_file = workdir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{workdir} has no config.json: is it an `ftjax train` workdir?")
-    cfg = config_from_dict(json.loads(config_file.read_text()), str(config_file))
-    exp = build_experiment(cfg)
-    ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints)
-    restored = ckpt.restore(exp.state, best=best)
-    ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in {workdir}")
-    return exp, restored.state.params, restored.step
 
 
 def run(args) -> int:
@@ -56,7 +36,9 @@ def run(args) -> int:
                     dtype=args.dtype)
             print(f"wrote {args.model} to {out}")
             return 0
-        exp, params, step = _run_params(Path(args.workdir), args.best)
+        from ftjax.train.experiment import restore_run
+
+        exp, params, step = restore_run(args.workdir, best=args.best)
     except (FileNotFoundError, CheckpointError, ValueError) as err:
         print(f"ftjax export: {err}")
         return 2

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, metavar="P", help="nucleus mass in (0, 1] "
                         "(default 1.0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adapter", metavar="DIR",
+                        help="a LoRA adapter: an HF PEFT directory (adapter_config.json) or an "
+                             "`ftjax train` run directory (its latest checkpoint)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     parser.add_argument("--stats", action="store_true",
@@ -88,6 +91,24 @@ def _load_pretrained(name_or_path: str, dtype: str | None) -> Any:
     return load_pretrained(name_or_path, dtype=dtype)
 
 
+def _with_adapter(pretrained, adapter_dir: str):
+    """(model, params, tokenizer) of the base with the adapter at `adapter_dir` attached."""
+    from ftjax.peft.peft_format import CONFIG_FILE, load_peft
+
+    adapter = Path(adapter_dir)
+    if (adapter / CONFIG_FILE).is_file():  # HF PEFT format
+        model, params = load_peft(pretrained.model, pretrained.params, adapter)
+        return model, params, pretrained.tokenizer
+    from ftjax.train.experiment import restore_run
+
+    exp, params, _ = restore_run(adapter)  # an ftjax run: its own config names its base
+    if exp.cfg.model.name != pretrained.name:
+        raise ValueError(f"{adapter} was trained on {exp.cfg.model.name!r}, not {pretrained.name!r}")
+    if exp.model.head_config.kind != "lm":
+        raise ValueError(f"{adapter} trained a {exp.model.head_config.kind!r} head, not an LM head")
+    return exp.model, params, exp.tokenizer
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         _check(args)
@@ -99,8 +120,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         pretrained = _load_pretrained(args.model, args.dtype)
+        model, params, tokenizer = pretrained.model, pretrained.params, pretrained.tokenizer
+        if args.adapter:
+            model, params, tokenizer = _with_adapter(pretrained, args.adapter)
     except (OSError, ValueError, KeyError) as err:  # unreadable / unsupported checkpoint
-        print(f"ftjax generate: error: cannot load {args.model!r}: {err}", file=sys.stderr)
+        what = f"{args.model!r}" + (f" with adapter {args.adapter!r}" if args.adapter else "")
+        print(f"ftjax generate: error: cannot load {what}: {err}", file=sys.stderr)
         return USAGE_ERROR
     load_seconds = time.perf_counter() - start
 
@@ -108,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         texts, result = complete(
-            pretrained.model, pretrained.params, pretrained.tokenizer, args.prompt,
+            model, params, tokenizer, args.prompt,
             sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat,
             system=args.system, warmup=args.stats)
     except ValueError as err:  # e.g. prompt + max-new-tokens longer than the model's context
