@@ -5,6 +5,7 @@ targeted Dense own `lora_a` / `lora_b`; `add_lora` inserts fresh ones into loade
 """
 
 from ftjax.peft.attach import add_lora, dense_module_paths, with_lora
+from ftjax.peft.multi import apply_mixed, num_adapters, select_adapter, stack_adapters
 from ftjax.peft.lora import (
     DEFAULT_TARGETS,
     LoraConfig,
@@ -17,6 +18,7 @@ from ftjax.peft.lora import (
 )
 
 __all__ = [
-    "DEFAULT_TARGETS", "LoraConfig", "add_lora", "dense_module_paths", "insert_lora",
-    "lora_only", "lora_paths", "merge", "split_lora", "unmerge", "with_lora",
+    "DEFAULT_TARGETS", "LoraConfig", "add_lora", "apply_mixed", "dense_module_paths",
+    "insert_lora", "lora_only", "lora_paths", "merge", "num_adapters", "select_adapter",
+    "split_lora", "stack_adapters", "unmerge", "with_lora",
 ]
