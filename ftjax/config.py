@@ -57,8 +57,6 @@ def _schema_type(value: Any) -> tuple[type, ...]:
         return (int,)
     if isinstance(value, float):
         return (float, int)  # an int where a float is expected is fine (lr=1)
-    if isinstance(value, ml_collections.FieldReference):
-        return (value.get_type(),)
     return (type(value),)
 
 

@@ -124,6 +124,7 @@ def test_missing_data_file_is_a_clear_error(tiny_config_file, tmp_path):
 def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tmp_path,
                                                               monkeypatch):
     """Scripted validation accuracies: best at step 4, then 3 evals without improvement."""
+    import jax
     import numpy as np
 
     from ftjax.train import loop
@@ -144,8 +145,8 @@ def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tm
     monkeypatch.setattr(loop, "evaluate", real_evaluate)
     reference = train(load_config(tiny_config_file, ["steps=4"]), tmp_path / "ref", quiet=True)
     same = [np.array_equal(a, b) for a, b in zip(
-        __import__("jax").tree.leaves(stopped.state.trainable),
-        __import__("jax").tree.leaves(reference.state.trainable))]
+        jax.tree.leaves(stopped.state.trainable),
+        jax.tree.leaves(reference.state.trainable))]
     assert same and all(same)  # the restored params are exactly those of step 4
 
 

@@ -18,21 +18,13 @@ def run(args) -> int:
     import jax
 
     from ftjax.config import ConfigError, load_config
-    from ftjax.io.checkpoint import Checkpointer
-    from ftjax.train.experiment import build_experiment, evaluate
+    from ftjax.train.experiment import evaluate, restore_run
 
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as err:
+        exp, restored = restore_run(args.workdir, best=args.best, cfg=cfg)
+    except (ConfigError, FileNotFoundError) as err:
         print(f"ftjax eval: {err}")
-        return 2
-    exp = build_experiment(cfg)
-    ckpt = Checkpointer(args.workdir, keep=cfg.keep_checkpoints)
-    restored = ckpt.restore(exp.state, best=args.best)
-    ckpt.close()
-    if restored is None:
-        kind = "best" if args.best else "latest"
-        print(f"ftjax eval: no {kind} checkpoint in {args.workdir}")
         return 2
     eval_step = jax.jit(exp.eval_step)
     splits = args.split or [s for s in ("validation", "test") if s in exp.splits]

@@ -11,18 +11,9 @@ import dataclasses
 import re
 from typing import Any
 
-import flax.linen as nn
 import jax
 
 from ftjax.peft.lora import LoraConfig, insert_lora, lora_only, lora_paths
-
-
-def _init_boxed(model, rng):
-    # The models import ftjax.peft (Dense uses the LoRA math), so import them lazily here to
-    # keep `import ftjax.peft` and `import ftjax.models` acyclic in either order.
-    from ftjax.models.model import init_boxed
-
-    return init_boxed(model, rng)
 
 
 def with_lora(model, lora: LoraConfig | None):
@@ -33,16 +24,18 @@ def with_lora(model, lora: LoraConfig | None):
 def add_lora(model, params: dict, config: LoraConfig, rng: jax.Array) -> tuple[Any, dict]:
     """Returns (model with LoRA, params with freshly initialized lora_a / lora_b leaves).
 
-    The base leaves are reused untouched. The new leaves get exactly the values a full
-    `init_params(new_model, rng)` would give them (Flax derives each key from rng and path), but
-    only they leave the jitted init, so XLA drops every other initializer as dead code.
+    The base leaves are reused untouched; only the new leaves are initialized (init_selected).
     """
     if lora_only(params):
         raise ValueError(f"params already carry LoRA leaves at {lora_paths(params)}; "
                          "merge or split them off first")
     new_model = with_lora(model, config)
     _check_targets(model, config)
-    fresh = jax.jit(lambda key: lora_only(nn.meta.unbox(_init_boxed(new_model, key))))(rng)
+    # The models import ftjax.peft (Dense uses the LoRA math): import them lazily to keep
+    # `import ftjax.peft` and `import ftjax.models` acyclic in either order.
+    from ftjax.models.model import init_selected
+
+    fresh = init_selected(new_model, rng, lora_only)
     return new_model, insert_lora(params, fresh)
 
 
@@ -51,7 +44,9 @@ def dense_module_paths(model) -> list[str]:
     and an untied LM head (`head`). Task heads (`head/classifier`, ...) are new and train whole."""
     per_layer = dataclasses.replace(model, config=model.config.with_policy(scan_layers=False,
                                                                            lora=None))
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(_init_boxed(per_layer, jax.random.key(0))))
+    from ftjax.models.model import param_shapes  # lazily, as in add_lora
+
+    shapes = param_shapes(per_layer)
     paths = []
     for key_path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         names = [str(getattr(k, "key", k)) for k in key_path]

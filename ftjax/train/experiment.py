@@ -165,9 +165,9 @@ def evaluate(eval_step_jit, state: TrainState, batches) -> dict:
             "examples": float(totals["weight"])}
 
 
-def restore_run(workdir, *, best: bool = False):
-    """(experiment, full params, step) of a finished or interrupted `ftjax train` run directory,
-    rebuilt from its saved config.json and its latest (or best) checkpoint."""
+def restore_run(workdir, *, best: bool = False, cfg=None):
+    """(experiment, Restored) of an `ftjax train` run directory: the experiment rebuilt from
+    `cfg` (default: the run's saved config.json) and its latest (or best) checkpoint."""
     import json
     from pathlib import Path
 
@@ -175,14 +175,15 @@ def restore_run(workdir, *, best: bool = False):
     from ftjax.io.checkpoint import Checkpointer
 
     workdir = Path(workdir)
-    config_file = workdir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{workdir} has no config.json: is it an `ftjax train` workdir?")
-    cfg = config_from_dict(json.loads(config_file.read_text()), str(config_file))
+    if cfg is None:
+        config_file = workdir / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{workdir} has no config.json: is it an `ftjax train` workdir?")
+        cfg = config_from_dict(json.loads(config_file.read_text()), str(config_file))
     exp = build_experiment(cfg)
     ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints)
     restored = ckpt.restore(exp.state, best=best)
     ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in {workdir}")
-    return exp, restored.state.params, restored.step
+    return exp, restored

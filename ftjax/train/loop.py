@@ -197,12 +197,10 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         progress.write(f"step {step}: {summary}")
         if not cfg.best_metric:
             return False
-        value = results[cfg.eval_splits[0]][cfg.best_metric]
-        if stopper.improved(value):
-            stopper.update(value, step)
+        should_stop = stopper.update(results[cfg.eval_splits[0]][cfg.best_metric], step)
+        if stopper.best_step == step:  # this evaluation is the new best
             save(best=True)
-            return False
-        return stopper.update(value, step)
+        return should_stop
 
     with _StopSignals() as signals:
         for step in range(start_step, cfg.steps):
