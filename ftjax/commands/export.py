@@ -3,6 +3,8 @@
   ftjax export --model NAME_OR_PATH --out DIR              the base model, as transformers loads it
   ftjax export --workdir RUN --out DIR [--best]            a fine-tuned run, LoRA merged (format hf)
   ftjax export --workdir RUN --format peft --out DIR       the run's LoRA adapter for peft
+  ftjax export --workdir RUN --format adapter --out DIR    the run's trainable delta (+ new head)
+                                                           as an ftjax adapter-only checkpoint
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ def add_arguments(parser) -> None:
     source.add_argument("--model", help="asset name or path of a pretrained model")
     source.add_argument("--workdir", help="a training run directory (its config.json + checkpoints)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--format", choices=("hf", "peft"), default="hf")
+    parser.add_argument("--format", choices=("hf", "peft", "adapter"), default="hf")
     parser.add_argument("--best", action="store_true", help="the best checkpoint, not the latest")
     parser.add_argument("--dtype", default=None, help="storage dtype of the written tensors")
     parser.add_argument("--backbone-only", action="store_true",
@@ -28,8 +30,8 @@ def run(args) -> int:
     out = Path(args.out)
     try:
         if args.model:
-            if args.format == "peft":
-                print("ftjax export: --format peft needs a --workdir of a LoRA run")
+            if args.format != "hf":
+                print(f"ftjax export: --format {args.format} needs the --workdir of a run")
                 return 2
             pretrained = load_pretrained(args.model, param_dtype="float32")
             save_hf(pretrained.model, pretrained.params, out, tokenizer=pretrained.tokenizer,
@@ -45,6 +47,15 @@ def run(args) -> int:
         return 2
 
     model, lora = exp.model, exp.model.config.lora
+    if args.format == "adapter":
+        from ftjax.io.adapter import save_adapter
+        from ftjax.optim import trainability
+
+        info = save_adapter(out, model, params, trainability.trainable_mask(exp.resolved),
+                            base_name=exp.cfg.model.name, method=exp.cfg.method, step=step)
+        print(f"wrote the delta of step {step} ({info.num_params:,} parameters, "
+              f"{info.num_bytes / 2**20:.2f} MiB) to {out}")
+        return 0
     if args.format == "peft":
         if lora is None:
             print("ftjax export: --format peft exports a LoRA adapter; this run has none")

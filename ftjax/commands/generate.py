@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 1.0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adapter", metavar="DIR",
-                        help="a LoRA adapter: an HF PEFT directory (adapter_config.json) or an "
-                             "`ftjax train` run directory (its latest checkpoint)")
+                        help="an adapter for the base: an HF PEFT directory (adapter_config.json), "
+                             "an ftjax adapter-only directory (adapter.json), or an `ftjax train` "
+                             "run directory (its adapter/, else its latest checkpoint)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     parser.add_argument("--stats", action="store_true",
@@ -95,9 +96,18 @@ def _with_adapter(pretrained, adapter_dir: str):
     """(model, params, tokenizer) of the base with the adapter at `adapter_dir` attached."""
     from ftjax.peft.peft_format import CONFIG_FILE, load_peft
 
+    from ftjax.io.adapter import META_FILE, load_adapter
+
     adapter = Path(adapter_dir)
     if (adapter / CONFIG_FILE).is_file():  # HF PEFT format
         model, params = load_peft(pretrained.model, pretrained.params, adapter)
+        return model, params, pretrained.tokenizer
+    if (adapter / "adapter" / META_FILE).is_file():  # a run that wrote its adapter-only file
+        adapter = adapter / "adapter"
+    if (adapter / META_FILE).is_file():
+        model, params = load_adapter(adapter, pretrained)
+        if model.head_config.kind != "lm":
+            raise ValueError(f"{adapter} trained a {model.head_config.kind!r} head, not an LM head")
         return model, params, pretrained.tokenizer
     from ftjax.train.experiment import restore_run
 

@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 64
     c.accumulation_steps = 1  # micro-batches per step; batch_size is the global batch
     c.method = "full"
+    # At the end, write the kept params' trainable delta (+ a new head) to <workdir>/adapter
+    # (ftjax.io.adapter); skipped for method="full", whose delta is the whole model.
+    c.save_adapter = True
     c.eval_splits = ("validation",)  # evaluated every eval_every steps; "test" at the end only
 
     c.early_stopping = ml_collections.ConfigDict()

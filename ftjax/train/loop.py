@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ftjax.io.adapter import AdapterInfo, save_adapter
 from ftjax.io.checkpoint import Checkpointer, params_shape_hash
 from ftjax.optim import effective_lrs, trainability
 from ftjax.train.experiment import Experiment, build_experiment, evaluate
@@ -100,6 +101,18 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def _save_adapter(cfg, exp: Experiment, state, out: Path) -> AdapterInfo | None:
+    """The kept parameters' trainable delta as an adapter-only checkpoint (ftjax.io.adapter).
+
+    Skipped for full fine-tuning, whose delta is the whole model: the training checkpoint and
+    `ftjax export` (HF format) already hold that.
+    """
+    if not cfg.save_adapter or cfg.method == "full":
+        return None
+    return save_adapter(out, exp.model, state.params, trainability.trainable_mask(exp.resolved),
+                        base_name=cfg.model.name, method=cfg.method, step=int(state.step))
 
 
 def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = None) -> RunResult:
@@ -232,7 +245,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         flush()
 
     final_step = int(state.step)
-    result_eval, best_step = {}, None
+    result_eval, best_step, adapter = {}, None, None
     if not interrupted:
         if final_step == cfg.steps and not stopped_early:
             run_eval(final_step)
@@ -251,6 +264,10 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
                 result_eval[split] = last_eval[split]  # these params were just evaluated
             else:
                 result_eval[split] = evaluate(eval_step, state, exp.eval_batches(split))
+        adapter = _save_adapter(cfg, exp, state, workdir / "adapter")
+        if adapter is not None:
+            progress.write(f"adapter-only checkpoint: {adapter.num_params:,} parameters, "
+                           f"{adapter.num_bytes / 2**20:.2f} MiB in {adapter.path}")
     ckpt.wait()
     ckpt.close()
     progress.close()
@@ -268,6 +285,9 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
             "stopped_early": stopped_early, "nonfinite_steps": result.nonfinite_steps,
             "train_tokens_per_s": result.train_tokens_per_s, "wall_s": wall,
             "trainable": report["trainable"], "total": report["total"],
+            "adapter": None if adapter is None else {
+                "path": str(adapter.path), "params": adapter.num_params,
+                "bytes": adapter.num_bytes},
         })
         log.write({"step": final_step, "split": "final", **{
             f"{s}_{k}": v for s, r in result_eval.items() for k, v in r.items()}})
