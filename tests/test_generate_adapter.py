@@ -1,6 +1,7 @@
-"""`ftjax generate --adapter`: a PEFT adapter directory or an `ftjax train` LoRA run."""
+"""`ftjax generate --adapter`: a PEFT adapter directory or an `ftjax train` run directory."""
 
 import jax
+import pytest
 
 from ftjax.cli import main
 from ftjax.config import load_config
@@ -40,10 +41,13 @@ def test_peft_adapter_generates_like_the_merged_model(tiny_llama_dir, tmp_path, 
     assert _cli_text(tiny_llama_dir, tmp_path / "adapter", capsys) == expected
 
 
-def test_lora_run_directory_is_an_adapter(tiny_config_file, tiny_llama_dir, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+def test_run_directory_is_an_adapter(method, tiny_config_file, tiny_llama_dir, tmp_path, capsys):
+    """A LoRA run, and a prompt-tuning run (its soft prompt cached by generation's prefill)."""
     cfg = load_config(tiny_config_file, [
-        f"model.name={tiny_llama_dir}", "head.kind=lm", "task.kind=causal_lm", "method=lora",
-        "steps=3", "task.max_length=24", "optimizer.learning_rate=1e-1", "model.dtype=float32"])
+        f"model.name={tiny_llama_dir}", "head.kind=lm", "task.kind=causal_lm", f"method={method}",
+        "steps=3", "task.max_length=24", "optimizer.learning_rate=1e-1", "model.dtype=float32",
+        "prompt.num_tokens=4"])
     result = train(cfg, tmp_path / "run", quiet=True)
     run_model = result.experiment.model
     expected = _greedy_text(run_model, result.state.params, result.experiment.tokenizer)

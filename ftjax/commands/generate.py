@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 1.0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adapter", metavar="DIR",
-                        help="a LoRA adapter: an HF PEFT directory (adapter_config.json) or an "
-                             "`ftjax train` run directory (its latest checkpoint)")
+                        help="a LoRA adapter as an HF PEFT directory (adapter_config.json), or "
+                             "an `ftjax train` run directory of any method (its latest "
+                             "checkpoint: LoRA, adapters, prefix, prompt, (IA)^3, ...)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     parser.add_argument("--stats", action="store_true",
