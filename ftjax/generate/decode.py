@@ -35,6 +35,7 @@ import numpy as np
 
 from ftjax.generate.sampling import DecodeContext, Sampler, SamplingConfig, SamplingKnobs
 from ftjax.models import Model, init_cache
+from ftjax.peft.prefix import fold_prefix
 
 PROMPT_BUCKET = 32
 CACHE_BUCKET = 64
@@ -188,6 +189,11 @@ def run_generation(
     """`generate_ids` plus timings; `warmup=True` compiles first and times compile separately."""
     cfg = model.config
     _check_prompts(prompts, cfg.vocab_size)
+    if getattr(cfg, "prefix", None) is not None and cfg.prefix.projection:
+        # The prefix MLP is a training device: evaluate it once here rather than at every
+        # decode step (SmolLM2 with 20 prefix tokens and a 512-wide MLP: 20 x (576 x 512 +
+        # 512 x 30 x 2 x 192) = 124M multiply-adds per step, the model's cost for one token).
+        model, params = fold_prefix(model, params)
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
     longest = max(len(p) for p in prompts)

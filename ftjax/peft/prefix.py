@@ -17,7 +17,8 @@ Reparameterization (`projection=True`): as in the paper (and HF's prefix_project
 prefixes of all layers come from an MLP over a (P, D) embedding, which trains more stably:
   `backbone/prefix_encoder/{embedding, in_kernel, in_bias, out_k, out_k_bias, out_v, out_v_bias}`
 It is a training device only: `fold_prefix` computes the prefixes once and returns the model
-with plain per-layer leaves and no MLP, computing the same function.
+with plain per-layer leaves and no MLP, computing the same function (ftjax.generate folds
+before decoding, so the MLP never runs per token).
 
 The KV cache of generation holds only real tokens; the prefix joins the keys at every step.
 """
