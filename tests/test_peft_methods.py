@@ -111,7 +111,8 @@ def test_added_leaves_identity_at_init_and_scanned_layout(base):
         rest, added[method] = split_leaves(pparams, PEFT_LEAVES[method])
         # Only the expected leaves were added, with the hand-counted size; the base leaves are
         # the caller's own arrays.
-        assert [p for p, _ in leaf_paths(added[method])] == _expected_paths(method, model.config.arch)
+        arch = model.config.arch
+        assert [p for p, _ in leaf_paths(added[method])] == _expected_paths(method, arch)
         assert sum(x.size for x in jax.tree.leaves(added[method])) == _hand_count(
             method, model.config)
         assert jax.tree.structure(rest) == jax.tree.structure(params)

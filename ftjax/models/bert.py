@@ -178,7 +178,8 @@ class BertModel(nn.Module):
         virtual = cfg.prompt.num_tokens if cfg.prompt is not None else 0
         prefix = cfg.prefix.num_tokens if cfg.prefix is not None else 0
         if virtual + prefix + T > cfg.max_position_embeddings:
-            peft = f" plus {virtual + prefix} prompt/prefix virtual tokens" if virtual + prefix else ""
+            peft = f" plus {virtual + prefix} prompt/prefix virtual tokens" if virtual + prefix \
+                else ""
             raise ValueError(
                 f"sequence length {T}{peft} exceeds max_position_embeddings="
                 f"{cfg.max_position_embeddings}"

@@ -176,9 +176,10 @@ def attention_mask(
     or a (B,) array), so query t sees keys s <= offset + t. That covers plain causal attention
     (offset 0) and decoding against a KV cache (offset = number of cached slots).
     Segment ids keep packed documents apart; the first `always_visible` keys (a soft prompt's
-    virtual tokens, ftjax.peft.prompt) belong to every segment. Query rows with no visible key are not produced by
-    the masks we build (a padding query still sees itself or its segment's padding slot) except
-    for fully padded rows; those give finite garbage that the loss masks out.
+    virtual tokens, ftjax.peft.prompt) belong to every segment. Query rows with no visible key
+    are not produced by the masks we build (a padding query still sees itself or its segment's
+    padding slot) except for fully padded rows; those give finite garbage that the loss masks
+    out.
     """
     mask = jnp.ones((1, 1, q_len, k_len), dtype=bool)
     if causal_offset is not None:

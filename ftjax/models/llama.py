@@ -213,7 +213,8 @@ class LlamaModel(nn.Module):
             virtual = cfg.prompt.num_tokens
             x = prepend_embeddings(self.soft_prompt, x)
             attention_mask_BT, positions = extend_inputs(virtual, attention_mask_BT, positions)
-            if segment_ids is not None:  # the prompt's own id; attention_mask shares it anyway
+            if segment_ids is not None:  # -1: no document's id (0 is padding); always_visible
+                # below makes the prompt part of every segment
                 segment_ids = jnp.concatenate(
                     [jnp.full((x.shape[0], virtual), -1, segment_ids.dtype), segment_ids], axis=1)
         if cfg.prefix is not None:  # the prefix occupies positions 0..P-1 (ftjax.peft.prefix)
