@@ -1,5 +1,5 @@
 """`ftjax generate --adapter`: a PEFT adapter directory, an ftjax adapter-only directory or an
-`ftjax train` LoRA run."""
+`ftjax train` run directory of any method."""
 
 import jax
 import pytest
@@ -42,13 +42,16 @@ def test_peft_adapter_generates_like_the_merged_model(tiny_llama_dir, tmp_path, 
     assert _cli_text(tiny_llama_dir, tmp_path / "adapter", capsys) == expected
 
 
-@pytest.mark.parametrize("save_adapter", [True, False])  # its adapter/, else its checkpoint
-def test_lora_run_directory_is_an_adapter(tiny_config_file, tiny_llama_dir, tmp_path, capsys,
-                                          save_adapter):
+@pytest.mark.parametrize("method, save_adapter",
+                         [("lora", True), ("lora", False), ("prompt", True)])
+def test_run_directory_is_an_adapter(method, save_adapter, tiny_config_file, tiny_llama_dir,
+                                     tmp_path, capsys):
+    """A LoRA run through its adapter/ and through its checkpoint, and a prompt-tuning run (its
+    soft prompt cached by generation's prefill)."""
     cfg = load_config(tiny_config_file, [
-        f"model.name={tiny_llama_dir}", "head.kind=lm", "task.kind=causal_lm", "method=lora",
+        f"model.name={tiny_llama_dir}", "head.kind=lm", "task.kind=causal_lm", f"method={method}",
         "steps=3", "task.max_length=24", "optimizer.learning_rate=1e-1", "model.dtype=float32",
-        f"save_adapter={save_adapter}"])
+        "prompt.num_tokens=4", f"save_adapter={save_adapter}"])
     result = train(cfg, tmp_path / "run", quiet=True)
     run_model = result.experiment.model
     expected = _greedy_text(run_model, result.state.params, result.experiment.tokenizer)

@@ -46,7 +46,7 @@ from ftjax.optim.optimizer import leaf_constants
 from ftjax.optim.paths import group_of, leaf_paths
 from ftjax.optim.rules import lr_multiplier
 from ftjax.optim.selectors import component, layers, top
-from ftjax.peft import LoraConfig, with_lora
+from ftjax.peft import PEFT_METHODS, method_config, with_peft
 
 SGD = dict(name="sgd", schedule="constant", weight_decay=0.0, grad_clip_norm=None)
 
@@ -559,11 +559,17 @@ def test_every_method_resolves_in_both_layouts(name):
                 spec = method_spec(method, cfg)
             assert bool(caught) == (method == "bitfit" and name == "tiny-llama")
             model = Model(cfg, head)
-            if method == "lora":  # PEFT methods train leaves the model adds first
-                model = with_lora(model, LoraConfig())
+            if method in PEFT_METHODS:  # PEFT methods train leaves the model adds first
+                field = PEFT_METHODS[method][0]
+                model = with_peft(model, **{field: method_config(method)})
             shapes = param_shapes(model)
             rep = report(shapes, resolve(spec, shapes))
             assert 0 < rep["trainable"] <= rep["total"]
+            if method in PEFT_METHODS:  # the head-less spec trains the method's leaves only
+                bare = report(shapes, resolve(method_spec(method, cfg, head_kind="lm",
+                                                          method_cfg={"train_norms": False}),
+                                              shapes))
+                assert 0 < bare["trainable"] < rep["trainable"]
     with pytest.raises(ValueError, match="unknown method"):
         method_spec("lora_typo", preset(name))
 

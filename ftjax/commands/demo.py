@@ -23,6 +23,14 @@ DEMO_RUNS = {
                          "method_args.unfreeze_every=30"],
     # Rank-8 adapters on the query and value projections plus the new head.
     "lora": ["method=lora", "optimizer.learning_rate=1e-3", "lora.rank=8", "lora.alpha=16"],
+    # The other PEFT methods with their default settings (bottleneck 384 / 16 = 24, 20 virtual
+    # tokens, (IA)^3 on keys, values and the MLP) plus the new head. The fewer and the more
+    # input-like the trained numbers, the larger the step.
+    "houlsby": ["method=houlsby", "optimizer.learning_rate=1e-3"],
+    "pfeiffer": ["method=pfeiffer", "optimizer.learning_rate=1e-3"],
+    "prefix": ["method=prefix", "optimizer.learning_rate=1e-2"],
+    "prompt": ["method=prompt", "optimizer.learning_rate=3e-2"],
+    "ia3": ["method=ia3", "optimizer.learning_rate=1e-2"],
 }
 DEFAULT_METHODS = ["full", "linear_probe"]  # what `make demo` runs within its time budget
 

@@ -37,9 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 1.0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adapter", metavar="DIR",
-                        help="an adapter for the base: an HF PEFT directory (adapter_config.json), "
-                             "an ftjax adapter-only directory (adapter.json), or an `ftjax train` "
-                             "run directory (its adapter/, else its latest checkpoint)")
+                        help="an adapter for the base: an HF PEFT LoRA directory "
+                             "(adapter_config.json), an ftjax adapter-only directory "
+                             "(adapter.json), or an `ftjax train` run directory of any method "
+                             "(its adapter/, else its latest checkpoint)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     parser.add_argument("--stats", action="store_true",

@@ -3,7 +3,9 @@
 Shape policy (so that repeated requests reuse compiled programs):
   - prompts are LEFT-padded to a common length rounded up to a multiple of PROMPT_BUCKET, so every
     row's last prompt token sits in the last column and all rows write the cache in lockstep;
-  - the cache holds round_up(prompt length + max_new_tokens, CACHE_BUCKET) slots;
+  - the cache holds round_up(prompt length + max_new_tokens, CACHE_BUCKET) slots, plus a soft
+    prompt's P virtual tokens (prompt tuning, config.prompt): the prefill writes them in front
+    of the prompt, and later steps attend to them in the cache like to any earlier token;
   - max_new_tokens, eos ids, pad id, temperature, top_p and the seed are traced values.
 So a compile is keyed by (batch size, prompt bucket, cache bucket, sampler kind, model); two
 requests of similar length with different settings share both programs.
@@ -33,6 +35,7 @@ import numpy as np
 
 from ftjax.generate.sampling import DecodeContext, Sampler, SamplingConfig, SamplingKnobs
 from ftjax.models import Model, init_cache
+from ftjax.peft.prefix import fold_prefix
 
 PROMPT_BUCKET = 32
 CACHE_BUCKET = 64
@@ -44,17 +47,26 @@ def round_up(n: int, multiple: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeShapes:
-    """Static shapes of one generation call: B rows, P padded prompt columns, S cache slots."""
+    """Static shapes of one generation call: B rows, P padded prompt columns, S cache slots
+    (of which `virtual` hold a soft prompt)."""
 
     batch: int
     prompt_length: int
     cache_length: int
+    virtual: int = 0
 
 
-def plan_shapes(prompt_lengths: Sequence[int], max_new_tokens: int) -> DecodeShapes:
+def virtual_tokens(model: Model) -> int:
+    """Cache slots a model's soft prompt takes before the real tokens (0 without one)."""
+    prompt = getattr(model.config, "prompt", None)
+    return prompt.num_tokens if prompt is not None else 0
+
+
+def plan_shapes(prompt_lengths: Sequence[int], max_new_tokens: int,
+                virtual: int = 0) -> DecodeShapes:
     prompt_length = round_up(max(prompt_lengths), PROMPT_BUCKET)
-    cache_length = round_up(prompt_length + max_new_tokens, CACHE_BUCKET)
-    return DecodeShapes(len(prompt_lengths), prompt_length, cache_length)
+    cache_length = round_up(virtual + prompt_length + max_new_tokens, CACHE_BUCKET)
+    return DecodeShapes(len(prompt_lengths), prompt_length, cache_length, virtual)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int):
@@ -76,10 +88,13 @@ def _prefill(model: Model, params, prompt_ids_BP, prompt_mask_BP, knobs: Samplin
     Returns (cache, generated (B, N) with the first token in column 0 and pad elsewhere).
     """
     B, P = prompt_ids_BP.shape
+    virtual = virtual_tokens(model)
     cache = init_cache(model.config, B, cache_length)
+    # A soft prompt goes in front of the prompts here, once; decode steps find it in the cache.
+    start = {"with_prompt": True} if virtual else {}
     out = model.apply({"params": params}, prompt_ids_BP, attention_mask=prompt_mask_BP,
-                      cache=cache)
-    generated_BN = jnp.full((B, cache_length - P), pad_id, jnp.int32)
+                      cache=cache, **start)
+    generated_BN = jnp.full((B, cache_length - virtual - P), pad_id, jnp.int32)
     context = DecodeContext(prompt_ids_BP, prompt_mask_BP, generated_BN, jnp.int32(0))
     # Left padding puts every row's last real token in the last column.
     first_B = sampler(out.logits[:, -1], jax.random.fold_in(key, 0), knobs, context)
@@ -174,21 +189,28 @@ def run_generation(
     """`generate_ids` plus timings; `warmup=True` compiles first and times compile separately."""
     cfg = model.config
     _check_prompts(prompts, cfg.vocab_size)
+    if getattr(cfg, "prefix", None) is not None and cfg.prefix.projection:
+        # The prefix MLP is a training device: evaluate it once here rather than at every
+        # decode step (SmolLM2 with 20 prefix tokens and a 512-wide MLP: 20 x (576 x 512 +
+        # 512 x 30 x 2 x 192) = 124M multiply-adds per step, the model's cost for one token).
+        model, params = fold_prefix(model, params)
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
     longest = max(len(p) for p in prompts)
     max_length = cfg.max_position_embeddings if max_length is None else max_length
-    if longest + max_new_tokens > max_length:
+    virtual = virtual_tokens(model)
+    if virtual + longest + max_new_tokens > max_length:
+        soft = f" plus the soft prompt ({virtual} virtual tokens)" if virtual else ""
         raise ValueError(
-            f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) exceeds "
-            f"max_length={max_length} (default: the model's max_position_embeddings); shorten the "
-            f"prompt, ask for fewer tokens or pass a larger max_length")
+            f"the longest prompt ({longest} tokens){soft} plus max_new_tokens ({max_new_tokens}) "
+            f"exceeds max_length={max_length} (default: the model's max_position_embeddings); "
+            f"shorten the prompt, ask for fewer tokens or pass a larger max_length")
     if eos_ids is None:
         eos_ids = [] if cfg.eos_token_id is None else [cfg.eos_token_id]
     if pad_id is None:
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
 
-    shapes = plan_shapes([len(p) for p in prompts], int(max_new_tokens))
+    shapes = plan_shapes([len(p) for p in prompts], int(max_new_tokens), virtual)
     ids, mask = left_pad(prompts, shapes.prompt_length, pad_id)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     # A (1,) sentinel when there are none: isin against it is always False.

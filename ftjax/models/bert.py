@@ -2,6 +2,11 @@
 
 Parameter paths follow Hugging Face's BertModel closely (`embeddings/word_embeddings`,
 `layers_N/attention/query`, ..., `pooler/dense`) so checkpoint import is a renaming.
+
+PEFT hooks (ftjax.peft) as in the Llama decoder: LoRA and (IA)^3 in the Dense layers, adapters
+after the attention output / MLP output dropout and before the residual add and its LayerNorm,
+prefixes inside the attention, the soft prompt before the word embeddings (positions and token
+types are added to it as to any token).
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from ftjax.models.config import BertConfig
 from ftjax.models.layers import Dense, Embed, LayerNorm, activation, attention_mask
 from ftjax.models.layers import dot_product_attention
 from ftjax.models.remat import remat_policy
+from ftjax.peft.adapters import maybe_adapt
+from ftjax.peft.prefix import PrefixEncoder, layer_prefix, prepend_prefix
+from ftjax.peft.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
 
 
 def _dense(cfg: BertConfig, features, axes, name):
     return Dense(
         features, axes, use_bias=True, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        lora=cfg.lora, name=name,
+        lora=cfg.lora, ia3=cfg.ia3, name=name,
     )
 
 
@@ -45,8 +53,11 @@ class BertEmbeddings(nn.Module):
             cfg.hidden_dropout if cfg.embedding_dropout is None else cfg.embedding_dropout
         )
 
-    def __call__(self, input_ids, token_type_ids, positions, deterministic):
+    def __call__(self, input_ids, token_type_ids, positions, deterministic, prompt_PD=None):
+        """positions / token_type_ids cover [prompt; tokens] when a soft prompt is given."""
         x = self.word_embeddings(input_ids)
+        if prompt_PD is not None:
+            x = prepend_embeddings(prompt_PD, x)
         x = x + self.position_embeddings(positions)
         x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.norm(x), deterministic=deterministic)
@@ -59,13 +70,17 @@ class BertAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x_BTD, mask_B1TS, deterministic):
+    def __call__(self, x_BTD, mask_B1TS, deterministic, prefix_kv=None):
         cfg = self.config
         B, T, D = x_BTD.shape
         N, H = cfg.num_heads, cfg.head_size
         q = _dense(cfg, D, ("embed", "heads"), "query")(x_BTD, deterministic).reshape(B, T, N, H)
         k = _dense(cfg, D, ("embed", "heads"), "key")(x_BTD, deterministic).reshape(B, T, N, H)
         v = _dense(cfg, D, ("embed", "heads"), "value")(x_BTD, deterministic).reshape(B, T, N, H)
+        if cfg.prefix is not None:
+            prefix_k, prefix_v = layer_prefix(self, cfg.prefix, D, "heads", prefix_kv,
+                                              cfg.weight_dtype)
+            k, v, mask_B1TS = prepend_prefix(k, v, mask_B1TS, prefix_k, prefix_v)
         rate = 0.0 if deterministic else cfg.attention_dropout
         out = dot_product_attention(
             q, k, v, mask_B1TS, implementation=cfg.attention_impl, dropout_rate=rate,
@@ -78,28 +93,32 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x_BTD, mask_B1TS, deterministic):
+    def __call__(self, x_BTD, mask_B1TS, deterministic, prefix_kv=None):
         cfg = self.config
         dropout = lambda y: nn.Dropout(cfg.hidden_dropout)(  # noqa: E731
             y, deterministic=deterministic
         )
-        attn = BertAttention(cfg, name="attention")(x_BTD, mask_B1TS, deterministic)
-        x_BTD = _norm(cfg, "attention_norm")(x_BTD + dropout(attn))
+        adapt = lambda place, y: maybe_adapt(  # noqa: E731
+            cfg.adapter, place, y, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
+        )
+        attn = BertAttention(cfg, name="attention")(x_BTD, mask_B1TS, deterministic, prefix_kv)
+        x_BTD = _norm(cfg, "attention_norm")(x_BTD + adapt("attn", dropout(attn)))
         h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BTD,
                                                                                   deterministic)
         h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(activation(cfg.hidden_act)(h),
                                                                      deterministic)
-        return _norm(cfg, "output_norm")(x_BTD + dropout(h))
+        return _norm(cfg, "output_norm")(x_BTD + adapt("mlp", dropout(h)))
 
 
 class _ScannedLayer(nn.Module):
-    """BertLayer in lax.scan's (carry, x) -> (carry, y) form."""
+    """BertLayer in lax.scan's (carry, x) -> (carry, y) form; x is the layer's prefix or None."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x_BTD, _, mask_B1TS, deterministic):
-        return BertLayer(self.config, name="block")(x_BTD, mask_B1TS, deterministic), None
+    def __call__(self, x_BTD, prefix_kv, mask_B1TS, deterministic):
+        return BertLayer(self.config, name="block")(x_BTD, mask_B1TS, deterministic,
+                                                    prefix_kv), None
 
 
 class BertModel(nn.Module):
@@ -113,6 +132,14 @@ class BertModel(nn.Module):
     def setup(self):
         cfg = self.config
         self.embeddings = BertEmbeddings(cfg)
+        if cfg.prompt is not None:
+            self.soft_prompt = soft_prompt_param(self, cfg.prompt, cfg.hidden_size,
+                                                 cfg.weight_dtype)
+        if cfg.prefix is not None and cfg.prefix.projection:
+            self.prefix_encoder = PrefixEncoder(
+                cfg.prefix, cfg.num_layers, cfg.hidden_size, cfg.hidden_size, "heads",
+                dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+            )
         policy = remat_policy(cfg.remat)
         if cfg.scan_layers:
             layer = _ScannedLayer
@@ -139,23 +166,44 @@ class BertModel(nn.Module):
         """Logits against the word-embedding table (the tied masked-LM decoder)."""
         return self.embeddings.attend(x_BTD)
 
+    def embedding_table(self):
+        """The word embedding table (V, D), as stored."""
+        return self.embeddings.word_embeddings.embedding
+
     def __call__(
         self, input_ids, *, positions, attention_mask_BT, token_type_ids=None, deterministic=True,
     ):
         cfg = self.config
         B, T = input_ids.shape
-        if T > cfg.max_position_embeddings:
+        virtual = cfg.prompt.num_tokens if cfg.prompt is not None else 0
+        prefix = cfg.prefix.num_tokens if cfg.prefix is not None else 0
+        if virtual + prefix + T > cfg.max_position_embeddings:
+            peft = f" plus {virtual + prefix} prompt/prefix virtual tokens" if virtual + prefix \
+                else ""
             raise ValueError(
-                f"sequence length {T} exceeds max_position_embeddings={cfg.max_position_embeddings}"
+                f"sequence length {T}{peft} exceeds max_position_embeddings="
+                f"{cfg.max_position_embeddings}"
             )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids, positions, deterministic)
-        mask = attention_mask(k_valid_BS=attention_mask_BT, q_len=T, k_len=T)
+        prompt = None
+        if virtual:
+            prompt = self.soft_prompt
+            attention_mask_BT, positions = extend_inputs(virtual, attention_mask_BT, positions)
+            token_type_ids = jnp.concatenate(
+                [jnp.zeros((B, virtual), token_type_ids.dtype), token_type_ids], axis=1)
+        positions = positions + prefix  # the prefix occupies positions 0..P-1 (ftjax.peft.prefix)
+        x = self.embeddings(input_ids, token_type_ids, positions, deterministic, prompt)
+        mask = attention_mask(k_valid_BS=attention_mask_BT, q_len=T + virtual, k_len=T + virtual)
+        # Reparameterized prefixes: every layer's (k, v), each (L, P, D), computed once per call.
+        prefixes = self.prefix_encoder() if cfg.prefix is not None and cfg.prefix.projection \
+            else None
         if cfg.scan_layers:
-            x, _ = self.layers(x, None, mask, deterministic)
+            x, _ = self.layers(x, prefixes, mask, deterministic)
         else:
-            for block in self.blocks:
-                x = block(x, mask, deterministic)
+            for i, block in enumerate(self.blocks):
+                prefix_kv = None if prefixes is None else (prefixes[0][i], prefixes[1][i])
+                x = block(x, mask, deterministic, prefix_kv)
+        x = x[:, virtual:]  # the heads and the pooler see the real positions only
         pooled = jnp.tanh(self.pooler(x[:, 0], deterministic)) if cfg.add_pooler else None
         return x, pooled

@@ -3,7 +3,8 @@
 Architecture fields describe a checkpoint and are read from / written to its config.json or GGUF
 metadata. Policy fields (`dtype`, `param_dtype`, `scan_layers`, `remat`, `attention_impl`) choose
 how it runs and never change the function the model computes beyond floating-point rounding.
-PEFT fields (`lora`) add a method's leaves to the model; each method gets one field there.
+PEFT fields (`lora`, `adapter`, `prefix`, `prompt`, `ia3`) add a method's leaves to the model;
+each method gets one field there (ftjax.peft.attach sets them on a loaded model).
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from ftjax.peft.adapters import AdapterConfig
+from ftjax.peft.ia3 import IA3Config
 from ftjax.peft.lora import LoraConfig
+from ftjax.peft.prefix import PrefixConfig
+from ftjax.peft.prompt import PromptConfig
 
 HeadKind = Literal["lm", "sequence", "token", "span", "mlm", "none"]
 Pooling = Literal["cls", "mean", "last", "pooler"]
@@ -58,6 +63,10 @@ class PolicyMixin:
     attention_impl: str | None = None  # None (let jax pick: cuDNN where it applies), "xla", "cudnn"
     # PEFT: one field per method, beside each other. Not read from or written to checkpoints.
     lora: LoraConfig | None = None  # adds lora_a / lora_b to the targeted Dense layers
+    adapter: AdapterConfig | None = None  # Houlsby / Pfeiffer bottleneck adapters in each block
+    prefix: PrefixConfig | None = None  # trainable key/value prefixes in every attention layer
+    prompt: PromptConfig | None = None  # a soft prompt prepended to the token embeddings
+    ia3: IA3Config | None = None  # (IA)^3 scales on keys, values and the MLP activation
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -69,6 +78,18 @@ class PolicyMixin:
 
     def with_policy(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def without_peft(self):
+        """The same config with every PEFT field cleared: the pretrained architecture."""
+        return dataclasses.replace(self, **{name: None for name in PEFT_FIELDS})
+
+    @property
+    def peft_methods(self) -> tuple[str, ...]:
+        """The PEFT fields that are set."""
+        return tuple(name for name in PEFT_FIELDS if getattr(self, name) is not None)
+
+
+PEFT_FIELDS = ("lora", "adapter", "prefix", "prompt", "ia3")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,9 @@ Every parameter is created with a logical axis name (`nn.with_logical_partitioni
 rules table (ftjax/parallel) maps them to mesh axes. Logical names used:
   vocab, embed, mlp, heads (flattened query heads x head_dim), kv_heads (flattened kv heads x
   head_dim), norm, positions, types, labels, layers (the stacked axis under scan), lora_rank
-  (the inner axis of LoRA's A @ B; ftjax.peft.lora).
+  (the inner axis of LoRA's A @ B; ftjax.peft.lora), adapter (a bottleneck adapter's inner
+  width; ftjax.peft.adapters), prefix (virtual tokens of prefix and prompt tuning;
+  ftjax.peft.prefix / prompt), prefix_hidden (the prefix reparameterization MLP's hidden layer).
 Parameter trees handed to users are unboxed (plain arrays); see `ftjax.models.model`.
 
 Shapes in names: B batch, T query length, S key length, D model width, N query heads,
@@ -19,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ftjax.peft.ia3 import IA3Config, ia3_scale
 from ftjax.peft.lora import LoraConfig, lora_branch
 
 Initializer = Callable[..., jax.Array]
@@ -32,6 +35,8 @@ class Dense(nn.Module):
     lora: when set and this module's path matches `lora.targets`, the module also owns
       `lora_a` / `lora_b` and adds their low-rank update (ftjax.peft.lora). `deterministic`
       only matters then (LoRA dropout).
+    ia3: when set and this module's path matches `ia3.targets`, the module also owns
+      `ia3_scale` and rescales its input (feedforward modules) or its output (ftjax.peft.ia3).
     """
 
     features: int
@@ -41,9 +46,15 @@ class Dense(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
     lora: LoraConfig | None = None
+    ia3: IA3Config | None = None
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
+        path = "/".join(self.path)
+        ia3 = self.ia3 is not None and self.ia3.targets_module(path)
+        ia3_input = ia3 and self.ia3.is_feedforward(path)
+        if ia3_input:
+            x = x.astype(self.dtype) * ia3_scale(self, x.shape[-1], self.axes[0])
         kernel = self.param(
             "kernel",
             nn.with_logical_partitioning(self.kernel_init, self.axes),
@@ -51,7 +62,7 @@ class Dense(nn.Module):
             self.param_dtype,
         )
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-        if self.lora is not None and self.lora.targets_module("/".join(self.path)):
+        if self.lora is not None and self.lora.targets_module(path):
             y = y + lora_branch(self, x, self.features, self.axes, self.lora, deterministic)
         if self.use_bias:
             bias = self.param(
@@ -61,6 +72,8 @@ class Dense(nn.Module):
                 self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
+        if ia3 and not ia3_input:
+            y = y * ia3_scale(self, self.features, self.axes[1])
         return y
 
 
@@ -153,6 +166,7 @@ def attention_mask(
     causal_offset=None,
     q_segments_BT=None,
     k_segments_BS=None,
+    always_visible: int = 0,
     q_len: int,
     k_len: int,
 ):
@@ -161,9 +175,11 @@ def attention_mask(
     causal_offset: None for bidirectional attention; otherwise the key index of query 0 (an int
     or a (B,) array), so query t sees keys s <= offset + t. That covers plain causal attention
     (offset 0) and decoding against a KV cache (offset = number of cached slots).
-    Segment ids keep packed documents apart. Query rows with no visible key are not produced by
-    the masks we build (a padding query still sees itself or its segment's padding slot) except
-    for fully padded rows; those give finite garbage that the loss masks out.
+    Segment ids keep packed documents apart; the first `always_visible` keys (a soft prompt's
+    virtual tokens, ftjax.peft.prompt) belong to every segment. Query rows with no visible key
+    are not produced by the masks we build (a padding query still sees itself or its segment's
+    padding slot) except for fully padded rows; those give finite garbage that the loss masks
+    out.
     """
     mask = jnp.ones((1, 1, q_len, k_len), dtype=bool)
     if causal_offset is not None:
@@ -173,7 +189,10 @@ def attention_mask(
     if k_valid_BS is not None:
         mask = mask & k_valid_BS.astype(bool)[:, None, None, :]
     if q_segments_BT is not None and k_segments_BS is not None:
-        mask = mask & (q_segments_BT[:, None, :, None] == k_segments_BS[:, None, None, :])
+        same = q_segments_BT[:, None, :, None] == k_segments_BS[:, None, None, :]
+        if always_visible:
+            same = same | (jnp.arange(k_len) < always_visible)[None, None, None, :]
+        mask = mask & same
     del q_valid_BT  # query padding is handled by the loss mask, not by attention
     return mask
 

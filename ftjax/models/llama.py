@@ -12,6 +12,10 @@ KV cache (decoding): a dict
          left-padded so that rows stay aligned)
 Calling the model with a cache writes the T new tokens at slots [end, end + T) and returns the
 updated cache.
+
+PEFT hooks (ftjax.peft; each active when its config field is set): LoRA and (IA)^3 live in the
+Dense layers, bottleneck adapters after the attention / MLP outputs, prefix keys/values inside
+the attention (never in the cache), the soft prompt in front of the token embeddings.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from ftjax.models.layers import (
     rope_cos_sin,
 )
 from ftjax.models.remat import remat_policy
+from ftjax.peft.adapters import maybe_adapt
+from ftjax.peft.prefix import PrefixEncoder, layer_prefix, prepend_prefix
+from ftjax.peft.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None) -> dict:
@@ -49,13 +56,14 @@ class LlamaAttention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic=True):
+    def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic=True,
+                 prefix_kv=None):
         cfg = self.config
         B, T, _ = x_BTD.shape
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
         dense = lambda features, axes, name: Dense(  # noqa: E731
             features, axes, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-            lora=cfg.lora, name=name,
+            lora=cfg.lora, ia3=cfg.ia3, name=name,
         )
         q = dense(N * H, ("embed", "heads"), "q_proj")(x_BTD, deterministic).reshape(B, T, N, H)
         k = dense(K * H, ("embed", "kv_heads"), "k_proj")(x_BTD, deterministic).reshape(B, T, K, H)
@@ -68,6 +76,10 @@ class LlamaAttention(nn.Module):
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             layer_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
+        if cfg.prefix is not None:  # after the cache: it holds real tokens only
+            prefix_k, prefix_v = layer_prefix(self, cfg.prefix, K * H, "kv_heads", prefix_kv,
+                                              cfg.weight_dtype)
+            k, v, mask_B1TS = prepend_prefix(k, v, mask_B1TS, prefix_k, prefix_v)
         rate = 0.0 if deterministic else cfg.attention_dropout
         out = dot_product_attention(
             q, k, v, mask_B1TS, implementation=cfg.attention_impl, dropout_rate=rate,
@@ -86,7 +98,7 @@ class LlamaMLP(nn.Module):
         cfg = self.config
         dense = lambda features, axes, name: Dense(  # noqa: E731
             features, axes, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-            lora=cfg.lora, name=name,
+            lora=cfg.lora, ia3=cfg.ia3, name=name,
         )
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x_BTD, deterministic)
         up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x_BTD, deterministic)
@@ -98,7 +110,8 @@ class LlamaBlock(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic=True):
+    def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic=True,
+                 prefix_kv=None):
         cfg = self.config
         norm = lambda name: RMSNorm(  # noqa: E731
             cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name
@@ -106,25 +119,31 @@ class LlamaBlock(nn.Module):
         drop = lambda y: nn.Dropout(cfg.hidden_dropout)(  # noqa: E731
             y, deterministic=deterministic or not cfg.hidden_dropout
         )
+        # Adapters sit on each branch's output, before its residual add (ftjax.peft.adapters).
+        adapt = lambda place, y: maybe_adapt(  # noqa: E731
+            cfg.adapter, place, y, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
+        )
         attn, layer_cache = LlamaAttention(cfg, name="self_attn")(
             norm("input_layernorm")(x_BTD), cos, sin, mask_B1TS, layer_cache, cache_end,
-            deterministic,
+            deterministic, prefix_kv,
         )
-        x_BTD = x_BTD + drop(attn)
-        x_BTD = x_BTD + drop(LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BTD),
-                                                    deterministic))
+        x_BTD = x_BTD + adapt("attn", drop(attn))
+        mlp = LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BTD), deterministic)
+        x_BTD = x_BTD + adapt("mlp", drop(mlp))
         return x_BTD, layer_cache
 
 
 class _ScannedBlock(nn.Module):
-    """LlamaBlock in lax.scan's (carry, x) -> (carry, y) form; the per-layer cache is x / y."""
+    """LlamaBlock in lax.scan's (carry, x) -> (carry, y) form: x is the layer's (cache, prefix)
+    (either may be None), y its updated cache."""
 
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BTD, layer_cache, cos, sin, mask_B1TS, cache_end, deterministic):
+    def __call__(self, x_BTD, layer_inputs, cos, sin, mask_B1TS, cache_end, deterministic):
+        layer_cache, prefix_kv = layer_inputs
         return LlamaBlock(self.config, name="block")(
-            x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic
+            x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic, prefix_kv
         )
 
 
@@ -138,12 +157,20 @@ class LlamaModel(nn.Module):
         self.embed_tokens = Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
         )
+        if cfg.prompt is not None:
+            self.soft_prompt = soft_prompt_param(self, cfg.prompt, cfg.hidden_size,
+                                                 cfg.weight_dtype)
+        if cfg.prefix is not None and cfg.prefix.projection:
+            self.prefix_encoder = PrefixEncoder(
+                cfg.prefix, cfg.num_layers, cfg.hidden_size, cfg.num_kv_heads * cfg.head_size,
+                "kv_heads", dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+            )
         block = LlamaBlock
         policy = remat_policy(cfg.remat)
         if cfg.scan_layers:
             scanned = _ScannedBlock
             if policy is not None:
-                # argnums count self: (self, x, cache, cos, sin, mask, end, deterministic)
+                # argnums count self: (self, x, layer_inputs, cos, sin, mask, end, deterministic)
                 scanned = nn.remat(scanned, policy=policy, prevent_cse=False, static_argnums=(7,))
             self.layers = nn.scan(
                 scanned,
@@ -155,7 +182,7 @@ class LlamaModel(nn.Module):
             )(cfg)
         else:
             if policy is not None:
-                # argnums count self: (self, x, cos, sin, mask, cache, end, deterministic)
+                # argnums count self: (self, x, cos, sin, mask, cache, end, deterministic, prefix)
                 block = nn.remat(block, policy=policy, static_argnums=(7,))
             self.blocks = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
@@ -164,13 +191,35 @@ class LlamaModel(nn.Module):
     def attend(self, x_BTD):
         return self.embed_tokens.attend(x_BTD)
 
+    def embedding_table(self):
+        """The token embedding table (V, D), as stored."""
+        return self.embed_tokens.embedding
+
     def __call__(
         self, input_ids, *, positions, attention_mask_BT, segment_ids=None, cache=None,
-        deterministic=True,
+        deterministic=True, with_prompt=None,
     ):
+        """with_prompt: whether the soft prompt (config.prompt) precedes input_ids in this call;
+        None: exactly when there is no cache (a whole sequence). With a cache, the call that
+        starts the sequence passes True so that the prompt's slots are cached."""
         cfg = self.config
-        B, T = input_ids.shape
         x = self.embed_tokens(input_ids)
+        if with_prompt is None:
+            with_prompt = cfg.prompt is not None and cache is None
+        virtual = 0
+        if with_prompt:
+            if cfg.prompt is None:
+                raise ValueError("with_prompt=True needs a soft prompt (config.prompt is None)")
+            virtual = cfg.prompt.num_tokens
+            x = prepend_embeddings(self.soft_prompt, x)
+            attention_mask_BT, positions = extend_inputs(virtual, attention_mask_BT, positions)
+            if segment_ids is not None:  # -1: no document's id (0 is padding); always_visible
+                # below makes the prompt part of every segment
+                segment_ids = jnp.concatenate(
+                    [jnp.full((x.shape[0], virtual), -1, segment_ids.dtype), segment_ids], axis=1)
+        if cfg.prefix is not None:  # the prefix occupies positions 0..P-1 (ftjax.peft.prefix)
+            positions = positions + cfg.prefix.num_tokens
+        B, T = x.shape[:2]
         x = self.embedding_dropout(x, deterministic=deterministic or not cfg.embedding_dropout)
         cos, sin = rope_cos_sin(positions, cfg.head_size, cfg.rope_theta)
 
@@ -178,7 +227,8 @@ class LlamaModel(nn.Module):
             cache_end = 0
             mask = attention_mask(
                 k_valid_BS=attention_mask_BT, causal_offset=0,
-                q_segments_BT=segment_ids, k_segments_BS=segment_ids, q_len=T, k_len=T,
+                q_segments_BT=segment_ids, k_segments_BS=segment_ids, always_visible=virtual,
+                q_len=T, k_len=T,
             )
             layer_caches = None
         else:
@@ -193,23 +243,29 @@ class LlamaModel(nn.Module):
                 q_len=T, k_len=cache["mask"].shape[1],
             )
             layer_caches = (cache["k"], cache["v"])
+        # Reparameterized prefixes: every layer's (k, v), each (L, P, F), computed once per call.
+        prefixes = self.prefix_encoder() if cfg.prefix is not None and cfg.prefix.projection \
+            else None
 
         if cfg.scan_layers:
-            x, layer_caches = self.layers(x, layer_caches, cos, sin, mask, cache_end, deterministic)
+            x, layer_caches = self.layers(x, (layer_caches, prefixes), cos, sin, mask, cache_end,
+                                          deterministic)
         else:
             new_k, new_v = [], []
             for i, block in enumerate(self.blocks):
                 layer_cache = None if layer_caches is None else (
                     layer_caches[0][i], layer_caches[1][i]
                 )
-                x, layer_cache = block(x, cos, sin, mask, layer_cache, cache_end, deterministic)
+                prefix_kv = None if prefixes is None else (prefixes[0][i], prefixes[1][i])
+                x, layer_cache = block(x, cos, sin, mask, layer_cache, cache_end, deterministic,
+                                       prefix_kv)
                 if layer_cache is not None:
                     new_k.append(layer_cache[0])
                     new_v.append(layer_cache[1])
             if layer_caches is not None:
                 layer_caches = (jnp.stack(new_k), jnp.stack(new_v))
 
-        x = self.norm(x)
+        x = self.norm(x)[:, virtual:]  # the heads see the real positions only
         new_cache = None
         if cache is not None:
             new_cache = {

@@ -63,7 +63,8 @@ class Model(nn.Module):
                 raise ValueError("an encoder has no causal LM head; use HeadConfig(kind='mlm')")
             if not cfg.tie_word_embeddings:
                 # The pretrained LM head is a LoRA candidate like any backbone projection.
-                self.head = Dense(cfg.vocab_size, ("embed", "vocab"), lora=cfg.lora, **dtypes)
+                self.head = Dense(cfg.vocab_size, ("embed", "vocab"), lora=cfg.lora, ia3=cfg.ia3,
+                                  **dtypes)
         elif head.kind == "sequence":
             self.head = SequenceClassificationHead(head, **dtypes)
         elif head.kind == "token":
@@ -85,7 +86,11 @@ class Model(nn.Module):
         token_type_ids=None,
         cache=None,
         deterministic: bool = True,
+        with_prompt: bool | None = None,
     ) -> ModelOutput:
+        """with_prompt (decoders with a soft prompt, config.prompt): whether the prompt precedes
+        input_ids in this call. None: exactly when no KV cache is passed; generation's prefill
+        passes True so the prompt enters the cache (ftjax.generate does this)."""
         cfg, head = self.config, self.head_config
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
@@ -96,10 +101,14 @@ class Model(nn.Module):
             hidden, cache = self.backbone(
                 input_ids, positions=positions, attention_mask_BT=attention_mask,
                 segment_ids=segment_ids, cache=cache, deterministic=deterministic,
+                with_prompt=with_prompt,
             )
         else:
             if cache is not None:
                 raise ValueError("encoders do not take a KV cache")
+            if with_prompt is not None:
+                raise ValueError("with_prompt is for decoders with a KV cache; an encoder always "
+                                 "prepends its soft prompt")
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
             hidden, pooled = self.backbone(

@@ -11,8 +11,12 @@ SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt", "step")
 
 # Leaves without weight decay by default (patterns fullmatch canonical paths): biases, the scale
 # (and bias) of every norm, and embedding tables. Decaying them hurts fine-tuning and has no
-# regularizing point (they are not weight matrices of a linear map).
-DEFAULT_NO_DECAY = (r".*bias", r".*norm[^/]*/scale", r".*embedding")
+# regularizing point (they are not weight matrices of a linear map). The same holds for the PEFT
+# leaves that are scales or inputs rather than weights: (IA)^3's scales start at one, and decay
+# would pull them toward zero (switching features off); a soft prompt is an embedding; prefix
+# keys/values are activations.
+DEFAULT_NO_DECAY = (r".*bias", r".*norm[^/]*/scale", r".*embedding", r".*/ia3_scale",
+                    r"backbone/soft_prompt", r".*/prefix_(?:k|v)")
 
 # Per-optimizer moment defaults for b1 / b2 left as None.
 _DEFAULT_BETAS = {"adamw": (0.9, 0.999), "lion": (0.9, 0.99), "adafactor": (None, 0.8),

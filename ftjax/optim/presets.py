@@ -17,18 +17,32 @@ from typing import Any
 from ftjax.optim.config import from_config
 from ftjax.optim.rules import FROZEN, TRAIN, Rule, Spec
 from ftjax.optim.selectors import component, layers, top
+from ftjax.peft.attach import PEFT_LEAVES
 
-METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze", "lora")
+PEFT = ("lora", "houlsby", "pfeiffer", "prefix", "prompt", "ia3")
+METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze") + PEFT
 
-# PEFT leaves by method: the model adds them (ftjax.peft), the spec only says they train.
-LORA_LEAVES = r".*/lora_(?:a|b)"
+# PEFT leaves by method, one regex each over canonical paths: the model adds them (ftjax.peft,
+# where the leaf names are defined), the spec only says they train.
+LORA_LEAVES = PEFT_LEAVES["lora"]  # .*/lora_(?:a|b)
+ADAPTER_LEAVES = PEFT_LEAVES["houlsby"]  # .*/adapter_(?:attn|mlp)/.* (pfeiffer: the same)
+PREFIX_LEAVES = PEFT_LEAVES["prefix"]  # .*/prefix_(?:k|v)|backbone/prefix_encoder/.*
+PROMPT_LEAVES = PEFT_LEAVES["prompt"]  # backbone/soft_prompt
+IA3_LEAVES = PEFT_LEAVES["ia3"]  # .*/ia3_scale
 
 # Peak learning rates that work as defaults per method (AdamW): full updates of a pretrained
-# model want small steps; a fresh head or a few biases need larger ones to move at all.
+# model want small steps; a fresh head or a few biases need larger ones to move at all, and
+# the fewer (and the more input-like) the trained numbers, the larger the step: a soft prompt
+# or (IA)^3's scales move the model only through a few vectors. Starting points to tune, not
+# tuned values: the papers trained with Adafactor or other schedules (prompt tuning: 0.3;
+# (IA)^3: 3e-3; Houlsby's grid: 3e-5 .. 3e-3).
 SUGGESTED_LEARNING_RATES = {
     "full": 2e-5, "llrd": 5e-5, "top_layers": 1e-4, "gradual_unfreeze": 1e-4,
-    "bitfit": 1e-3, "linear_probe": 1e-3, "lora": 2e-4,
+    "bitfit": 1e-3, "linear_probe": 1e-3, "lora": 2e-4, "houlsby": 3e-4, "pfeiffer": 3e-4,
+    "prefix": 1e-3, "prompt": 3e-2, "ia3": 3e-3,
 }
+# Houlsby et al. trained the layer norms beside the adapters; Pfeiffer et al. only adapters.
+TRAIN_NORMS_BY_DEFAULT = {"houlsby": True, "pfeiffer": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +54,11 @@ class MethodConfig:
     unfreeze_every: gradual_unfreeze: optimizer steps between unfreezing one more block.
     discriminative_decay: gradual_unfreeze: optional per-depth lr decay as in ULMFiT
       (1 / 2.6 there); None keeps every group at the full rate.
-    train_head: PEFT methods (lora): whether head/ trains beside the method's leaves. None
-      decides by the head: a new task head trains, the pretrained LM head ("lm") stays frozen.
+    train_head: PEFT methods (lora, houlsby, pfeiffer, prefix, prompt, ia3) and bitfit: whether
+      head/ trains beside the method's leaves. None decides by the head: a new task head trains,
+      the pretrained LM head ("lm") stays frozen.
+    train_norms: adapters (houlsby, pfeiffer): whether every layer norm (scale and bias) trains
+      beside the adapters. None follows the paper: houlsby trains them, pfeiffer does not.
     """
 
     top_k: int = 2
@@ -49,6 +66,7 @@ class MethodConfig:
     unfreeze_every: int = 100
     discriminative_decay: float | None = None
     train_head: bool | None = None
+    train_norms: bool | None = None
 
     def __post_init__(self):
         if not 0 < self.decay <= 1:
@@ -84,11 +102,14 @@ def method_spec(
     """The spec of a named method for a backbone config (LlamaConfig or BertConfig).
 
     full: everything trains. linear_probe: only head/. top_layers: the last top_k blocks, the
-    final norm / pooler and the head. bitfit: biases and the head (bias-free Llama: norm scales
-    and the head, with a warning). llrd: everything, lr x decay**(L + 1 - depth).
-    gradual_unfreeze: the head side from step 0, then one block per `unfreeze_every` steps from
-    the top, the embeddings last; optional discriminative lrs. lora: only the lora_a / lora_b
-    leaves (added by ftjax.peft.add_lora) and, per `train_head`, the head.
+    final norm / pooler and the head. bitfit: every bias and, per `train_head`, the head; a
+    Llama-family decoder has no biases at all, so there it trains the RMSNorm scales instead
+    (two per block and the final norm), with a warning. llrd: everything, lr x
+    decay**(L + 1 - depth). gradual_unfreeze: the head side from step 0, then one block per
+    `unfreeze_every` steps from the top, the embeddings last; optional discriminative lrs.
+    PEFT methods (lora, houlsby, pfeiffer, prefix, prompt, ia3): only the leaves the method adds
+    (ftjax.peft.add_peft; one regex each, PEFT_LEAVES) and, per `train_head`, the head;
+    houlsby / pfeiffer also the layer norms per `train_norms`.
 
     head_kind: the model's HeadConfig.kind, for the PEFT methods' default of training a new head
     but not the pretrained LM head; None (unknown) trains the head.
@@ -101,6 +122,8 @@ def method_spec(
         raise ValueError(f"method_spec needs a LlamaConfig or BertConfig, got {model_config!r}")
     L = num_layers if num_layers is not None else model_config.num_layers
     cfg = MethodConfig.from_config(method_cfg)
+    train_head = cfg.train_head if cfg.train_head is not None else head_kind != "lm"
+    head_rule = (component("head", arch), TRAIN if train_head else FROZEN)
 
     if method == "full":
         return [(".*", TRAIN)]
@@ -109,11 +132,11 @@ def method_spec(
     if method == "top_layers":
         return _head_side(arch, TRAIN) + [(layers(top(cfg.top_k, L)), TRAIN), (".*", FROZEN)]
     if method == "bitfit":
-        spec = [(component("head", arch), TRAIN), (".*/bias", TRAIN)]
+        spec = [head_rule, (".*/bias", TRAIN)]
         if arch == "llama":
             warnings.warn(
                 "bitfit: Llama-family decoders have no bias parameters; training the RMSNorm "
-                "scales (two per block and the final norm) and the head instead",
+                "scales (two per block and the final norm) instead, and the head per train_head",
                 stacklevel=2,
             )
             spec.append((component("norms", arch), TRAIN))
@@ -128,8 +151,12 @@ def method_spec(
             return Rule(lr=lr, unfreeze_at=start or None)
 
         return _by_depth(arch, L, rule)
-    if method == "lora":
-        train_head = cfg.train_head if cfg.train_head is not None else head_kind != "lm"
-        return [(LORA_LEAVES, TRAIN), (component("head", arch), TRAIN if train_head else FROZEN),
-                (".*", FROZEN)]
+    if method in PEFT:
+        spec = [(PEFT_LEAVES[method], TRAIN)]
+        if method in TRAIN_NORMS_BY_DEFAULT:
+            norms = cfg.train_norms if cfg.train_norms is not None else \
+                TRAIN_NORMS_BY_DEFAULT[method]
+            if norms:
+                spec.append((component("norms", arch), TRAIN))
+        return spec + [head_rule, (".*", FROZEN)]
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")

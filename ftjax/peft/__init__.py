@@ -1,11 +1,26 @@
 """Parameter-efficient fine-tuning: leaves a method adds, how layers use them, merge/unmerge.
 
-One file per method. LoRA: `LoraConfig` on the backbone config (`config.lora`) makes every
-targeted Dense own `lora_a` / `lora_b`; `add_lora` inserts fresh ones into loaded params.
+One file per method: lora, adapters (Houlsby / Pfeiffer), prefix, prompt, ia3. Each method's
+config sits in one field of the backbone config (`config.lora`, `.adapter`, `.prefix`,
+`.prompt`, `.ia3`) and makes the model's own modules create its leaves; `add_peft` inserts fresh
+ones into loaded params (`add_lora` for LoRA), `merge_peft` folds the mergeable ones (LoRA,
+(IA)^3) into the base weights, `fold_prefix` removes prefix tuning's reparameterization.
 """
 
-from ftjax.peft.attach import add_lora, dense_module_paths, with_lora
-from ftjax.peft.multi import apply_mixed, num_adapters, select_adapter, stack_adapters
+from ftjax.peft.adapters import AdapterConfig
+from ftjax.peft.attach import (
+    MERGEABLE,
+    PEFT_LEAVES,
+    PEFT_METHODS,
+    add_lora,
+    add_peft,
+    dense_module_paths,
+    merge_peft,
+    method_config,
+    with_lora,
+    with_peft,
+)
+from ftjax.peft.ia3 import IA3Config
 from ftjax.peft.lora import (
     DEFAULT_TARGETS,
     LoraConfig,
@@ -16,9 +31,15 @@ from ftjax.peft.lora import (
     split_lora,
     unmerge,
 )
+from ftjax.peft.multi import apply_mixed, num_adapters, select_adapter, stack_adapters
+from ftjax.peft.prefix import PrefixConfig, fold_prefix
+from ftjax.peft.prompt import PromptConfig
+from ftjax.peft.tree import insert_leaves, split_leaves
 
 __all__ = [
-    "DEFAULT_TARGETS", "LoraConfig", "add_lora", "apply_mixed", "dense_module_paths",
-    "insert_lora", "lora_only", "lora_paths", "merge", "num_adapters", "select_adapter",
-    "split_lora", "stack_adapters", "unmerge", "with_lora",
+    "DEFAULT_TARGETS", "MERGEABLE", "PEFT_LEAVES", "PEFT_METHODS", "AdapterConfig", "IA3Config",
+    "LoraConfig", "PrefixConfig", "PromptConfig", "add_lora", "add_peft", "apply_mixed",
+    "dense_module_paths", "fold_prefix", "insert_leaves", "insert_lora", "lora_only",
+    "lora_paths", "merge", "merge_peft", "method_config", "num_adapters", "select_adapter",
+    "split_leaves", "split_lora", "stack_adapters", "unmerge", "with_lora", "with_peft",
 ]

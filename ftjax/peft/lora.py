@@ -32,9 +32,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ftjax.peft.tree import canonical_module_path, insert_leaves
+
 # Attention query and value projections of both architectures (the LoRA paper's choice).
 DEFAULT_TARGETS = r".*/(?:self_attn/(?:q_proj|v_proj)|attention/(?:query|value))"
 LORA_LEAVES = ("lora_a", "lora_b")
+LORA_PATTERN = r".*/lora_(?:a|b)"  # the same leaves as a path regex (ftjax.optim.presets)
 # Logical name of the rank axis; replicated by any sharding table that does not name it.
 RANK_AXIS = "lora_rank"
 
@@ -90,11 +93,6 @@ class LoraConfig:
         from ftjax.optim.config import from_config
 
         return from_config(cls, cfg, "lora")
-
-
-def canonical_module_path(module_path: str) -> str:
-    """A scanned block's path (`.../layers/block/...`) as layer 0's per-layer path."""
-    return re.sub(r"(^|/)layers/block(/|$)", r"\1layers_0\2", module_path)
 
 
 def a_initializer(init: LoraInit, rank: int):
@@ -164,15 +162,7 @@ def lora_only(params: dict) -> dict:
 
 def insert_lora(base: dict, lora: dict) -> dict:
     """Inverse of split_lora: the base tree with the adapter's leaves put back."""
-    out = dict(base)
-    for key, value in lora.items():
-        if isinstance(value, dict):
-            if key not in out:
-                raise KeyError(f"adapter leaf branch {key!r} has no counterpart in the base tree")
-            out[key] = insert_lora(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return insert_leaves(base, lora, new_branches=False)
 
 
 def delta(lora_a, lora_b, scale: float):

@@ -13,7 +13,7 @@ from ml_collections import config_dict
 
 from ftjax.optim.config import DEFAULT_NO_DECAY
 from ftjax.optim.presets import METHODS
-from ftjax.peft.lora import DEFAULT_TARGETS
+from ftjax.peft import PEFT_METHODS, ia3, lora, method_config
 
 TASKS = ("classification", "causal_lm", "masked_lm")
 SOURCES = ("polarity", "local", "hf", "tfds")
@@ -105,17 +105,45 @@ def base_config() -> ml_collections.ConfigDict:
     c.method_args.unfreeze_every = 100  # gradual_unfreeze: steps between unfreezing a block
     c.method_args.unfreeze_every_epochs = 0.0  # > 0: the same in epochs (overrides the above)
     c.method_args.discriminative_decay = config_dict.placeholder(float)
-    # PEFT methods: None trains a new task head but keeps a pretrained LM head frozen.
+    # PEFT methods and bitfit: None trains a new task head but keeps a pretrained LM head frozen.
     c.method_args.train_head = config_dict.placeholder(bool)
+    # houlsby / pfeiffer: train the layer norms too; None: houlsby yes, pfeiffer no (the papers).
+    c.method_args.train_norms = config_dict.placeholder(bool)
 
     # Mirrors ftjax.peft.LoraConfig; read when method="lora".
     c.lora = ml_collections.ConfigDict()
     c.lora.rank = 8
     c.lora.alpha = 16.0  # update scale alpha / rank (alpha / sqrt(rank) with rslora)
     c.lora.dropout = 0.0
-    c.lora.targets = DEFAULT_TARGETS  # regex over module paths (ftjax.peft.lora lists the names)
+    c.lora.targets = lora.DEFAULT_TARGETS  # regex over module paths (ftjax.peft.lora names them)
     c.lora.rslora = False
     c.lora.init = "default"  # default (peft's kaiming-uniform A) | gaussian (std 1/rank)
+
+    # Mirrors ftjax.peft.AdapterConfig (its `kind` is the method); read when method is
+    # "houlsby" (adapters after attention and MLP) or "pfeiffer" (after the MLP only).
+    c.adapter = ml_collections.ConfigDict()
+    c.adapter.size = config_dict.placeholder(int)  # bottleneck width; None: D / reduction_factor
+    c.adapter.reduction_factor = 16.0
+    c.adapter.activation = "relu"  # relu | gelu | gelu_new | silu
+    c.adapter.init_scale = 1e-2  # std of the down projection; the up projection starts at 0
+
+    # Mirrors ftjax.peft.PrefixConfig; read when method="prefix".
+    c.prefix = ml_collections.ConfigDict()
+    c.prefix.num_tokens = 20  # virtual tokens per attention layer
+    c.prefix.projection = False  # train through an MLP reparameterization (fold_prefix drops it)
+    c.prefix.projection_hidden = 512
+    c.prefix.init_scale = 0.02
+
+    # Mirrors ftjax.peft.PromptConfig; read when method="prompt".
+    c.prompt = ml_collections.ConfigDict()
+    c.prompt.num_tokens = 20  # soft-prompt length
+    c.prompt.init = "vocab"  # vocab (sampled token embeddings) | text | random
+    c.prompt.init_text = config_dict.placeholder(str)  # for init="text"
+
+    # Mirrors ftjax.peft.IA3Config; read when method="ia3".
+    c.ia3 = ml_collections.ConfigDict()
+    c.ia3.targets = ia3.DEFAULT_TARGETS  # keys, values, MLP output projection
+    c.ia3.feedforward = ia3.DEFAULT_FEEDFORWARD  # which targets scale their input
 
     # Mirrors ftjax.optim.RegularizerConfig; added to the loss (0 = off).
     c.regularizer = ml_collections.ConfigDict()
@@ -148,6 +176,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                 f"accumulation_steps={cfg.accumulation_steps}"
             )
         _choice(cfg, "method", cfg.method, METHODS)
+        if cfg.method in PEFT_METHODS:  # the method's block builds its settings object
+            field = PEFT_METHODS[cfg.method][0]
+            try:
+                method_config(cfg.method, cfg[field])
+            except (ValueError, KeyError) as err:
+                raise ValueError(f"config block {field!r} (method={cfg.method!r}): "
+                                 f"{err.args[0] if err.args else err}") from None
         _choice(cfg, "task.kind", cfg.task.kind, TASKS)
         _choice(cfg, "data.source", cfg.data.source, SOURCES)
         _choice(cfg, "nonfinite", cfg.nonfinite, ("skip", "stop"))

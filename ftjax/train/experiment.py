@@ -18,7 +18,7 @@ from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig
 from ftjax.optim import presets, trainability
 from ftjax.optim import learning_rate_fn, make_optimizer, make_regularizer
-from ftjax.peft import LoraConfig, add_lora
+from ftjax.peft import PEFT_METHODS, add_peft
 from ftjax.train.losses import loss_for_task
 from ftjax.train.step import TrainState, create_train_state, make_eval_step, make_train_step
 
@@ -109,6 +109,12 @@ def method_args(cfg, num_train_examples: int) -> dict:
     return args
 
 
+def peft_settings(cfg):
+    """The config block of a PEFT method (`cfg.lora`, `cfg.adapter`, ...), as a dict."""
+    field = PEFT_METHODS[cfg.method][0]
+    return cfg[field].to_dict()
+
+
 def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     pretrained = load_pretrained(
         cfg.model.name, head=head_config(cfg), dtype=cfg.model.dtype,
@@ -122,11 +128,11 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     pretrained.model = dataclasses.replace(
         pretrained.model, config=dataclasses.replace(pretrained.model.config, **changes)
     )
-    if cfg.method == "lora":
-        # The base comes from the checkpoint; the adapter leaves are new, seeded like the head.
-        pretrained.model, pretrained.params = add_lora(
-            pretrained.model, pretrained.params, LoraConfig.from_config(cfg.lora),
-            jax.random.key(cfg.seed),
+    if cfg.method in PEFT_METHODS:
+        # The base comes from the checkpoint; the method's leaves are new, seeded like the head.
+        pretrained.model, pretrained.params = add_peft(
+            pretrained.model, pretrained.params, cfg.method, peft_settings(cfg),
+            jax.random.key(cfg.seed), tokenizer=pretrained.tokenizer,
         )
     params = pretrained.params
     splits = load_splits(cfg)

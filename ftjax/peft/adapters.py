@@ -1,0 +1,124 @@
+"""Bottleneck adapters: Houlsby et al. (2019) and Pfeiffer et al. (2020).
+
+    adapter(h) = h + up(act(down(h))),   down: D -> m, up: m -> D, up = 0 at init
+
+An adapter sits on a sublayer's output, after its output projection (and dropout) and before
+the residual add:
+  houlsby:  after the attention output projection and after the MLP (two per block);
+  pfeiffer: after the MLP only (one per block, half the parameters).
+Pfeiffer's full configuration also moves the adapter relative to the block's layer norms
+(`residual_before_ln` in AdapterHub); here both kinds sit at the same place, before the
+residual add of the pre-LN (Llama) or post-LN (BERT) block, so they differ only in where.
+
+Leaves (one module per place, inside the block so `scan_layers` stacks them like every other
+block leaf): `backbone/layers_N/adapter_attn/{down,up}/{kernel,bias}` and
+`backbone/layers_N/adapter_mlp/...`. Logical axes: the D side is "embed" (it shards like the
+hidden states it adds to), the bottleneck is "adapter" (new; replicated by any table that does
+not name it).
+
+Houlsby et al. also trained the layer norms; that is an option of the trainability spec
+(`method_args.train_norms`, ftjax.optim.presets), on by default for houlsby, off for pfeiffer.
+Adapters add layers the pretrained architecture lacks, so they cannot be merged into its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+AdapterKind = Literal["houlsby", "pfeiffer"]
+# The regex of the leaves this method adds (matched against canonical per-layer paths).
+ADAPTER_LEAVES = r".*/adapter_(?:attn|mlp)/.*"
+ADAPTER_AXIS = "adapter"
+PLACES = {"houlsby": ("attn", "mlp"), "pfeiffer": ("mlp",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """Adapter settings (the `adapter` config block; the run's method sets `kind`).
+
+    kind: "houlsby" (after attention and MLP) or "pfeiffer" (after the MLP only).
+    size: the bottleneck width m; None derives it as hidden_size // reduction_factor.
+    reduction_factor: D / m when `size` is None (AdapterHub's default 16).
+    activation: the bottleneck nonlinearity: relu | gelu | gelu_new | silu.
+    init_scale: std of the down projection's Gaussian init (Houlsby's near-identity init used
+      1e-2); the up projection always starts at zero.
+    """
+
+    kind: AdapterKind = "houlsby"
+    size: int | None = None
+    reduction_factor: float = 16.0
+    activation: str = "relu"
+    init_scale: float = 1e-2
+
+    def __post_init__(self):
+        if self.kind not in PLACES:
+            raise ValueError(f"unknown adapter kind {self.kind!r}; expected one of {tuple(PLACES)}")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"adapter size must be >= 1 (or None to use reduction_factor), "
+                             f"got {self.size}")
+        if self.reduction_factor <= 0:
+            raise ValueError(f"adapter reduction_factor must be > 0, got {self.reduction_factor}")
+        if self.init_scale < 0:
+            raise ValueError(f"adapter init_scale must be >= 0, got {self.init_scale}")
+        from ftjax.models.layers import activation  # lazily: the models import ftjax.peft
+
+        try:
+            activation(self.activation)
+        except ValueError:
+            raise ValueError(f"unknown adapter activation {self.activation!r}; expected one of "
+                             f"relu, gelu, gelu_new, silu") from None
+
+    def bottleneck(self, hidden_size: int) -> int:
+        return self.size or max(1, int(hidden_size / self.reduction_factor))
+
+    def at(self, place: str) -> bool:
+        """Whether this kind puts an adapter at `place` ("attn" or "mlp")."""
+        return place in PLACES[self.kind]
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "AdapterConfig":
+        """From a ConfigDict / mapping / AdapterConfig / None; unknown keys are an error."""
+        from ftjax.optim.config import from_config
+
+        return from_config(cls, cfg, "adapter")
+
+
+class Adapter(nn.Module):
+    """h + up(act(down(h))) on (..., D) hidden states."""
+
+    config: AdapterConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h):
+        from ftjax.models.layers import Dense, activation  # lazily: the models import ftjax.peft
+
+        cfg = self.config
+        D = h.shape[-1]
+        dense = lambda features, axes, init, name: Dense(  # noqa: E731
+            features, axes, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=init, name=name,
+        )
+        # Up starts at exactly zero (kernel and bias): the adapter adds nothing, so the adapted
+        # model computes the pretrained function at step 0 and fine-tuning starts from it. Down
+        # is a small Gaussian, not zero: up's first gradient is act(down(h))^T g, which must
+        # not vanish (with both zero, relu(0) = 0 would leave every adapter gradient at zero).
+        z = dense(cfg.bottleneck(D), ("embed", ADAPTER_AXIS),
+                  nn.initializers.normal(cfg.init_scale), "down")(h)
+        z = activation(cfg.activation)(z)
+        return h + dense(D, (ADAPTER_AXIS, "embed"), nn.initializers.zeros_init(), "up")(z)
+
+
+def maybe_adapt(config: AdapterConfig | None, place: str, h, *, dtype, param_dtype):
+    """`h` through the block's adapter at `place` when the config puts one there, else `h`.
+
+    Called inside a block's compact __call__: the adapter module is named `adapter_<place>`.
+    """
+    if config is None or not config.at(place):
+        return h
+    return Adapter(config, dtype=dtype, param_dtype=param_dtype, name=f"adapter_{place}")(h)
