@@ -164,3 +164,25 @@ def test_fingerprint_ignores_storage_dtype_and_layout(tiny_llama_dir):
     wider = dataclasses.replace(a.model, config=dataclasses.replace(a.model.config,
                                                                      intermediate_size=17))
     assert base_fingerprint(wider) != base_fingerprint(a.model)
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("houlsby", {"size": 5}), ("prefix", {"num_tokens": 3, "projection": True,
+                                          "projection_hidden": 7}),
+    ("prompt", {"num_tokens": 3}), ("ia3", None)])
+def test_every_peft_method_round_trips(tiny_bert_dir, tmp_path, method, settings):
+    from ftjax.peft import add_peft
+
+    head = HeadConfig(kind="sequence", num_labels=2, pooling="cls")
+    base = load_pretrained(tiny_bert_dir, head=head, dtype="float32")
+    model, params = add_peft(base.model, base.params, method, settings, jax.random.key(3))
+    params = _perturbed(params, jax.random.key(4), ("adapter_", "prefix", "soft_prompt",
+                                                     "ia3", "head"))
+    spec = presets.method_spec(method, model.config, head_kind="sequence")
+    mask = trainability.trainable_mask(trainability.resolve(spec, params))
+    info = save_adapter(tmp_path / "a", model, params, mask, base_name="tiny", method=method)
+    back_model, back_params = load_adapter(info.path, load_pretrained(tiny_bert_dir,
+                                                                      dtype="float32"))
+    ids = jnp.array([[2, 7, 9, 11, 3]])
+    np.testing.assert_allclose(back_model.apply({"params": back_params}, ids).logits,
+                               model.apply({"params": params}, ids).logits, atol=1e-6)

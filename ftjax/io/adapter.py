@@ -44,7 +44,7 @@ from ftjax.io.loading import (
 from ftjax.io.pretrained import Pretrained
 from ftjax.models import HeadConfig, Model, param_shapes
 from ftjax.models.layout import unstack_layers
-from ftjax.peft.fields import peft_to_dict, settings_from_dict, with_peft, without_peft
+from ftjax.peft.fields import peft_to_dict, settings_from_dict, with_peft
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class AdapterInfo:
 def base_fingerprint(model: Model) -> str:
     """A short hash of the bare backbone's per-layer leaf paths and shapes (no dtypes, no PEFT
     leaves, no head): identifies the base an adapter fits, whatever its layout or storage."""
-    bare = without_peft(model.config).with_policy(scan_layers=False)
+    bare = model.config.without_peft().with_policy(scan_layers=False)
     shapes = flatten(param_shapes(Model(bare, HeadConfig(kind="none")))["backbone"])
     text = ";".join(f"{path}:{tuple(s.shape)}" for path, s in sorted(shapes.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

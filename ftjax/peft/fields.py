@@ -1,42 +1,27 @@
-"""The PEFT fields of a backbone config, read and written generically.
+"""The PEFT fields of a backbone config as JSON and back.
 
-Every method owns one optional settings field on the backbone config (`lora`, and one per
-further method; DESIGN.md 1). Code that must carry "whatever methods this model has" (the
-adapter-only file, the base fingerprint) goes through these functions instead of naming each
-method, so a new method needs no change here.
+Every method owns one optional settings field on the backbone config (PEFT_FIELDS; DESIGN.md 1).
+The adapter-only file stores "whatever methods this model has" through these functions instead
+of naming each method, so a new method needs no change here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from typing import Any
 
 
-def _field_classes(config) -> dict[str, type]:
-    """name -> settings dataclass, for every field typed `SomeConfig | None`."""
-    hints = typing.get_type_hints(type(config))
-    classes = {}
-    for field in dataclasses.fields(config):
-        hint = hints.get(field.name)
-        if typing.get_origin(hint) not in (typing.Union, types.UnionType):
-            continue
-        members = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(members) == 1 and dataclasses.is_dataclass(members[0]):
-            classes[field.name] = members[0]
-    return classes
+def _field_classes() -> dict[str, type]:
+    """PEFT config field -> its settings dataclass (houlsby and pfeiffer share one field)."""
+    from ftjax.peft.attach import PEFT_METHODS  # lazily: attach imports the method modules
+
+    return {field: cls for field, cls, _ in PEFT_METHODS.values()}
 
 
 def peft_fields(config) -> dict[str, Any]:
-    """The methods a config has switched on: field name -> its settings (non-None only)."""
-    return {name: getattr(config, name) for name in _field_classes(config)
-            if getattr(config, name) is not None}
-
-
-def without_peft(config):
-    """The same backbone config with every PEFT method switched off: the bare base model."""
-    return dataclasses.replace(config, **{name: None for name in _field_classes(config)})
+    """The methods a config has switched on: field name -> its settings."""
+    return {name: getattr(config, name) for name in config.peft_methods}
 
 
 def peft_to_dict(config) -> dict[str, dict]:
@@ -46,7 +31,7 @@ def peft_to_dict(config) -> dict[str, dict]:
 
 def with_peft(config, settings: dict[str, dict], *, where: str):
     """`config` with the methods in `settings` (as written by peft_to_dict) switched on."""
-    classes = _field_classes(config)
+    classes = _field_classes()
     changes = {}
     for name, values in settings.items():
         if name not in classes:
