@@ -48,7 +48,7 @@ def run(args) -> int:
             return 2
         from ftjax.train.experiment import restore_run
 
-        exp, restored = restore_run(args.workdir, best=args.best)
+        exp, restored = restore_run(args.workdir, best=args.best, full_precision=True)
         params, step = restored.state.params, restored.step
     except (FileNotFoundError, CheckpointError, ValueError) as err:
         print(f"ftjax export: {err}")

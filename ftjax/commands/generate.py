@@ -112,7 +112,8 @@ def _with_adapter(pretrained, adapter_dir: str):
         return model, params, pretrained.tokenizer
     from ftjax.train.experiment import restore_run
 
-    exp, restored = restore_run(adapter)  # an ftjax run: its own config names its base
+    # An ftjax run: its own config names its base; frozen leaves at their stored precision.
+    exp, restored = restore_run(adapter, full_precision=True)
     params = restored.state.params
     if exp.cfg.model.name != pretrained.name:
         raise ValueError(f"{adapter} was trained on {exp.cfg.model.name!r}, not {pretrained.name!r}")

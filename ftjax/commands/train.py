@@ -12,9 +12,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set optimizer.learning_rate=1e-4")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_distributed_argument(parser)
+
+
+def add_distributed_argument(parser) -> None:
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host: call jax.distributed.initialize() first (one process "
+                             "per host; also set by FTJAX_DISTRIBUTED=1)")
+
+
+def init_distributed(args) -> None:
+    """Before anything touches a device: jax.distributed.initialize() when asked for."""
+    from ftjax.parallel import distributed_requested, initialize_distributed
+
+    if distributed_requested(args.distributed):
+        initialize_distributed()
 
 
 def run(args) -> int:
+    init_distributed(args)
     from ftjax.config import ConfigError, load_config
     from ftjax.train.loop import NonFiniteLossError, train
 
@@ -25,6 +41,9 @@ def run(args) -> int:
         return 2
     try:
         result = train(cfg, args.workdir, quiet=args.quiet)
+    except ConfigError as err:  # e.g. a mesh that does not fit the devices or the batch
+        print(f"ftjax train: {err}")
+        return 2
     except NonFiniteLossError as err:
         print(f"ftjax train: {err}")
         return 1

@@ -49,6 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.scan_layers = False
     c.model.remat = "none"
+    # Storage dtype of FROZEN kernels and embedding tables (None: param_dtype). They get no
+    # gradient, so "bfloat16" with bf16 compute halves their memory and reads at no cost in
+    # accuracy (the layers cast them to the compute dtype anyway); trainable leaves keep
+    # param_dtype. Checkpoints never hold frozen leaves, so it can change between resumes.
+    c.model.frozen_dtype = config_dict.placeholder(str)
     # Dropout overrides; None keeps the checkpoint's own (MiniLM: 0.1 / 0.1; Llama: none).
     c.model.hidden_dropout = config_dict.placeholder(float)
     c.model.attention_dropout = config_dict.placeholder(float)
@@ -153,6 +158,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.regularizer.l2sp_include = "backbone/.*"
 
     c.label_smoothing = 0.0
+
+    # Device mesh (ftjax.parallel): the product is the device count of all processes together;
+    # one axis may be -1 to fill. data: batch split, params replicated. fsdp: batch split and
+    # params / optimizer state sharded. tensor: Megatron tensor parallelism (heads, MLP, vocab).
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
     return c
 
 
@@ -191,6 +204,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
         if cfg.task.max_length < 2:
             raise ValueError(f"task.max_length must be >= 2, got {cfg.task.max_length}")
+        for axis in ("data", "fsdp", "tensor"):
+            size = cfg.mesh[axis]
+            if size < 1 and size != -1:
+                raise ValueError(f"mesh.{axis} must be >= 1 or -1 (fill), got {size}")
+        if [cfg.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
+            raise ValueError("only one of mesh.data / mesh.fsdp / mesh.tensor may be -1")
+        if cfg.model.frozen_dtype is not None:
+            _choice(cfg, "model.frozen_dtype", cfg.model.frozen_dtype,
+                    ("float32", "bfloat16", "float16"))
         if cfg.data.source != "polarity" and not cfg.data.path:
             raise ValueError(f"data.source={cfg.data.source!r} needs data.path")
     except ValueError as err:

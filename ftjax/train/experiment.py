@@ -8,19 +8,32 @@ without the loop.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable
 
 import jax
 import ml_collections
 
 from ftjax import data as ftdata
+from ftjax import parallel
+from ftjax.io.checkpoint import params_shape_hash
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig
 from ftjax.optim import presets, trainability
 from ftjax.optim import learning_rate_fn, make_optimizer, make_regularizer
 from ftjax.peft import PEFT_METHODS, add_peft
 from ftjax.train.losses import loss_for_task
-from ftjax.train.step import TrainState, create_train_state, make_eval_step, make_train_step
+from ftjax.train.step import (
+    TrainState,
+    create_train_state,
+    jit_eval_step,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+    state_shardings,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -32,9 +45,11 @@ class Experiment:
     resolved: Any  # tree of trainability Rules
     tx: Any
     state: TrainState
-    train_step: Callable
-    eval_step: Callable
+    train_step: Callable  # pure; jit it with jit_train_step()
+    eval_step: Callable  # pure; jit it with jit_eval_step()
     learning_rate: Callable
+    plan: parallel.ShardPlan  # the mesh and every parameter's sharding
+    base_hash: str  # params_shape_hash of the base the run starts from (before any cast)
 
     @property
     def model(self):
@@ -44,16 +59,39 @@ class Experiment:
     def tokenizer(self):
         return self.pretrained.tokenizer
 
+    @property
+    def mesh(self):
+        return self.plan.mesh
+
     def train_iterator(self):
+        """This process's share of the train stream: with several processes, process i reads
+        every n-th example and batches of batch_size / n rows (place_train_batch joins them)."""
+        count = jax.process_count()
         return ftdata.make_train_iterator(
             self.splits["train"], self.task, self.tokenizer,
-            batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+            batch_size=self.cfg.batch_size // count, seed=self.cfg.seed,
+            shard_index=jax.process_index(), shard_count=count,
         )
 
     def eval_batches(self, split: str):
+        """numpy eval batches (every process reads all of them); see placed_eval_batches."""
         return ftdata.make_eval_batches(
             self.splits[split], self.task, self.tokenizer, batch_size=self.cfg.eval_batch_size
         )
+
+    def place_train_batch(self, batch: dict) -> dict:
+        return parallel.place_batch(batch, self.plan.batch, per_process=True)
+
+    def placed_eval_batches(self, split: str):
+        for batch in self.eval_batches(split):
+            yield parallel.place_batch(batch, self.plan.batch, per_process=False)
+
+    def jit_train_step(self):
+        """The train step jitted with the state's shardings (state donated, frozen kept)."""
+        return jit_train_step(self.train_step, state_shardings(self.state), self.plan.batch)
+
+    def jit_eval_step(self):
+        return jit_eval_step(self.eval_step, state_shardings(self.state), self.plan.batch)
 
 
 def head_config(cfg) -> HeadConfig:
@@ -135,6 +173,8 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
             jax.random.key(cfg.seed), tokenizer=pretrained.tokenizer,
         )
     params = pretrained.params
+    base_hash = params_shape_hash(params)
+    mesh = build_mesh(cfg)
     splits = load_splits(cfg)
     spec = presets.method_spec(cfg.method, pretrained.model.config,
                                method_cfg=method_args(cfg, len(splits["train"])),
@@ -144,7 +184,12 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     trainable, _ = trainability.partition(params, mask)
     tx = make_optimizer(cfg.optimizer, resolved, trainable, total_steps=cfg.steps)
     regularizer = make_regularizer(cfg.regularizer, trainable)
-    state = create_train_state(params, mask, tx, cfg.seed, regularizer=regularizer)
+    plan = parallel.plan_for_model(pretrained.model, params, mesh)
+    # The loaded arrays move into the state (no second copy of the model on any device);
+    # pretrained.params then aliases the state's initial params.
+    state = create_train_state(params, mask, tx, cfg.seed, regularizer=regularizer, plan=plan,
+                               frozen_dtype=cfg.model.frozen_dtype, donate_params=True)
+    pretrained.params = state.params
     loss_fn = loss_for_task(cfg.task.kind, cfg.label_smoothing)
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(
@@ -154,12 +199,38 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
                                    accumulation_steps=cfg.accumulation_steps,
                                    learning_rate_fn=lr_fn),
         eval_step=make_eval_step(pretrained.model, loss_fn),
-        learning_rate=lr_fn,
+        learning_rate=lr_fn, plan=plan, base_hash=base_hash,
     )
 
 
+def build_mesh(cfg):
+    """cfg.mesh as a jax Mesh, checking that the batches split evenly over it."""
+    from ftjax.config import ConfigError
+
+    try:
+        mesh = parallel.mesh_from_config(cfg.mesh)
+    except parallel.MeshError as err:
+        raise ConfigError(str(err)) from None
+    shards, processes = parallel.batch_shards(mesh), jax.process_count()
+    for key in ("batch_size", "eval_batch_size"):
+        if cfg[key] % shards:
+            raise ConfigError(
+                f"{key}={cfg[key]} does not split over the mesh's batch axes "
+                f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} = {shards} shards); "
+                f"use a multiple of {shards}")
+    if cfg.batch_size % processes:
+        raise ConfigError(f"batch_size={cfg.batch_size} does not split over {processes} processes")
+    if cfg.accumulation_steps > 1 and (cfg.batch_size // cfg.accumulation_steps) % shards:
+        logger.warning("micro-batches of %d rows do not split over %d batch shards: XLA will "
+                       "reshard each one", cfg.batch_size // cfg.accumulation_steps, shards)
+    return mesh
+
+
 def evaluate(eval_step_jit, state: TrainState, batches) -> dict:
-    """Sum the eval step over a finite pass of batches; metrics are exact per-example means."""
+    """Sum the eval step over a finite pass of batches; metrics are exact per-example means.
+
+    batches: Experiment.placed_eval_batches(split) (or numpy batches for an unsharded state).
+    """
     totals = None
     for batch in batches:
         sums = eval_step_jit(state.trainable, state.frozen, batch)
@@ -171,9 +242,14 @@ def evaluate(eval_step_jit, state: TrainState, batches) -> dict:
             "examples": float(totals["weight"])}
 
 
-def restore_run(workdir, *, best: bool = False, cfg=None):
+def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool = False):
     """(experiment, Restored) of an `ftjax train` run directory: the experiment rebuilt from
-    `cfg` (default: the run's saved config.json) and its latest (or best) checkpoint."""
+    `cfg` (default: the run's saved config.json) and its latest (or best) checkpoint.
+
+    full_precision: rebuild the frozen leaves at the run's param_dtype even if it trained with a
+    lower model.frozen_dtype (they are the pretrained weights; checkpoints never hold them), for
+    export and generation. Restoring onto another mesh: pass a cfg with another `mesh` block.
+    """
     import json
     from pathlib import Path
 
@@ -186,6 +262,9 @@ def restore_run(workdir, *, best: bool = False, cfg=None):
         if not config_file.is_file():
             raise FileNotFoundError(f"{workdir} has no config.json: is it an `ftjax train` workdir?")
         cfg = config_from_dict(json.loads(config_file.read_text()), str(config_file))
+    if full_precision and cfg.model.frozen_dtype is not None:
+        cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.model.to_dict(),
+                                                           "frozen_dtype": None}}, str(workdir))
     exp = build_experiment(cfg)
     ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints)
     restored = ckpt.restore(exp.state, best=best)

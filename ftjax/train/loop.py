@@ -19,11 +19,10 @@ import jax
 import numpy as np
 
 from ftjax.io.adapter import AdapterInfo, save_adapter
-from ftjax.io.checkpoint import Checkpointer, params_shape_hash
+from ftjax.io.checkpoint import Checkpointer
 from ftjax.optim import effective_lrs, trainability
 from ftjax.train.experiment import Experiment, build_experiment, evaluate
 from ftjax.train.logging import MetricsWriter, Progress
-from ftjax.train.step import jit_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,7 +120,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     workdir.mkdir(parents=True, exist_ok=True)
     exp = experiment or build_experiment(cfg)
     state = exp.state
-    base_hash = params_shape_hash(exp.pretrained.params)
+    base_hash = exp.base_hash
     ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints)
     train_iter = exp.train_iterator()
     stopper = _EarlyStopping(cfg.best_mode, cfg.early_stopping.patience,
@@ -142,15 +141,19 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     report = trainability.report(state.params, exp.resolved, state.opt_state)
     _write_json(workdir / "params_report.json", report)
     _write_json(workdir / "config.json", cfg.to_dict())
+    _write_json(workdir / "sharding.json", exp.plan.describe())
     log = MetricsWriter(workdir, resume_step=start_step)
     progress = Progress(cfg.steps, start_step, quiet=quiet)
     if restored is not None:
         progress.write(f"resumed from step {start_step} in {workdir}")
     else:
         progress.write(trainability.format_report(report))
+    if exp.plan.fallbacks:
+        progress.write(f"mesh {dict(exp.mesh.shape)}: {len(exp.plan.fallbacks)} parameter "
+                       f"dimension(s) replicated, not divisible by their mesh axis (sharding.json)")
 
-    train_step = jit_train_step(exp.train_step)
-    eval_step = jax.jit(exp.eval_step)
+    train_step = exp.jit_train_step()
+    eval_step = exp.jit_eval_step()
 
     def meta():
         return {"model": cfg.model.name, "base_hash": base_hash, "config": cfg.to_dict(),
@@ -203,7 +206,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         results.clear()
         results["step"] = step
         for split in cfg.eval_splits:
-            results[split] = evaluate(eval_step, state, exp.eval_batches(split))
+            results[split] = evaluate(eval_step, state, exp.placed_eval_batches(split))
             log.write({"step": step, "split": split, **results[split]}, prefix=f"eval_{split}")
         summary = "  ".join(f"{s}: loss {r['loss']:.4f} acc {r['accuracy']:.4f}"
                             for s, r in results.items() if s != "step")
@@ -217,7 +220,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
 
     with _StopSignals() as signals:
         for step in range(start_step, cfg.steps):
-            batch = next(train_iter)
+            batch = exp.place_train_batch(next(train_iter))
             state, metrics = train_step(state, batch)
             done = step + 1
             pending.append((done, metrics))
@@ -263,7 +266,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
             if last_eval.get("step") == kept_step and split in last_eval:
                 result_eval[split] = last_eval[split]  # these params were just evaluated
             else:
-                result_eval[split] = evaluate(eval_step, state, exp.eval_batches(split))
+                result_eval[split] = evaluate(eval_step, state, exp.placed_eval_batches(split))
         adapter = _save_adapter(cfg, exp, state, workdir / "adapter")
         if adapter is not None:
             progress.write(f"adapter-only checkpoint: {adapter.num_params:,} parameters, "

@@ -39,20 +39,85 @@ class TrainState:
         return combine(self.trainable, self.frozen)
 
 
+# Frozen leaves that the model only ever reads after casting them to the compute dtype (Dense
+# kernels, embedding tables). Norm scales and LayerNorm biases enter fp32 statistics, so they keep
+# their stored precision.
+CASTABLE_FROZEN = ("kernel", "embedding")
+
+
+def cast_frozen(frozen, dtype):
+    """The frozen half with its kernels and embedding tables stored in `dtype` (None: unchanged).
+
+    They get no gradient and no optimizer state, so their storage precision only matters for the
+    forward pass; with dtype equal to the compute dtype (bf16 on GPU) that pass is unchanged, since
+    the layers cast them to it before use anyway, and their memory and per-step reads halve.
+    """
+    if dtype is None:
+        return frozen
+    dtype = jnp.dtype(dtype)
+
+    def cast(key_path, x):
+        name = str(getattr(key_path[-1], "key", key_path[-1]))
+        if x is None or name not in CASTABLE_FROZEN or not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        return x.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, frozen, is_leaf=lambda x: x is None)
+
+
 def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
-                       seed: int, regularizer=None) -> TrainState:
+                       seed: int, regularizer=None, *, plan=None, frozen_dtype=None,
+                       donate_params: bool = False) -> TrainState:
+    """The initial state: params split by `trainable_mask`, fresh optimizer state, seeded rng.
+
+    plan: a ftjax.parallel.ShardPlan. With it the state is created already sharded: every
+      parameter is placed with its sharding (the caller's arrays are not modified), and the
+      optimizer state is built by `jit(tx.init, out_shardings=...)` with each parameter-shaped
+      part sharded like its parameter, so no device ever holds an unsharded copy of it. Without
+      it, everything lives on the default device (the single-device program).
+    frozen_dtype: storage dtype of frozen kernels / embedding tables (see `cast_frozen`).
+    donate_params: with a plan, hand `params`' buffers over to the state instead of copying them
+      (saves a copy of the model; the caller must not use `params` afterwards).
+    """
     trainable, frozen = partition(params, trainable_mask)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        trainable=trainable,
-        frozen=frozen,
+    frozen = cast_frozen(frozen, frozen_dtype)
+    rng = jax.random.key_data(jax.random.key(seed))
+    if plan is None:
         # Under jit: eager optax init may hand several state leaves one shared zeros buffer,
         # which donation then rejects ("donate the same buffer twice").
-        opt_state=jax.jit(tx.init)(trainable),
-        rng=jax.random.key_data(jax.random.key(seed)),
-        nonfinite_steps=jnp.zeros((), jnp.int32),
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen,
+            opt_state=jax.jit(tx.init)(trainable), rng=rng,
+            nonfinite_steps=jnp.zeros((), jnp.int32), regularizer=regularizer,
+        )
+    from ftjax.parallel.placement import like_params, opt_state_shardings, put
+
+    rep = plan.replicated
+    trainable_sh, frozen_sh = partition(plan.params, trainable_mask)
+    trainable = put(trainable, trainable_sh, donate=donate_params)
+    frozen = put(frozen, frozen_sh, donate=donate_params)
+    opt_sh = opt_state_shardings(tx, jax.eval_shape(tx.init, trainable), trainable,
+                                 trainable_sh, rep)
+    if regularizer is not None:
+        # Anchors are trainable-shaped (sharded like them); per-layer weights are tiny.
+        regularizer = put(regularizer, regularizer.replace(
+            anchor=like_params(regularizer.anchor, trainable, trainable_sh, rep),
+            sp_weights=jax.tree.map(lambda _: rep, regularizer.sp_weights),
+        ))
+    return TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), rep),
+        trainable=trainable,
+        frozen=frozen,
+        opt_state=jax.jit(tx.init, out_shardings=opt_sh)(trainable),
+        rng=jax.device_put(rng, rep),
+        nonfinite_steps=jax.device_put(jnp.zeros((), jnp.int32), rep),
         regularizer=regularizer,
     )
+
+
+def state_shardings(state: TrainState):
+    """The sharding of every array of a (placed) state: what the jitted step takes and returns."""
+    return jax.tree.map(lambda x: x.sharding, state)
 
 
 def model_inputs(batch: dict, is_decoder: bool) -> dict:
@@ -66,10 +131,16 @@ def model_inputs(batch: dict, is_decoder: bool) -> dict:
 
 
 def _split_micro(batch: dict, n: int) -> dict:
+    """(B, ...) -> (n, B / n, ...), micro-batch i taking rows i, i + n, i + 2n, ...
+
+    Strided rather than contiguous: the batch is split over devices in contiguous blocks, so a
+    strided micro-batch takes rows from every block and keeps every device busy (a contiguous
+    one would live on B / n rows' worth of devices only, or need resharding every micro-step).
+    """
     def split(x):
         if x.shape[0] % n:
             raise ValueError(f"batch of {x.shape[0]} rows does not split into {n} micro-batches")
-        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+        return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
 
     return jax.tree.map(split, batch)
 
@@ -150,24 +221,53 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(train_step):
+def jit_train_step(train_step, shardings: TrainState | None = None, batch_sharding=None):
     """Jit `train_step(state, batch)` donating everything in the state except the frozen leaves.
 
     Frozen leaves come out unchanged, so donating them saves nothing, and it would delete the
     caller's arrays (the pretrained base is shared with, e.g., the Pretrained object).
+
+    shardings (`state_shardings(state)`) and batch_sharding (ShardPlan.batch) pin the program's
+    input and output layout: the state comes back exactly as it went in (so donation reuses the
+    buffers and the next call hits the same compiled program), metrics come back replicated.
+    Without them jit follows its arguments' placement (the single-device program).
     """
 
     def split_step(state_without_frozen, frozen, batch):
         new_state, metrics = train_step(state_without_frozen.replace(frozen=frozen), batch)
         return new_state.replace(frozen=None), metrics
 
-    jitted = jax.jit(split_step, donate_argnums=0)
+    kwargs = {}
+    if shardings is not None:
+        rest = shardings.replace(frozen=None)
+        scalar = _replicated_like(batch_sharding)
+        kwargs = dict(in_shardings=(rest, shardings.frozen, batch_sharding),
+                      out_shardings=(rest, scalar))
+    jitted = jax.jit(split_step, donate_argnums=0, **kwargs)
 
     def step(state: TrainState, batch: dict):
         new_state, metrics = jitted(state.replace(frozen=None), state.frozen, batch)
         return new_state.replace(frozen=state.frozen), metrics
 
+    step.jitted = jitted  # for inspection (cost analysis, compile counts)
     return step
+
+
+def _replicated_like(sharding):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if sharding is None:
+        raise ValueError("pass batch_sharding (ShardPlan.batch) together with shardings")
+    return NamedSharding(sharding.mesh, PartitionSpec())
+
+
+def jit_eval_step(eval_step, shardings: TrainState | None = None, batch_sharding=None):
+    """Jit `eval_step(trainable, frozen, batch)`; with shardings, pinned like jit_train_step."""
+    if shardings is None:
+        return jax.jit(eval_step)
+    return jax.jit(eval_step,
+                   in_shardings=(shardings.trainable, shardings.frozen, batch_sharding),
+                   out_shardings=_replicated_like(batch_sharding))
 
 
 def make_eval_step(model, loss_fn: LossFn):

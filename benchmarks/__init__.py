@@ -1,0 +1,1 @@
+"""Throughput, memory and compile-time benchmarks (python -m benchmarks.run --help)."""

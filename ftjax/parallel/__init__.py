@@ -1,0 +1,23 @@
+"""Sharding by table (DESIGN.md 6): a (data, fsdp, tensor) mesh, one logical-axis rules table,
+and placement of parameters, optimizer state and batches on it."""
+
+from ftjax.parallel.mesh import (
+    AXES,
+    BATCH_AXES,
+    MeshError,
+    batch_shards,
+    distributed_requested,
+    initialize_distributed,
+    make_mesh,
+    mesh_from_config,
+    mesh_shape,
+)
+from ftjax.parallel.placement import like_params, opt_state_shardings, place_batch, put
+from ftjax.parallel.rules import RULES, Fallback, ShardPlan, param_shardings, plan_for_model
+
+__all__ = [
+    "AXES", "BATCH_AXES", "RULES", "Fallback", "MeshError", "ShardPlan", "batch_shards",
+    "distributed_requested", "initialize_distributed", "like_params", "make_mesh",
+    "mesh_from_config", "mesh_shape", "opt_state_shardings", "param_shardings", "place_batch",
+    "plan_for_model", "put",
+]
