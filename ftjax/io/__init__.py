@@ -2,6 +2,6 @@
 
 from ftjax.io.hf import save_hf
 from ftjax.io.loading import CheckpointError
-from ftjax.io.pretrained import Pretrained, load_pretrained
+from ftjax.io.pretrained import Pretrained, load_pretrained, reuse_checkpoints
 
-__all__ = ["CheckpointError", "Pretrained", "load_pretrained", "save_hf"]
+__all__ = ["CheckpointError", "Pretrained", "load_pretrained", "reuse_checkpoints", "save_hf"]
