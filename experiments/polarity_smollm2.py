@@ -5,12 +5,16 @@ Run:
   ftjax train experiments/polarity_smollm2.py --workdir workdirs/smollm2_lora --set method=lora
 
 Each sentence becomes a user turn of SmolLM2's chat template ("Review: ...\nIs this review
-positive or negative?") followed by the assistant prompt; the class logits are the LM's logits of
-the words "negative" and "positive" as the assistant's first token (a verbalizer head initialized
-from the tied embedding's rows of those tokens, so step 0 is the zero-shot model). Same data and
-split as experiments/polarity_minilm.py (8,455 / 1,057 / 1,056). A short system prompt replaces
-the template's default one (~15 tokens fewer per row); max length 64 keeps whole sentences up
-to ~36 tokens (88% of them) and cuts the rest at the end of the sentence, never the prompt.
+positive or negative? Answer with one word.") followed by the assistant prompt; the class logits
+are the LM's logits of "negative" and "positive" as the assistant's first token: a verbalizer
+head initialized from the tied embedding's rows of those two tokens, so step 0 is the zero-shot
+model. Same data and split as experiments/polarity_minilm.py (8,455 / 1,057 / 1,056).
+
+The prompt takes 36 tokens (a short system prompt instead of the template's default one, which
+is ~10 tokens longer); max length 96 leaves 60 for the sentence, which keeps every sentence of a
+sample of 2,000 training sentences whole (at 64, 64% of them). "Answer with one word." matters:
+zero-shot (step 0) validation accuracy on a random 128 validation sentences at max length 96
+was 0.68 with it and 0.52 without it (measured with build_experiment + evaluate, no training).
 """
 
 from ftjax.train.defaults import base_config
@@ -27,7 +31,7 @@ def get_config():
     c.task.chat = True
     c.task.system_prompt = "You are a helpful assistant."
     c.task.label_words = ("negative", "positive")  # label 0, label 1
-    c.task.max_length = 64
+    c.task.max_length = 96
     c.data.source = "polarity"
     c.method = "full"
     c.steps = 400

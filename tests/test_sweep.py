@@ -74,6 +74,10 @@ def test_sweep_overrides_and_explicit_grids(tmp_path, tiny_config_file):
     assert sweep.seeds == 3 and sweep.grids["bert", "bitfit"] == (1e-4, 2e-4, 4e-4)
     assert sweep.grids["bert", "linear_probe"] == (0.1,)
     assert sweep.num_runs() == (3 + 2) + (1 + 2)
+    # Training that keeps its best checkpoint by validation keeps validation in seed runs too.
+    keeps_best = load_sweep(str(path), ["overrides=('steps=3', 'best_metric=accuracy')"])
+    (seed_run,) = keeps_best.seed_runs("bert", "bitfit", 1e-3)
+    assert tuple(seed_run.config().eval_splits) == ("validation",)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -102,6 +106,16 @@ def test_bad_sweep_overrides_name_the_key(tmp_path, tiny_config_file):
         load_sweep(path, ["seeds=two"])
     with pytest.raises(ConfigError, match=r"not a sweep config"):
         load_sweep(str(tiny_config_file))
+
+
+@pytest.mark.parametrize("variant", ["reduced", "full"])
+def test_paper_sweep_config_plans_every_run(variant):
+    sweep = load_sweep(f"experiments/paper_polarity.py:{variant}")  # every run config checked
+    assert [t.name for t in sweep.tasks] == ["minilm", "smollm2"]
+    assert all(len(grid) == 3 for grid in sweep.grids.values()) and sweep.seeds == 3
+    assert sweep.results_dir.parts[-2:] == ("experiments", "results")
+    smollm2 = sweep.search_runs("smollm2", "lora")[0].config()
+    assert smollm2.head.kind == "verbalizer" and smollm2.model.name == "smollm2-135m-instruct"
 
 
 def _record(lr, val, test=None, seed=0, phase=SEARCH, loss=0.5, status="done", **kw):

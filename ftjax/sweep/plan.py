@@ -22,8 +22,9 @@ A sweep config is an ml_collections file like an experiment's (`get_config()`, o
 
 Protocol per (task, method): seed 0 trains once per grid rate and is evaluated on validation
 and test; the rate with the best validation accuracy is chosen (ftjax.sweep.select); seeds
-1..seeds-1 train at that rate and are evaluated on test only. The table reports test accuracy
-over the `seeds` runs at the chosen rate.
+1..seeds-1 train at that rate and are evaluated on test (and on validation only when their
+training keeps its best checkpoint by it). The table reports test accuracy over the `seeds`
+runs at the chosen rate.
 
 Every run's training config is built and checked here (`ftjax.config.load_config`), so a typo
 in any task, method or override fails before the first run starts.
@@ -139,12 +140,15 @@ class Sweep:
     def _spec(self, task: TaskVariant, method: str, lr: float, seed: int,
               phase: str) -> RunSpec:
         # Later overrides win: sweep, task, method (sweep then task), then the cell itself and
-        # its phase, which the protocol fixes (validation decides, test only reports).
-        evals = "eval_splits=('validation',)" if phase == SEARCH else "eval_splits=()"
+        # its phase, which the protocol fixes: a search run is evaluated on validation (which
+        # chooses the rate) and test; a seed run on test only, unless its training keeps the
+        # best checkpoint by validation (best_metric), which then stays part of the procedure.
         overrides = (*self.overrides, *task.overrides, *self.method_overrides.get(method, ()),
                      *task.method_overrides.get(method, ()), f"method={method}",
-                     f"optimizer.learning_rate={lr!r}", f"seed={seed}", evals)
-        return RunSpec(task.name, method, lr, seed, phase, task.experiment, overrides)
+                     f"optimizer.learning_rate={lr!r}", f"seed={seed}")
+        validation = phase == SEARCH or bool(load_config(task.experiment, overrides).best_metric)
+        evals = "eval_splits=('validation',)" if validation else "eval_splits=()"
+        return RunSpec(task.name, method, lr, seed, phase, task.experiment, (*overrides, evals))
 
     def task(self, name: str) -> TaskVariant:
         return next(t for t in self.tasks if t.name == name)

@@ -124,7 +124,11 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def _plot(path: Path, rows: list[dict], x_key: str, x_label: str, title: str, *,
           log_x: bool, x_scale: float = 1.0) -> None:
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("the sweep's plots need matplotlib: pip install -e '.[sweep]' (the "
+                          "tables are written already)") from None
 
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()

@@ -240,9 +240,8 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     with _StopSignals() as signals:
         for step in range(start_step, cfg.steps):
             batch = next(train_iter)
-            if step == start_step:
-                # Compiles the step ahead of its first call, which then reuses the executable.
-                step_memory = compiled_memory(train_step.lower(state, batch).compile())
+            if step == start_step:  # compiles the step; its first call reuses the executable
+                step_memory = compiled_memory(train_step, state, batch)
             state, metrics = train_step(state, batch)
             done = step + 1
             pending.append((done, metrics))
