@@ -39,6 +39,7 @@ setup(
             "matplotlib>=3.8",
         ],
         "data": ["datasets>=3.0", "tensorflow-datasets>=4.9.6"],
+        "sweep": ["matplotlib>=3.8"],  # ftjax sweep's plots
         "cuda": ["jax[cuda12]>=0.10,<0.13"],
     },
     entry_points={"console_scripts": ["ftjax=ftjax.cli:main"]},

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "generate": "generate text with a pretrained or fine-tuned model",
     "export": "export a model or adapter (HF or PEFT format)",
     "demo": "fine-tune MiniLM on the polarity corpus and print the result table",
+    "sweep": "compare methods over learning rates and seeds; write tables and plots",
 }
 
 

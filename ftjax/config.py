@@ -2,8 +2,9 @@
 
 An experiment file defines `get_config()` returning a ConfigDict built on `ftjax.train.defaults
 .base_config()` (big_vision style: the file's docstring holds the command that runs it and the
-result it should reach). `load_config(path, overrides)` imports it, applies `--set key=value`
-overrides, and checks the result against the schema of the base config:
+result it should reach); `path.py:arg` calls `get_config(arg)` instead, for files that hold several
+variants. `load_config(path, overrides)` imports it, applies `--set key=value` overrides, and
+checks the result against the schema of the base config:
 
 - a key the schema lacks is an error naming the closest valid key;
 - a value whose type differs from the schema's is an error naming the key and both types;
@@ -128,8 +129,21 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str],
     return cfg
 
 
+def split_config_arg(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """`file.py:arg` -> (file.py, "arg"); a plain path -> (path, None).
+
+    big_vision's convention: one file holds several variants of an experiment and
+    `get_config(arg)` picks one (e.g. `experiments/paper_polarity.py:reduced`).
+    """
+    text = os.fspath(path)
+    head, sep, arg = text.rpartition(":")
+    if sep and head.endswith(".py") and not Path(text).is_file():
+        return Path(head), arg
+    return Path(text), None
+
+
 def import_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    path = Path(path)
+    path, arg = split_config_arg(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"ftjax_experiment_{path.stem}", path)
@@ -141,9 +155,11 @@ def import_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config()")
     try:
-        cfg = module.get_config()
-    except (TypeError, AttributeError, KeyError) as err:  # ConfigDict's own type/key checks
-        raise ConfigError(f"{path}: get_config(): {err}") from err
+        cfg = module.get_config() if arg is None else module.get_config(arg)
+    except (TypeError, AttributeError, KeyError, ValueError) as err:  # ConfigDict's own checks,
+        # a get_config without an argument, or an unknown variant
+        where = str(path) if arg is None else f"{path}:{arg}"
+        raise ConfigError(f"{where}: get_config(): {err}") from err
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     return cfg

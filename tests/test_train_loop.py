@@ -50,6 +50,41 @@ def test_loop_trains_logs_and_reports(tiny_config_file, tmp_path):
     assert Checkpointer(tmp_path).latest_step() == 12
 
 
+def test_step_time_and_compiled_memory_cost_no_extra_compile(tiny_config_file, tmp_path,
+                                                             monkeypatch):
+    """The loop reports its median step time and the compiled train step's memory; measuring
+    the memory compiles the step ahead of time, and the step's first call reuses that."""
+    import jax
+
+    import ftjax.train.loop as loop
+
+    compiles = []
+
+    def on_event(name, *args, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    overrides = ["steps=4", "eval_every=4", "checkpoint_every=4", "seed=3"]
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        measured = train(load_config(tiny_config_file, overrides), tmp_path / "a", quiet=True)
+        with_memory = len(compiles)
+        monkeypatch.setattr(loop, "compiled_memory", lambda *args: None)
+        compiles.clear()
+        plain = train(load_config(tiny_config_file, overrides), tmp_path / "b", quiet=True)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert with_memory == len(compiles) > 0
+    memory = measured.step_memory
+    assert memory["total_bytes"] == sum(memory[f"{k}_bytes"] for k in ("argument", "output",
+                                                                         "temp"))
+    assert memory["argument_bytes"] > 4 * 18_406  # at least the fp32 tiny BERT it trains
+    assert plain.step_memory is None
+    assert measured.step_time_s > 0 and plain.step_time_s > 0
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert saved["step_memory"] == memory and saved["step_time_s"] == measured.step_time_s
+
+
 def test_resume_in_fresh_process_is_bit_identical(tiny_config_file, tmp_path):
     """Uninterrupted 12 steps vs the same run restarted from its step-6 checkpoint."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"

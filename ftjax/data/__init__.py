@@ -28,6 +28,7 @@ from ftjax.data.pipeline import (
     make_train_iterator,
     steps_per_epoch,
 )
+from ftjax.data.prompting import PromptTemplate, label_token_ids
 from ftjax.data.sources import PlainRecords, hf_dataset, local_file, polarity_splits, tfds_source
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.types import RecordSource, TokenizerLike
@@ -43,6 +44,7 @@ __all__ = [
     "MissingColumnError",
     "MissingFileError",
     "PlainRecords",
+    "PromptTemplate",
     "RecordSource",
     "SequenceClassification",
     "Task",
@@ -52,6 +54,7 @@ __all__ = [
     "count_loss_weight",
     "count_real_tokens",
     "hf_dataset",
+    "label_token_ids",
     "local_file",
     "make_eval_batches",
     "make_train_iterator",

@@ -24,6 +24,7 @@ from ftjax.data.features import (
     token_shapes,
     truncate_pair,
 )
+from ftjax.data.prompting import PromptTemplate, label_token_ids
 from ftjax.data.records import label_field, text_field
 from ftjax.data.types import TokenizerLike
 
@@ -60,6 +61,11 @@ class SequenceClassification:
 
     Texts are truncated before the special tokens are added, so the final special token
     (BERT's [SEP]) always survives; pairs are cut longest-first. Right padding.
+
+    prompt: wrap each text in an instruction (``ftjax.data.prompting``); only the text is
+      truncated, so the prompt's tail (where a decoder answers) is always the row's last token.
+    label_words: the words that name the labels after the prompt (a verbalizer head scores
+      them); ``label_token_ids(tokenizer)`` checks each is one token there.
     """
 
     text_key: str
@@ -67,10 +73,27 @@ class SequenceClassification:
     num_labels: int
     max_length: int
     text_pair_key: str | None = None
+    prompt: PromptTemplate | None = None
+    label_words: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.prompt is not None and self.text_pair_key is not None:
+            raise DataError("a prompt template wraps one text; text pairs are not supported "
+                            "with a prompt")
+        if self.label_words and self.prompt is None:
+            raise DataError("label words answer a prompt: give a prompt template whose end the "
+                            "words follow")
+        if self.label_words and len(self.label_words) != self.num_labels:
+            raise DataError(f"{len(self.label_words)} label words {list(self.label_words)} for "
+                            f"num_labels={self.num_labels}: give one word per label")
 
     @property
     def packed(self) -> bool:
         return False
+
+    def label_token_ids(self, tokenizer: TokenizerLike) -> tuple[int, ...]:
+        """Token id of each label word right after the prompt (one token each, else an error)."""
+        return label_token_ids(tokenizer, self.prompt, self.label_words)
 
     def row_shapes(self) -> Shapes:
         return {
@@ -81,7 +104,14 @@ class SequenceClassification:
 
     def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_ClassificationFeaturizer":
         del seed  # deterministic: nothing random here
-        return _ClassificationFeaturizer(self, tokenizer, SpecialTokenTemplate.of(tokenizer))
+        if self.prompt is None:
+            template = SpecialTokenTemplate.of(tokenizer)
+        else:  # the prompt's pieces take the place of the special tokens around the text
+            prefix, suffix = self.prompt.encode(tokenizer, answer_follows=bool(self.label_words))
+            template = SpecialTokenTemplate(tuple(prefix), tuple(suffix))
+        if self.label_words:
+            self.label_token_ids(tokenizer)  # fail before the first batch, not in the head init
+        return _ClassificationFeaturizer(self, tokenizer, template)
 
 
 class _ClassificationFeaturizer:
@@ -90,7 +120,8 @@ class _ClassificationFeaturizer:
         self.task, self.tokenizer, self.template = task, tokenizer, template
         n_suffixes = 2 if task.text_pair_key else 1
         reserved = len(template.prefix) + n_suffixes * len(template.suffix)
-        _check_max_length(task.max_length, reserved, "the special tokens")
+        what = "the prompt" if task.prompt is not None else "the special tokens"
+        _check_max_length(task.max_length, reserved, what)
         self.budget = task.max_length - reserved
 
     def __call__(self, item: IndexedRecord) -> Row:

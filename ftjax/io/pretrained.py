@@ -2,14 +2,17 @@
 
 Accepts an asset name (ftjax.assets), a `.gguf` file or an HF checkpoint directory (config.json
 + safetensors) and returns the model, its parameters, its tokenizer and where they came from.
+`with reuse_checkpoints():` reads each file once for many loads (a sweep's runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -21,7 +24,7 @@ from ftjax.io.loading import Checkpoint, CheckpointError, fill_params
 from ftjax.io.tokenizer import Tokenizer
 from ftjax.models import HeadConfig, LlamaConfig, Model, default_compute_dtype
 from ftjax.models.layout import to_layout
-from ftjax.models.model import replace_head
+from ftjax.models.model import replace_head, verbalizer_from_lm
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +53,20 @@ def load_pretrained(
     param_dtype: str = "float32",
     scan_layers: bool = False,
     rng_seed: int = 0,
+    label_tokens: Sequence[int] | Callable[[Tokenizer], Sequence[int]] | None = None,
 ) -> Pretrained:
     """Load a pretrained model strictly: every parameter filled, every checkpoint tensor used.
 
     head: None keeps the pretraining head (`pretraining_head`), as does any head of the same
       kind (e.g. with dropout); another kind discards it (an untied LM head's weights are
-      dropped) and initializes the new head from `rng_seed`.
+      dropped) and initializes the new head from `rng_seed`. A "verbalizer" head is built from
+      the LM head instead (`verbalizer_from_lm`, no rng): it needs `label_tokens`.
     dtype: compute dtype; None picks `default_compute_dtype()` (fp32 on CPU, bf16 on GPU).
     param_dtype: storage dtype; checkpoint tensors are cast to it.
     scan_layers: return params stacked for `lax.scan` (the model's config says so too).
+    label_tokens: a verbalizer's label-word token ids, or a function of the tokenizer returning
+      them (where a word is one token depends on the tokenizer and the prompt: see
+      ftjax.data.SequenceClassification.label_token_ids).
     """
     start = time.perf_counter()
     source = assets.resolve(name_or_path)
@@ -69,12 +77,25 @@ def load_pretrained(
         dtype=dtype or default_compute_dtype(), param_dtype=param_dtype, scan_layers=False)
 
     # Fill in the canonical per-layer layout. The same head kind keeps the pretrained weights
-    # (an "lm" head with dropout is still the pretrained LM head); another kind is attached
-    # afterwards, so its random init never mixes with checkpoint values.
-    keeps_head = head.kind == pretrained_head.kind
-    model = Model(config, head if keeps_head else HeadConfig(kind="none"))
+    # (an "lm" head with dropout is still the pretrained LM head), and a verbalizer is made from
+    # them; another kind is attached afterwards, so its random init never mixes with checkpoint
+    # values.
+    keeps_head = head.kind in (pretrained_head.kind, "verbalizer")
+    model = Model(config, pretrained_head if keeps_head else HeadConfig(kind="none"))
     params = fill_params(model, checkpoint.conversion, where=str(source))
-    if not keeps_head:
+    if head.kind == "verbalizer":
+        if pretrained_head.kind != "lm":
+            raise CheckpointError(f"{source}: a verbalizer head starts from the LM head's "
+                                  f"label-word rows, but this checkpoint has no LM head "
+                                  f"(pretraining head {pretrained_head.kind!r})")
+        if label_tokens is None:
+            raise ValueError("HeadConfig(kind='verbalizer') needs label_tokens= (the label "
+                             "words' token ids, or a function of the tokenizer giving them)")
+        ids = label_tokens(tokenizer) if callable(label_tokens) else label_tokens
+        model, params = verbalizer_from_lm(model, params, head, tuple(int(i) for i in ids))
+    elif keeps_head:
+        model = Model(config, head)
+    else:
         model, params = replace_head(model, params, head, jax.random.key(rng_seed))
     if scan_layers:
         model = Model(config.with_policy(scan_layers=True), model.head_config)
@@ -85,7 +106,38 @@ def load_pretrained(
                       name=str(name_or_path))
 
 
+# (source, name) -> (Checkpoint, Tokenizer) while `reuse_checkpoints` is active, else None.
+_read_cache: dict | None = None
+
+
+@contextlib.contextmanager
+def reuse_checkpoints():
+    """Within this block `load_pretrained` reads and converts each checkpoint file once.
+
+    For many runs in one process (a sweep): reading SmolLM2's GGUF (dequantizing every tensor)
+    and its tokenizer costs ~10 s on a 2-core CPU each time. What is kept is the converted
+    host (numpy) copy; every load still fills fresh device arrays from it, so a train step
+    that donates its parameters cannot delete what the next run loads.
+    """
+    global _read_cache
+    outer = _read_cache
+    _read_cache = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _read_cache = outer
+
+
 def _read(source: Path, *, name: str) -> tuple[Checkpoint, Tokenizer]:
+    if _read_cache is not None:
+        key = (str(source), name)
+        if key not in _read_cache:
+            _read_cache[key] = _read_files(source, name=name)
+        return _read_cache[key]
+    return _read_files(source, name=name)
+
+
+def _read_files(source: Path, *, name: str) -> tuple[Checkpoint, Tokenizer]:
     tokenizer_name = name if name in assets.ASSETS else None
     if source.is_file() and source.suffix == ".gguf":
         reader = open_gguf(source)

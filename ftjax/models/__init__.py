@@ -13,13 +13,15 @@ from ftjax.models.model import (
     Model,
     ModelOutput,
     init_params,
+    lm_head_rows,
     logical_axes,
     param_shapes,
     replace_head,
+    verbalizer_from_lm,
 )
 
 __all__ = [
     "PRESETS", "BertConfig", "HeadConfig", "LlamaConfig", "Model", "ModelOutput",
-    "default_compute_dtype", "init_cache", "init_params", "logical_axes", "param_shapes",
-    "preset", "replace_head",
+    "default_compute_dtype", "init_cache", "init_params", "lm_head_rows", "logical_axes",
+    "param_shapes", "preset", "replace_head", "verbalizer_from_lm",
 ]

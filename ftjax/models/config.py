@@ -21,7 +21,7 @@ from ftjax.peft.lora import LoraConfig
 from ftjax.peft.prefix import PrefixConfig
 from ftjax.peft.prompt import PromptConfig
 
-HeadKind = Literal["lm", "sequence", "token", "span", "mlm", "none"]
+HeadKind = Literal["lm", "sequence", "verbalizer", "token", "span", "mlm", "none"]
 Pooling = Literal["cls", "mean", "last", "pooler"]
 
 
@@ -30,9 +30,10 @@ class HeadConfig:
     """What sits on top of the backbone.
 
     kind: "lm" (next-token logits; tied to the input embedding when the backbone says so),
-      "sequence" (one label per example, pooled), "token" (one label per token), "span"
-      (extractive QA start/end logits), "mlm" (masked-LM logits for encoders), "none" (hidden
-      states only).
+      "sequence" (one label per example, pooled), "verbalizer" (a sequence head on the last
+      token whose classifier starts as the LM head's rows of the label words: see
+      ftjax.models.verbalizer_from_lm), "token" (one label per token), "span" (extractive QA
+      start/end logits), "mlm" (masked-LM logits for encoders), "none" (hidden states only).
     pooling: how "sequence" heads summarize the tokens: the first token ("cls"), the mask-weighted
       mean ("mean"), the last real token ("last", the decoder choice) or BERT's pretrained
       tanh pooler over the first token ("pooler").
@@ -44,8 +45,13 @@ class HeadConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.kind in ("sequence", "token") and self.num_labels < 1:
+        if self.kind in ("sequence", "verbalizer", "token") and self.num_labels < 1:
             raise ValueError(f"HeadConfig(kind={self.kind!r}) needs num_labels >= 1")
+        if self.kind == "verbalizer" and self.pooling != "last":
+            # The LM scores the label word from the last prompt token; any other summary
+            # would not start at the LM's own answer.
+            raise ValueError(f"HeadConfig(kind='verbalizer') reads the last token: pooling must "
+                             f"be 'last', got {self.pooling!r}")
         if self.kind not in HeadKind.__args__:
             raise ValueError(f"unknown head kind {self.kind!r}; expected one of {HeadKind.__args__}")
         if self.pooling not in Pooling.__args__:

@@ -29,7 +29,8 @@ from ftjax.models.llama import LlamaModel
 
 @flax.struct.dataclass
 class ModelOutput:
-    logits: jax.Array | None  # fp32; (B, T, V) lm/mlm, (B, C) sequence, (B, T, C) token, (B, T, 2) span
+    # fp32; (B, T, V) lm/mlm, (B, C) sequence/verbalizer, (B, T, C) token, (B, T, 2) span
+    logits: jax.Array | None
     hidden: jax.Array  # (B, T, D) final hidden states
     cache: Any = None  # updated KV cache when one was passed in (decoders)
 
@@ -65,7 +66,8 @@ class Model(nn.Module):
                 # The pretrained LM head is a LoRA candidate like any backbone projection.
                 self.head = Dense(cfg.vocab_size, ("embed", "vocab"), lora=cfg.lora, ia3=cfg.ia3,
                                   **dtypes)
-        elif head.kind == "sequence":
+        elif head.kind in ("sequence", "verbalizer"):
+            # A verbalizer is a sequence head; only its initial values differ (verbalizer_from_lm).
             self.head = SequenceClassificationHead(head, **dtypes)
         elif head.kind == "token":
             self.head = TokenClassificationHead(head, **dtypes)
@@ -121,7 +123,7 @@ class Model(nn.Module):
         elif head.kind == "lm":
             logits = (self.backbone.attend(hidden) if cfg.tie_word_embeddings
                       else self.head(hidden, deterministic))
-        elif head.kind == "sequence":
+        elif head.kind in ("sequence", "verbalizer"):
             logits = self.head(hidden, attention_mask, pooled, deterministic)
         elif head.kind == "token":
             logits = self.head(hidden, deterministic)
@@ -177,4 +179,48 @@ def replace_head(model: Model, params: dict, head_config: HeadConfig, rng: jax.A
     new_params = {"backbone": params["backbone"]}
     if fresh_head is not None:
         new_params["head"] = fresh_head
+    return new_model, new_params
+
+
+def lm_head_rows(model: Model, params: dict, token_ids) -> jax.Array:
+    """(len(token_ids), D): the LM head's output vectors of these tokens (its logit for token
+    i is hidden . row i): the input-embedding rows when tied, the head's kernel columns if not."""
+    cfg = model.config
+    if model.head_config.kind != "lm" or not isinstance(cfg, LlamaConfig):
+        raise ValueError(f"lm_head_rows needs a decoder with its LM head (HeadConfig('lm')), got "
+                         f"{type(cfg).__name__} with head {model.head_config.kind!r}")
+    ids = jnp.asarray(token_ids, jnp.int32)
+    bad = [int(i) for i in token_ids if not 0 <= int(i) < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"token ids {bad} are outside the vocabulary (size {cfg.vocab_size})")
+    if cfg.tie_word_embeddings:
+        return params["backbone"]["embed_tokens"]["embedding"][ids]
+    return params["head"]["kernel"][:, ids].T
+
+
+def verbalizer_from_lm(model: Model, params: dict, head_config: HeadConfig, token_ids):
+    """Replace a decoder's LM head by a verbalizer head that starts as its label-word logits.
+
+    Returns (new_model, new_params). The classifier's kernel column c is the LM head's row of
+    `token_ids[c]` and its bias is zero, so before any training the class logits equal the
+    LM's logits of the label words after the same prompt: fine-tuning starts from the model's
+    zero-shot answer instead of a random head, and every method (a linear probe, PEFT leaves
+    with the head) trains the same two-row head. The values depend on the checkpoint only
+    (no rng), so every seed starts from the same head. A tied embedding is copied, not shared:
+    training the head leaves the input embedding alone.
+    """
+    if head_config.kind != "verbalizer":
+        raise ValueError(f"verbalizer_from_lm builds HeadConfig(kind='verbalizer'), got "
+                         f"{head_config.kind!r}")
+    if len(token_ids) != head_config.num_labels:
+        raise ValueError(f"{len(token_ids)} label tokens for num_labels={head_config.num_labels}")
+    rows_CD = lm_head_rows(model, params, token_ids)
+    new_model, new_params = replace_head(model, params, head_config, jax.random.key(0))
+    classifier = new_params["head"]["classifier"]
+    kernel = rows_CD.T.astype(classifier["kernel"].dtype)
+    if kernel.shape != classifier["kernel"].shape:
+        raise ValueError(f"label-word rows {kernel.shape} do not fit the classifier kernel "
+                         f"{classifier['kernel'].shape}")
+    new_params["head"] = {"classifier": {"kernel": kernel,
+                                         "bias": jnp.zeros_like(classifier["bias"])}}
     return new_model, new_params

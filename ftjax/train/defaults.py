@@ -60,9 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.embedding_dropout = config_dict.placeholder(float)
 
     c.head = ml_collections.ConfigDict()
-    c.head.kind = "sequence"  # sequence | token | span | lm | mlm
+    c.head.kind = "sequence"  # sequence | verbalizer | token | span | lm | mlm
     c.head.num_labels = 2
-    c.head.pooling = "mean"
+    c.head.pooling = "mean"  # cls | mean | last | pooler (a verbalizer needs "last")
     c.head.dropout = 0.0
 
     c.task = ml_collections.ConfigDict()
@@ -74,6 +74,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.max_length = 64
     c.task.packing = True
     c.task.mask_prob = 0.15
+    # Classification as instruction following (ftjax.data.prompting): each text goes into
+    # `template` at {text}, optionally as a user turn of the tokenizer's chat template; a
+    # "verbalizer" head scores `label_words` (one per label, each one token after the prompt).
+    c.task.template = config_dict.placeholder(str)
+    c.task.chat = False
+    c.task.system_prompt = config_dict.placeholder(str)  # chat only; None: the template's default
+    c.task.label_words = ()
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "polarity"
@@ -82,7 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.validation_split = "validation"
     c.data.test_split = "test"
     c.data.split_seed = 0  # the polarity corpus' fixed stratified split
-    c.data.max_train_examples = 0  # 0: all; >0 subsamples the train split (quick runs)
+    # Quick runs: 0 keeps a split whole; n > 0 keeps a random n of it, drawn with split_seed so
+    # every run of an experiment sees the same subset (the splits are ordered by id, and the
+    # polarity file lists its positive sentences first: a prefix would be one class).
+    c.data.max_train_examples = 0
+    c.data.max_eval_examples = 0  # the same for the validation and test splits
 
     # Mirrors ftjax.optim.OptimizerConfig field by field (it re-checks the keys).
     c.optimizer = ml_collections.ConfigDict()
@@ -174,6 +185,32 @@ def _choice(cfg, key, value, options):
         raise ValueError(f"config key {key!r} is {value!r}; expected one of {options}")
 
 
+def _validate_prompt_task(cfg) -> None:
+    t, kind = cfg.task, cfg.head.kind
+    if (t.template is not None or t.label_words) and t.kind != "classification":
+        raise ValueError(f"task.template / task.label_words are for task.kind='classification', "
+                         f"not {t.kind!r}")
+    if t.template is not None and t.template.count("{text}") != 1:
+        raise ValueError(f"task.template must contain {{text}} exactly once: {t.template!r}")
+    if t.system_prompt is not None and not t.chat:
+        raise ValueError("task.system_prompt applies only with task.chat=True")
+    if t.chat and t.template is None:
+        raise ValueError("task.chat=True renders task.template as a chat turn; set task.template")
+    if kind == "verbalizer":
+        if len(t.label_words) != cfg.head.num_labels:
+            raise ValueError(f"head.kind='verbalizer' scores one word per label: task.label_words "
+                             f"has {len(t.label_words)} ({list(t.label_words)}) for "
+                             f"head.num_labels={cfg.head.num_labels}")
+        if cfg.head.pooling != "last":
+            raise ValueError(f"head.kind='verbalizer' reads the last prompt token: set "
+                             f"head.pooling='last' (got {cfg.head.pooling!r})")
+    if t.label_words and t.template is None:
+        raise ValueError("task.label_words answer a prompt: set task.template (with {text})")
+    if kind != "verbalizer" and t.label_words:
+        raise ValueError(f"task.label_words are scored by a verbalizer head: set "
+                         f"head.kind='verbalizer' (got {kind!r})")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Value checks the type schema cannot express."""
     from ftjax.config import ConfigError
@@ -215,5 +252,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                     ("float32", "bfloat16", "float16"))
         if cfg.data.source != "polarity" and not cfg.data.path:
             raise ValueError(f"data.source={cfg.data.source!r} needs data.path")
+        for key in ("max_train_examples", "max_eval_examples"):
+            if cfg.data[key] < 0:
+                raise ValueError(f"data.{key} must be >= 0, got {cfg.data[key]}")
+        _validate_prompt_task(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None

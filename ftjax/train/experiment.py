@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 
 from ftjax import data as ftdata
 from ftjax import parallel
@@ -102,9 +103,12 @@ def head_config(cfg) -> HeadConfig:
 def build_task(cfg):
     t = cfg.task
     if t.kind == "classification":
+        prompt = None
+        if t.template is not None:
+            prompt = ftdata.PromptTemplate(t.template, chat=t.chat, system=t.system_prompt)
         return ftdata.SequenceClassification(
             t.text_key, t.label_key, num_labels=cfg.head.num_labels, max_length=t.max_length,
-            text_pair_key=t.text_pair_key,
+            text_pair_key=t.text_pair_key, prompt=prompt, label_words=tuple(t.label_words),
         )
     if t.kind == "causal_lm":
         return ftdata.CausalLM(t.text_key, t.max_length, packing=t.packing,
@@ -131,10 +135,25 @@ def load_splits(cfg) -> dict:
         splits = {role: ftdata.hf_dataset(d.path, split) for role, split in names.items()}
     else:
         splits = {role: ftdata.tfds_source(d.path, split) for role, split in names.items()}
-    if d.max_train_examples:
-        train = splits["train"]
-        splits["train"] = [train[i] for i in range(min(d.max_train_examples, len(train)))]
+    limits = {"train": d.max_train_examples, "validation": d.max_eval_examples,
+              "test": d.max_eval_examples}
+    for role, limit in limits.items():
+        if limit and role in splits:
+            splits[role] = subsample(splits[role], limit, seed=d.split_seed)
     return splits
+
+
+def subsample(records, n: int, *, seed: int) -> list:
+    """A random `n` of `records` (all of them if fewer), in their original order.
+
+    Random rather than the first n: sources are often ordered by something that correlates
+    with the label (the polarity splits are ordered by id, positives first). Seeded, so every
+    run with the same seed evaluates on the same subset.
+    """
+    if n >= len(records):
+        return [records[i] for i in range(len(records))]
+    keep = np.sort(np.random.default_rng(seed).permutation(len(records))[:n])
+    return [records[int(i)] for i in keep]
 
 
 def method_args(cfg, num_train_examples: int) -> dict:
@@ -154,10 +173,14 @@ def peft_settings(cfg):
 
 
 def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
+    task = build_task(cfg)
     pretrained = load_pretrained(
         cfg.model.name, head=head_config(cfg), dtype=cfg.model.dtype,
         param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
         rng_seed=cfg.seed,
+        # A verbalizer head starts from the LM's rows of the label words, found by the task
+        # (where each word is one token depends on the prompt and the tokenizer).
+        label_tokens=task.label_token_ids if cfg.head.kind == "verbalizer" else None,
     )
     changes = {"remat": cfg.model.remat}
     for key in ("hidden_dropout", "attention_dropout", "embedding_dropout"):
@@ -193,7 +216,7 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     loss_fn = loss_for_task(cfg.task.kind, cfg.label_smoothing)
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(
-        cfg=cfg, pretrained=pretrained, task=build_task(cfg), splits=splits,
+        cfg=cfg, pretrained=pretrained, task=task, splits=splits,
         resolved=resolved, tx=tx, state=state,
         train_step=make_train_step(pretrained.model, tx, loss_fn,
                                    accumulation_steps=cfg.accumulation_steps,

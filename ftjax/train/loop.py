@@ -23,6 +23,7 @@ from ftjax.io.checkpoint import Checkpointer
 from ftjax.optim import effective_lrs, trainability
 from ftjax.train.experiment import Experiment, build_experiment, evaluate
 from ftjax.train.logging import MetricsWriter, Progress
+from ftjax.train.step import compiled_memory
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,6 +43,8 @@ class RunResult:
     wall_s: float
     experiment: Experiment
     state: object  # the final TrainState (the best checkpoint's when one was restored)
+    step_time_s: float | None = None  # median wall time per train step (see _StepClock)
+    step_memory: dict | None = None  # compiled train step memory (train.step.compiled_memory)
 
 
 class _StopSignals:
@@ -94,6 +97,34 @@ class _EarlyStopping:
     def load(self, state: dict) -> None:
         self.best, self.best_step = state.get("best"), state.get("best_step")
         self.bad_evals = state.get("bad_evals", 0)
+
+
+class _StepClock:
+    """Wall time per train step, read at the host syncs the loop makes anyway (flush).
+
+    Each interval between two syncs is divided by its steps, so the time includes the input
+    pipeline but not evaluations or checkpoint saves (the clock restarts after them). The first
+    interval after a (re)start holds the compilation and is left out; with log_every=1 that is
+    just the first step.
+    """
+
+    def __init__(self):
+        self.per_step: list[float] = []
+        self._first = True
+        self._mark = time.perf_counter()
+
+    def restart(self) -> None:
+        self._mark = time.perf_counter()
+
+    def lap(self, steps: int) -> None:
+        now = time.perf_counter()
+        if steps and not self._first:
+            self.per_step.extend([(now - self._mark) / steps] * steps)
+        self._first = self._first and not steps
+        self._mark = now
+
+    def median(self) -> float | None:
+        return float(np.median(self.per_step)) if self.per_step else None
 
 
 def _write_json(path: Path, obj) -> None:
@@ -165,12 +196,15 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     pending: list[tuple[int, dict]] = []
     tokens_seen, token_time = 0.0, 0.0
     interrupted = stopped_early = False
+    clock = _StepClock()
+    step_memory = None
 
     def flush():
         nonlocal tokens_seen, token_time
         if not pending:
             return
         rows = jax.device_get([m for _, m in pending])
+        clock.lap(len(rows))
         steps = [s for s, _ in pending]
         pending.clear()
         for step, row in zip(steps, rows):
@@ -212,15 +246,19 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
                             for s, r in results.items() if s != "step")
         progress.write(f"step {step}: {summary}")
         if not cfg.best_metric:
+            clock.restart()
             return False
         should_stop = stopper.update(results[cfg.eval_splits[0]][cfg.best_metric], step)
         if stopper.best_step == step:  # this evaluation is the new best
             save(best=True)
+        clock.restart()
         return should_stop
 
     with _StopSignals() as signals:
         for step in range(start_step, cfg.steps):
             batch = exp.place_train_batch(next(train_iter))
+            if step == start_step:  # compiles the step; its first call reuses the executable
+                step_memory = compiled_memory(train_step, state, batch)
             state, metrics = train_step(state, batch)
             done = step + 1
             pending.append((done, metrics))
@@ -236,6 +274,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
                     )
             if done % cfg.checkpoint_every == 0 or stopped_early:
                 save()
+                clock.restart()
             if signals.requested:
                 flush()
                 save()
@@ -280,7 +319,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         stopped_early=stopped_early, interrupted=interrupted,
         nonfinite_steps=int(state.nonfinite_steps),
         train_tokens_per_s=tokens_seen / token_time if token_time else 0.0, wall_s=wall,
-        experiment=exp, state=state,
+        experiment=exp, state=state, step_time_s=clock.median(), step_memory=step_memory,
     )
     if not interrupted:
         _write_json(workdir / "results.json", {
@@ -291,6 +330,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
             "adapter": None if adapter is None else {
                 "path": str(adapter.path), "params": adapter.num_params,
                 "bytes": adapter.num_bytes},
+            "step_time_s": result.step_time_s, "step_memory": step_memory,
         })
         log.write({"step": final_step, "split": "final", **{
             f"{s}_{k}": v for s, r in result_eval.items() for k, v in r.items()}})

@@ -250,7 +250,29 @@ def jit_train_step(train_step, shardings: TrainState | None = None, batch_shardi
         return new_state.replace(frozen=state.frozen), metrics
 
     step.jitted = jitted  # for inspection (cost analysis, compile counts)
+    # Ahead-of-time access (memory analysis): jax caches the lowering and the executable, so a
+    # call with the same arguments afterwards reuses this compile.
+    step.lower = lambda state, batch: jitted.lower(state.replace(frozen=None), state.frozen, batch)
     return step
+
+
+def compiled_memory(jitted_step, state: TrainState, batch: dict) -> dict | None:
+    """What XLA plans to hold for one call of the train step, in bytes.
+
+    `jitted_step` is `jit_train_step(...)`; compiling it here ahead of time costs nothing
+    extra, as its first call then reuses the executable. arguments + outputs + temporaries is
+    the program's own footprint ("compiled step memory"); `alias_bytes` is the part of the
+    outputs written into donated arguments (counted in both). None where the backend gives no
+    analysis.
+    """
+    stats = jitted_step.lower(state, batch).compile().memory_analysis()
+    if stats is None:
+        return None
+    out = {name: int(getattr(stats, f"{name}_size_in_bytes"))
+           for name in ("argument", "output", "temp", "alias")}
+    out = {f"{name}_bytes": value for name, value in out.items()}
+    out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+    return out
 
 
 def _replicated_like(sharding):

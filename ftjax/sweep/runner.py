@@ -1,0 +1,268 @@
+"""Run a sweep: every run through `ftjax.train.loop.train`, resumable, failures recorded.
+
+Each run has its own directory, <workdir>/<task>/<method>/lr_<lr>/seed_<seed>, and is finished
+when its result.json says status "done" with the config the plan asks for now. A rerun of the
+sweep therefore skips finished runs; a run without a result (killed mid-way) or with a failed
+or stale one is started again from an empty directory rather than resumed, so its wall and
+step times always cover one whole run. A run that raises is recorded as failed (error and
+traceback in result.json) and the sweep goes on; Ctrl-C stops the sweep after the current run
+saved its checkpoint.
+
+Measured per run (result.json):
+  trainable, total, trainable_share   ftjax.optim.report (elements that train at some step)
+  delta_bytes        nbytes of the trainable leaves, i.e. of the params the checkpoint stores
+                     (ftjax.io.checkpoint saves only the trainable tree; optimizer state aside)
+  checkpoint_bytes   size on disk of the final checkpoint (params delta + optimizer state +
+                     metadata), measured before the checkpoints are deleted
+  step_time_s        median wall time per train step (ftjax.train.loop; compile excluded)
+  memory_bytes       "compiled step memory" (XLA memory analysis of the train step:
+                     arguments + outputs + temporaries), or on GPU with isolate=True the
+                     device's peak_bytes_in_use of the run's own process ("peak device memory")
+  wall_s             the whole train() call: setup, compile, steps and final evaluations
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import jax
+
+from ftjax.sweep import select
+from ftjax.sweep.plan import RunSpec, Sweep, config_fingerprint
+from ftjax.train.loop import train
+
+RESULT, SPEC, LOG = "result.json", "run.json", "train.log"
+COMPILED, PEAK = "compiled step memory", "peak device memory"
+
+
+class SweepInterrupted(RuntimeError):
+    """Ctrl-C / SIGTERM during a run: its checkpoint is saved, the sweep stops."""
+
+
+def device_description() -> str:
+    """The device runs use, in words (named in the report)."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        return f"CPU, {os.cpu_count()} cores ({name})"
+    return f"{device.platform.upper()} {device.device_kind} (x{jax.device_count()})"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)  # atomic: a killed write never leaves half a result
+
+
+def read_result(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / RESULT).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def measure(spec: RunSpec, result, run_dir: Path, *, isolated: bool) -> dict:
+    """The record of a finished run (see the module docstring for each field)."""
+    report = json.loads((run_dir / "params_report.json").read_text())
+    delta = sum(int(x.nbytes) for x in jax.tree.leaves(result.state.trainable))
+    step_dir = run_dir / "checkpoints" / str(result.final_step)
+    memory_bytes, memory_kind = None, None
+    if result.step_memory is not None:
+        memory_bytes, memory_kind = result.step_memory["total_bytes"], COMPILED
+    device = jax.devices()[0]
+    peak = None
+    if device.platform != "cpu":
+        peak = (device.memory_stats() or {}).get("peak_bytes_in_use")
+        if peak is not None and isolated:  # a process's peak is one run's only when isolated
+            memory_bytes, memory_kind = int(peak), PEAK
+    evals = result.eval
+    return {
+        **spec.to_json(), "status": "done", "model": result.experiment.cfg.model.name,
+        "validation_accuracy": evals.get("validation", {}).get("accuracy"),
+        "validation_loss": evals.get("validation", {}).get("loss"),
+        "test_accuracy": evals.get("test", {}).get("accuracy"),
+        "test_loss": evals.get("test", {}).get("loss"), "eval": evals,
+        "trainable": report["trainable"], "total": report["total"],
+        "trainable_share": report["trainable_share"], "delta_bytes": delta,
+        "checkpoint_bytes": _dir_bytes(step_dir) if step_dir.is_dir() else None,
+        "step_time_s": result.step_time_s, "step_memory": result.step_memory,
+        "device_peak_bytes": peak, "memory_bytes": memory_bytes, "memory_kind": memory_kind,
+        "wall_s": result.wall_s, "train_tokens_per_s": result.train_tokens_per_s,
+        "final_step": result.final_step, "device": device_description(), "isolated": isolated,
+    }
+
+
+def execute(spec: RunSpec, run_dir: Path, *, keep_checkpoints: bool,
+            isolated: bool = False) -> dict:
+    """Train one run in this process and write its result.json (done or failed).
+
+    Raises SweepInterrupted when a signal stopped the training.
+    """
+    started = time.perf_counter()
+    try:
+        cfg = spec.config()
+        with open(run_dir / LOG, "a") as log, contextlib.redirect_stderr(log):
+            result = train(cfg, run_dir, quiet=True)
+        if result.interrupted:
+            raise SweepInterrupted(f"{spec.run_id} was interrupted (checkpoint saved)")
+        record = measure(spec, result, run_dir, isolated=isolated)
+        record["config"] = config_fingerprint(cfg)
+    except SweepInterrupted:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of one run is recorded, not fatal
+        record = {**spec.to_json(), "status": "failed", "error": f"{type(err).__name__}: {err}",
+                  "traceback": traceback.format_exc(), "wall_s": time.perf_counter() - started}
+    _write_json(run_dir / RESULT, record)
+    if record["status"] == "done" and not keep_checkpoints:
+        for name in ("checkpoints", "best"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+    return record
+
+
+def _execute_isolated(spec: RunSpec, run_dir: Path, *, keep_checkpoints: bool) -> dict:
+    """The same in a fresh `python -m ftjax.sweep.worker` process (its output in train.log)."""
+    _write_json(run_dir / SPEC, {"spec": spec.to_json(), "keep_checkpoints": keep_checkpoints})
+    root = str(Path(__file__).resolve().parents[2])  # ftjax importable without installing
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    with open(run_dir / LOG, "a") as log:
+        code = subprocess.run([sys.executable, "-m", "ftjax.sweep.worker", str(run_dir)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code == 130:
+        raise SweepInterrupted(f"{spec.run_id} was interrupted (checkpoint saved)")
+    record = read_result(run_dir)
+    if record is None:
+        record = {**spec.to_json(), "status": "failed",
+                  "error": f"the worker process exited with code {code} without a result; "
+                           f"see {run_dir / LOG}"}
+        _write_json(run_dir / RESULT, record)
+    return record
+
+
+class Runner:
+    """Runs a Sweep's plan in order, phase by phase, and collects the records."""
+
+    def __init__(self, sweep: Sweep, *, log=print):
+        self.sweep, self.log = sweep, log
+        self.total = sweep.num_runs()
+        self.index = 0
+        self.ran = self.skipped = 0
+
+    def finished(self, spec: RunSpec) -> dict | None:
+        """The run's record when it finished with the config planned now, else None."""
+        record = read_result(self.sweep.run_dir(spec))
+        if not record or record.get("status") != "done":
+            return None
+        if record.get("config") != config_fingerprint(spec.config()):
+            return None
+        return record
+
+    def run(self, spec: RunSpec) -> dict:
+        self.index += 1
+        where = f"[{self.index}/{self.total}] {spec.run_id}"
+        record = self.finished(spec)
+        if record is not None:
+            self.skipped += 1
+            self.log(f"{where}: done before, skipped")
+            return record
+        run_dir = self.sweep.run_dir(spec)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # killed, failed or stale: start clean (see module doc)
+        run_dir.mkdir(parents=True)
+        self.ran += 1
+        keep = self.sweep.keep_checkpoints
+        if self.sweep.isolate:
+            record = _execute_isolated(spec, run_dir, keep_checkpoints=keep)
+        else:
+            record = execute(spec, run_dir, keep_checkpoints=keep)
+        if record["status"] == "done":
+            accs = "  ".join(f"{s} {record[f'{s}_accuracy']:.4f}" for s in ("validation", "test")
+                             if record.get(f"{s}_accuracy") is not None)
+            self.log(f"{where}: {accs}  ({record['wall_s']:.0f} s)")
+        else:
+            self.log(f"{where}: FAILED {record['error'].splitlines()[0][:300]}")
+        return record
+
+    def run_all(self) -> list[dict]:
+        """Search every (task, method), choose its rate, run the other seeds at it."""
+        records = []
+        context = contextlib.nullcontext() if self.sweep.isolate else _reuse_checkpoints()
+        with context:
+            for task in self.sweep.tasks:
+                for method in self.sweep.methods:
+                    search = [self.run(s) for s in self.sweep.search_runs(task.name, method)]
+                    records += search
+                    lr = select.choose_lr(search)
+                    if lr is None:
+                        self.log(f"{task.name}/{method}: every search run failed; no seeds run")
+                        self.index += self.sweep.seeds - 1
+                        continue
+                    self.log(f"{task.name}/{method}: chose lr {lr:.3g} on validation")
+                    records += [self.run(s) for s in self.sweep.seed_runs(task.name, method, lr)]
+        return records
+
+
+def _reuse_checkpoints():
+    from ftjax.io import reuse_checkpoints
+
+    return reuse_checkpoints()
+
+
+def enable_compilation_cache(sweep: Sweep) -> Path:
+    """Persistent XLA cache under the sweep directory: a seed run compiles the same program
+    as its search run (only the learning rate is a compile-time constant of a step), and an
+    isolated worker or a rerun of the sweep finds it on disk."""
+    path = (sweep.workdir / "jax_cache").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)  # inherited by isolated workers
+    return path
+
+
+def collect(sweep: Sweep) -> list[dict]:
+    """Every record of the current plan found on disk (for --report-only): the search runs,
+    and the seed runs at each cell's chosen rate; stale ones (another config) are left out."""
+    runner = Runner(sweep, log=lambda *_: None)
+    records = []
+    for task in sweep.tasks:
+        for method in sweep.methods:
+            search = [_current(runner, s) for s in sweep.search_runs(task.name, method)]
+            search = [r for r in search if r is not None]
+            records += search
+            lr = select.choose_lr(search)
+            if lr is not None:
+                seeds = [_current(runner, s) for s in sweep.seed_runs(task.name, method, lr)]
+                records += [r for r in seeds if r is not None]
+    return records
+
+
+def _current(runner: Runner, spec: RunSpec) -> dict | None:
+    """A finished record, or a failed one (reported as such); None if missing or stale."""
+    record = read_result(runner.sweep.run_dir(spec))
+    if record is None:
+        return None
+    if record.get("status") == "failed":
+        same = (record.get("experiment"), record.get("overrides")) == (
+            spec.experiment, list(spec.overrides))
+        return record if same else None
+    return runner.finished(spec)
