@@ -14,9 +14,8 @@ best on validation accuracy, then seeds 1 and 2 at it; test accuracy mean +- std
 seeds. Writes experiments/results/paper_polarity_<variant>.{md,csv,json},
 ..._accuracy_vs_share.png and ..._accuracy_vs_wall_time.png.
 
-Methods: the ones ftjax.optim.presets.METHODS has today. houlsby, pfeiffer, prefix, prompt and
-ia3 join by adding them to METHODS below once they are presets (their suggested learning rates
-come with them); the sweep refuses names METHODS does not know.
+Methods: all twelve of ftjax.optim.presets.METHODS (learning rates from
+SUGGESTED_LEARNING_RATES); the sweep refuses names METHODS does not know.
 
 Learning rates: SUGGESTED_LEARNING_RATES x (1/3, 1, 3) in the full variant; x (1, 3, 10) in the
 reduced one, whose few steps need larger ones. SmolLM2's linear probe has its own grid: its
@@ -44,7 +43,8 @@ machine should take about 104 / 2.3 = 45 min. The 7 methods there today: 65 min 
 
 import ml_collections
 
-METHODS = ("full", "linear_probe", "top_layers", "llrd", "gradual_unfreeze", "bitfit", "lora")
+METHODS = ("full", "linear_probe", "top_layers", "llrd", "gradual_unfreeze", "bitfit", "lora",
+           "houlsby", "pfeiffer", "prefix", "prompt", "ia3")
 
 
 def _task(experiment: str, overrides=(), method_overrides=None) -> ml_collections.ConfigDict:
