@@ -51,7 +51,8 @@ def _state_tree(state) -> dict:
 
 class Checkpointer:
     def __init__(self, workdir: str | Path, *, keep: int = 2, async_save: bool = True):
-        workdir = Path(workdir)
+        # Orbax needs absolute paths (relative ones fail inside its async writer).
+        workdir = Path(workdir).absolute()
         options = lambda n: ocp.CheckpointManagerOptions(  # noqa: E731
             max_to_keep=n, create=True, enable_async_checkpointing=async_save
         )
