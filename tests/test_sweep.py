@@ -10,7 +10,7 @@ import pytest
 
 from ftjax.config import ConfigError
 from ftjax.optim.presets import SUGGESTED_LEARNING_RATES
-from ftjax.sweep import load_sweep, mean_std, summarize
+from ftjax.sweep import load_sweep, mean_std, summarize, write_report
 from ftjax.sweep import runner as sweep_runner
 from ftjax.sweep.plan import SEARCH, SEED
 from ftjax.sweep.select import choose_lr
@@ -188,8 +188,12 @@ def test_tiny_sweep_end_to_end_writes_tables_and_plots_and_resumes(
     assert probe["trainable"] == 30 * 2 + 2  # tiny BERT's hidden size 30, two labels
     assert probe["delta_bytes"] == 4 * probe["trainable"]  # the fp32 head only
 
+    # --report-only reads back the same records from the run directories.
+    ids = sorted(r["run_id"] for r in records)
+    assert sorted(r["run_id"] for r in sweep_runner.collect(sweep)) == ids
+
     rows = summarize(records, ["bert"], sweep.methods, sweep.seeds)
-    paths = sweep_runner_report(sweep, rows, records, tmp_path / "out")
+    paths = write_report(sweep, rows, records, tmp_path / "out")
     table = paths["md"].read_text()
     assert "| bitfit |" in table and "| linear_probe |" in table and "CPU" in table
     assert "(n=2)" in table and "(n=1)" in table  # the failed seed is missing from its row
@@ -224,9 +228,3 @@ def test_isolated_runs_go_through_a_worker_process(tmp_path, tiny_config_file):
     assert record["status"] == "done" and record["isolated"] is True
     assert record["test_accuracy"] is not None and record["delta_bytes"] == 4 * 62
     assert "resumed" not in (sweep.workdir / record["run_id"] / "train.log").read_text()
-
-
-def sweep_runner_report(sweep, rows, records, out):
-    from ftjax.sweep.report import write_report
-
-    return write_report(sweep, rows, records, out)

@@ -127,8 +127,8 @@ def test_bad_templates_and_label_words_are_clear_errors():
 
 
 def test_smollm2_chat_prompt_ends_where_the_label_word_is_one_token():
-    """The paper task's real template: the chat turn ends with the assistant prompt, and
-    'negative' / 'positive' are each one token right there."""
+    """The paper task's real template: the chat turn ends with the assistant prompt, where
+    'negative' / 'positive' are each one token, and the pieces encode as the whole string."""
     from ftjax.config import load_config
     from ftjax.io.tokenizer import load_tokenizer
     from ftjax.train.experiment import build_task
@@ -138,7 +138,52 @@ def test_smollm2_chat_prompt_ends_where_the_label_word_is_one_token():
     tokenizer = load_tokenizer(cfg.model.name)
     ids = task.label_token_ids(tokenizer)
     assert [tokenizer.id_to_token(i) for i in ids] == list(cfg.task.label_words)
-    row = _batch(task, tokenizer, ["a gorgeous , witty , seductive movie ."])
-    n = int(row["attention_mask"][0].sum())
-    text = tokenizer.decode(row["input_ids"][0, :n], skip_special_tokens=False)
-    assert text.endswith("<|im_start|>assistant\n") and "a gorgeous , witty" in text
+    sentences = ["The gorgeous , witty , seductive movie .", "it's a bore", "''Conan'' rules!"]
+    rows = _batch(task, tokenizer, sentences)
+    before, after = task.prompt.render(tokenizer)
+    for row_ids, mask, sentence in zip(rows["input_ids"], rows["attention_mask"], sentences):
+        real = row_ids[: int(mask.sum())].tolist()
+        assert real == tokenizer.encode(before + sentence + after, add_special_tokens=False)
+        assert tokenizer.decode(real, skip_special_tokens=False).endswith(
+            "<|im_start|>assistant\n")
+
+
+def test_methods_train_the_verbalizer_head_like_any_new_head(tiny_llama_dir, tiny_text_data,
+                                                            tmp_path):
+    """Through the config: a linear probe trains exactly the 2-row head, LoRA its adapters and
+    the head (a verbalizer is a new task head, not the frozen pretrained LM head)."""
+    from ftjax.config import load_config
+    from ftjax.optim import trainability
+    from ftjax.optim.paths import leaf_paths
+    from ftjax.train.experiment import build_experiment
+
+    path = tmp_path / "verbalizer.py"
+    path.write_text(f"""
+from ftjax.train.defaults import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.name = {str(tiny_llama_dir)!r}
+    c.data.source = "local"
+    c.data.path = {tiny_text_data!r}
+    c.head.kind = "verbalizer"
+    c.head.pooling = "last"
+    c.task.template = {PROMPT.template!r}
+    c.task.label_words = {WORDS!r}
+    c.task.max_length = 24
+    return c
+""")
+    head = 31 * 2 + 2  # tiny-llama hidden size 31, two label words, a bias per label
+    for method in ("linear_probe", "lora"):
+        exp = build_experiment(load_config(path, [f"method={method}"]))
+        mask = jax.tree.leaves(trainability.trainable_mask(exp.resolved))
+        trained = [p for (p, _), m in zip(leaf_paths(exp.state.params), mask) if m]
+        report = trainability.report(exp.state.params, exp.resolved)
+        assert report["groups"]["head"]["trainable"] == head
+        if method == "linear_probe":
+            assert report["trainable"] == head
+            assert sorted(trained) == ["head/classifier/bias", "head/classifier/kernel"]
+        else:
+            assert report["trainable"] > head
+            assert all(p.startswith("head/") or "/lora_" in p for p in trained)

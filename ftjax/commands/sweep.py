@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", help="sweep config file, e.g. experiments/paper_polarity.py:reduced")
+    parser.add_argument("config",
+                        help="sweep config file, e.g. experiments/paper_polarity.py:reduced")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key (repeatable), e.g. --set seeds=2 or "
                              "--set overrides=\"('steps=5',)\" for every run")
@@ -66,6 +67,10 @@ def run(args) -> int:
             records = run_all.run_all()
         except runner.SweepInterrupted as err:
             print(f"ftjax sweep: {err}; run the same command to continue")
+            return 130
+        except KeyboardInterrupt:  # outside a train step (setup, evaluation): nothing to save
+            print("ftjax sweep: interrupted; run the same command to continue (the current run "
+                  "starts again)")
             return 130
         print(f"{run_all.ran} runs trained, {run_all.skipped} finished before", flush=True)
     rows = select.summarize(records, [t.name for t in sweep.tasks], sweep.methods, sweep.seeds)

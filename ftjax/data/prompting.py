@@ -8,21 +8,31 @@ of those tokens, so classifying starts at the model's zero-shot answer.
 
 The prompt is encoded in three pieces, `before + text + after`, and only the text is truncated:
 the instruction and the assistant turn that the label word follows must survive every cut.
-Encoding the pieces apart equals encoding the whole string when the pieces meet at whitespace
-the tokenizer splits on anyway (a newline, as in the chat templates); elsewhere a merge across a
-boundary can differ from whole-string tokenization, identically in training and evaluation.
+Encoding the pieces apart equals encoding the whole string when the pieces meet where the
+tokenizer splits anyway: a newline, or a space that starts the text's first word (a trailing
+space of `before` is moved onto the text for that). Elsewhere a merge across a boundary can
+differ from whole-string tokenization, identically in training and evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ftjax.data.errors import DataError, TokenizerError
 from ftjax.data.features import SpecialTokenTemplate
 from ftjax.data.types import TokenizerLike
 
 TEXT_FIELD = "{text}"
+
+
+class PromptIds(NamedTuple):
+    """A prompt encoded around a text: `prefix + encode(text_lead + text) + suffix`."""
+
+    prefix: list[int]
+    suffix: list[int]
+    text_lead: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,23 +72,27 @@ class PromptTemplate:
         before, after = rendered.split(TEXT_FIELD)
         return before, after
 
-    def encode(self, tokenizer: TokenizerLike, *, answer_follows: bool = False
-               ) -> tuple[list[int], list[int]]:
-        """(prefix ids, suffix ids) that go before and after each text's ids.
+    def encode(self, tokenizer: TokenizerLike, *, answer_follows: bool = False) -> PromptIds:
+        """The ids that go before and after each text's, and what the text is prefixed with.
 
         A plain template gets the tokenizer's own special tokens around the whole prompt (BOS,
         or BERT's [CLS] ... [SEP]); a chat template writes every special token itself, so
         nothing is added (as ftjax.generate.prompts.encode_prompts does). `answer_follows`
         (label words are scored after the prompt) drops closing special tokens: the answer must
         directly follow the prompt's last token, not an end-of-text marker.
+
+        Spaces that end the text before {text} ("Review: {text}") move to the text: byte-level
+        BPE tokenizers attach a space to the word after it, so "Review:" + " The" encodes as
+        the whole string does, where "Review: " + "The" would give a lone space token.
         """
         before, after = self.render(tokenizer)
+        stripped = before.rstrip(" ")
         specials = SpecialTokenTemplate((), ()) if self.chat else SpecialTokenTemplate.of(tokenizer)
-        prefix = [*specials.prefix, *tokenizer.encode(before, add_special_tokens=False)]
+        prefix = [*specials.prefix, *tokenizer.encode(stripped, add_special_tokens=False)]
         suffix = tokenizer.encode(after, add_special_tokens=False)
         if not answer_follows:
             suffix = [*suffix, *specials.suffix]
-        return prefix, suffix
+        return PromptIds(prefix, suffix, before[len(stripped):])
 
 
 def label_token_ids(tokenizer: TokenizerLike, prompt: PromptTemplate | None,

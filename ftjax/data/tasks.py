@@ -104,20 +104,23 @@ class SequenceClassification:
 
     def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_ClassificationFeaturizer":
         del seed  # deterministic: nothing random here
+        text_lead = ""
         if self.prompt is None:
             template = SpecialTokenTemplate.of(tokenizer)
         else:  # the prompt's pieces take the place of the special tokens around the text
-            prefix, suffix = self.prompt.encode(tokenizer, answer_follows=bool(self.label_words))
-            template = SpecialTokenTemplate(tuple(prefix), tuple(suffix))
+            ids = self.prompt.encode(tokenizer, answer_follows=bool(self.label_words))
+            template = SpecialTokenTemplate(tuple(ids.prefix), tuple(ids.suffix))
+            text_lead = ids.text_lead
         if self.label_words:
             self.label_token_ids(tokenizer)  # fail before the first batch, not in the head init
-        return _ClassificationFeaturizer(self, tokenizer, template)
+        return _ClassificationFeaturizer(self, tokenizer, template, text_lead)
 
 
 class _ClassificationFeaturizer:
     def __init__(self, task: SequenceClassification, tokenizer: TokenizerLike,
-                 template: SpecialTokenTemplate):
+                 template: SpecialTokenTemplate, text_lead: str = ""):
         self.task, self.tokenizer, self.template = task, tokenizer, template
+        self.text_lead = text_lead  # spaces the prompt puts before the text (prompting.py)
         n_suffixes = 2 if task.text_pair_key else 1
         reserved = len(template.prefix) + n_suffixes * len(template.suffix)
         what = "the prompt" if task.prompt is not None else "the special tokens"
@@ -127,7 +130,7 @@ class _ClassificationFeaturizer:
     def __call__(self, item: IndexedRecord) -> Row:
         task, template, where = self.task, self.template, _where(item)
         label = label_field(item.record, task.label_key, where, task.num_labels)
-        a = self.tokenizer.encode(text_field(item.record, task.text_key, where),
+        a = self.tokenizer.encode(self.text_lead + text_field(item.record, task.text_key, where),
                                   add_special_tokens=False)
         b: list[int] = []
         if task.text_pair_key is not None:

@@ -265,8 +265,9 @@ def _flat_keys(cfg, prefix="") -> list[str]:
 
 def _method_name(method: Any, where: str) -> str:
     if method not in METHODS:
-        raise ConfigError(f"{where}: unknown method {method!r}{closest_key(str(method), list(METHODS))}"
-                          f" (known: {', '.join(METHODS)})")
+        hint = closest_key(str(method), list(METHODS))
+        raise ConfigError(f"{where}: unknown method {method!r}{hint} (known: "
+                          f"{', '.join(METHODS)})")
     return method
 
 

@@ -155,7 +155,7 @@ def _plot(path: Path, rows: list[dict], x_key: str, x_label: str, title: str, *,
     ax.set_xlabel(x_label)
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
     fig.savefig(path, dpi=120)
