@@ -132,4 +132,5 @@ def run(job: Job) -> dict:
             "config": {"dtype": model.config.dtype, "param_dtype": model.config.param_dtype,
                        "frozen_dtype": frozen_dtype, "scan_layers": model.config.scan_layers,
                        "remat": model.config.remat,
-                       "attention_impl": model.config.attention_impl or "auto"}}
+                       "attention_impl": model.config.attention_impl or "auto",
+                       "single_thread": bool(job.options.get("single_thread"))}}

@@ -350,6 +350,13 @@ def test_train_end_to_end_on_a_data2_tensor4_mesh(tiny_config_file, tiny_llama_d
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "split" not in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
+    # Export / generate rebuild the frozen base at its stored precision, adapters restored.
+    from ftjax.train.experiment import restore_run
+
+    _, restored = restore_run(tmp_path, full_precision=True)
+    q_full = restored.state.params["backbone"]["layers_0"]["self_attn"]["q_proj"]
+    assert q_full["kernel"].dtype == jnp.float32
+    np.testing.assert_array_equal(q_full["lora_b"], q["lora_b"])
 
     with pytest.raises(ConfigError, match="3 slots but there are 8 devices"):
         train(load_config(tiny_config_file, ["mesh.data=3"]), tmp_path / "bad", quiet=True)
