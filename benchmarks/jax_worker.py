@@ -74,7 +74,8 @@ def _minilm(job: Job):
     from ftjax.models import HeadConfig
     from ftjax.peft import LoraConfig, add_lora
 
-    # "pooler": BERT's tanh pooler over [CLS] + a linear classifier, as BertForSequenceClassification.
+    # "pooler": BERT's tanh pooler over [CLS] + a linear classifier, as in transformers'
+    # BertForSequenceClassification.
     pretrained = load_pretrained("all-minilm-l6-v2", head=HeadConfig("sequence", 2, "pooler"),
                                  dtype="float32")
     model, params = pretrained.model, pretrained.params
