@@ -74,7 +74,8 @@ def _minilm(job: Job):
     from ftjax.models import HeadConfig
     from ftjax.peft import LoraConfig, add_lora
 
-    # "pooler": BERT's tanh pooler over [CLS] + a linear classifier, as BertForSequenceClassification.
+    # "pooler": BERT's tanh pooler over [CLS] + a linear classifier, as in transformers'
+    # BertForSequenceClassification.
     pretrained = load_pretrained("all-minilm-l6-v2", head=HeadConfig("sequence", 2, "pooler"),
                                  dtype="float32")
     model, params = pretrained.model, pretrained.params
@@ -132,4 +133,5 @@ def run(job: Job) -> dict:
             "config": {"dtype": model.config.dtype, "param_dtype": model.config.param_dtype,
                        "frozen_dtype": frozen_dtype, "scan_layers": model.config.scan_layers,
                        "remat": model.config.remat,
-                       "attention_impl": model.config.attention_impl or "auto"}}
+                       "attention_impl": model.config.attention_impl or "auto",
+                       "single_thread": bool(job.options.get("single_thread"))}}

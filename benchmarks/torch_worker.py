@@ -88,6 +88,8 @@ def run(job: Job) -> dict:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if job.options.get("single_thread"):
+        torch.set_num_threads(1)
     model, batches, config = (_llama if job.suite == "gpu" else _minilm)(job, device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -13,15 +13,6 @@ import random
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
-# Eight CPU devices for the whole session, so the sharding tests (tests/test_parallel.py) run
-# in-process on a real (data, fsdp, tensor) mesh. Every other test keeps working as before: code
-# without a mesh uses device 0, and the training loop's default mesh (mesh.data=-1) becomes
-# 8-way data parallelism, which covers the default path on many devices for free. Measured on the
-# 2-core CI machine: test_train_loop.py + test_lora.py 143 s -> 131 s wall (124 s -> 132 s CPU),
-# test_train_step.py + test_models.py 155 s -> 178 s wall under a load average of ~5 (noise of
-# the same size); a subprocess per sharding test would cost a jax start-up each instead.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

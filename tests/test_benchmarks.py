@@ -42,6 +42,7 @@ def test_smoke_run_writes_rows_with_the_schema(tmp_path):
     assert abs(ftjax_row["vs_torch"] * torch_row["tokens_per_s"]
                - ftjax_row["tokens_per_s"]) < 1e-6 * ftjax_row["tokens_per_s"]
     assert "ftjax | lora | tiny | 2 x 16 |" in proc.stdout  # the printed table
+    assert ftjax_row["tokens_per_s_best"] >= ftjax_row["tokens_per_s"]
 
 
 def _matmul_weights(shapes) -> int:

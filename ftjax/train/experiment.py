@@ -269,9 +269,12 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
     """(experiment, Restored) of an `ftjax train` run directory: the experiment rebuilt from
     `cfg` (default: the run's saved config.json) and its latest (or best) checkpoint.
 
+    The saved config's `mesh` block is not reused: the run may have been trained on another
+    machine's devices, and the checkpoint restores onto any mesh. Without `cfg` the default mesh
+    (data parallel over this machine's devices) is used; pass a cfg to choose one.
     full_precision: rebuild the frozen leaves at the run's param_dtype even if it trained with a
     lower model.frozen_dtype (they are the pretrained weights; checkpoints never hold them), for
-    export and generation. Restoring onto another mesh: pass a cfg with another `mesh` block.
+    export and generation.
     """
     import json
     from pathlib import Path
@@ -284,7 +287,9 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
         config_file = workdir / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{workdir} has no config.json: is it an `ftjax train` workdir?")
-        cfg = config_from_dict(json.loads(config_file.read_text()), str(config_file))
+        values = json.loads(config_file.read_text())
+        values.pop("mesh", None)  # the schema's default mesh: whatever devices are here
+        cfg = config_from_dict(values, str(config_file))
     if full_precision and cfg.model.frozen_dtype is not None:
         cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.model.to_dict(),
                                                            "frozen_dtype": None}}, str(workdir))

@@ -71,9 +71,9 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
     """The initial state: params split by `trainable_mask`, fresh optimizer state, seeded rng.
 
     plan: a ftjax.parallel.ShardPlan. With it the state is created already sharded: every
-      parameter is placed with its sharding (the caller's arrays are not modified), and the
-      optimizer state is built by `jit(tx.init, out_shardings=...)` with each parameter-shaped
-      part sharded like its parameter, so no device ever holds an unsharded copy of it. Without
+      parameter is placed with its sharding (leaf by leaf; the caller's arrays are not modified),
+      and the optimizer state is built by `jit(tx.init, out_shardings=...)` with each
+      parameter-shaped part sharded like its parameter, so it never exists unsharded. Without
       it, everything lives on the default device (the single-device program).
     frozen_dtype: storage dtype of frozen kernels / embedding tables (see `cast_frozen`).
     donate_params: with a plan, hand `params`' buffers over to the state instead of copying them
@@ -249,7 +249,6 @@ def jit_train_step(train_step, shardings: TrainState | None = None, batch_shardi
         new_state, metrics = jitted(state.replace(frozen=None), state.frozen, batch)
         return new_state.replace(frozen=state.frozen), metrics
 
-    step.jitted = jitted  # for inspection (cost analysis, compile counts)
     # Ahead-of-time access (memory analysis): jax caches the lowering and the executable, so a
     # call with the same arguments afterwards reuses this compile.
     step.lower = lambda state, batch: jitted.lower(state.replace(frozen=None), state.frozen, batch)
