@@ -56,6 +56,7 @@ def test_step_time_and_compiled_memory_cost_no_extra_compile(tiny_config_file, t
     the memory compiles the step ahead of time, and the step's calls reuse that executable."""
     import jax
 
+    import ftjax.train.experiment as experiment
     import ftjax.train.loop as loop
 
     compiles, per_call, ahead = [], [], []
@@ -70,8 +71,8 @@ def test_step_time_and_compiled_memory_cost_no_extra_compile(tiny_config_file, t
         ahead.append(len(compiles) - before)
         return memory
 
-    def watch(train_step):
-        step = real_jit(train_step)
+    def watch(train_step, *shardings):
+        step = real_jit(train_step, *shardings)
 
         def watched(state, batch):
             before = len(compiles)
@@ -82,9 +83,9 @@ def test_step_time_and_compiled_memory_cost_no_extra_compile(tiny_config_file, t
         watched.lower = step.lower
         return watched
 
-    real_memory, real_jit = loop.compiled_memory, loop.jit_train_step
+    real_memory, real_jit = loop.compiled_memory, experiment.jit_train_step
     monkeypatch.setattr(loop, "compiled_memory", measure_memory)
-    monkeypatch.setattr(loop, "jit_train_step", watch)
+    monkeypatch.setattr(experiment, "jit_train_step", watch)  # what Experiment.jit_train_step calls
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:
         cfg = load_config(tiny_config_file, ["steps=4", "eval_every=4", "checkpoint_every=4"])
