@@ -149,8 +149,9 @@ def test_train_writes_the_adapter_and_export_matches(tiny_config_file, tmp_path,
             == written["params"])
 
 
-def test_full_fine_tuning_writes_no_adapter(tiny_config_file, tmp_path):
-    train(_run_cfg(tiny_config_file, "method=full"), tmp_path / "run", quiet=True)
+@pytest.mark.parametrize("method", ["full", "llrd"])  # everything trains: the delta is the model
+def test_no_adapter_when_everything_trains(tiny_config_file, tmp_path, method):
+    train(_run_cfg(tiny_config_file, f"method={method}"), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run" / "adapter").exists()
     assert json.loads((tmp_path / "run" / "results.json").read_text())["adapter"] is None
 

@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.accumulation_steps = 1  # micro-batches per step; batch_size is the global batch
     c.method = "full"
     # At the end, write the kept params' trainable delta (+ a new head) to <workdir>/adapter
-    # (ftjax.io.adapter); skipped for method="full", whose delta is the whole model.
+    # (ftjax.io.adapter); skipped when every parameter trains (the delta is the whole model).
     c.save_adapter = True
     c.eval_splits = ("validation",)  # evaluated every eval_every steps; "test" at the end only
 

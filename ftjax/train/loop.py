@@ -136,13 +136,14 @@ def _write_json(path: Path, obj) -> None:
 def _save_adapter(cfg, exp: Experiment, state, out: Path) -> AdapterInfo | None:
     """The kept parameters' trainable delta as an adapter-only checkpoint (ftjax.io.adapter).
 
-    Skipped for full fine-tuning, whose delta is the whole model: the training checkpoint and
-    `ftjax export` (HF format) already hold that.
+    Skipped when everything trains (full fine-tuning, llrd, gradual unfreezing): that delta is
+    the whole model, which the training checkpoint and `ftjax export` (HF format) already hold.
     """
-    if not cfg.save_adapter or cfg.method == "full":
+    mask = trainability.trainable_mask(exp.resolved)
+    if not cfg.save_adapter or all(bool(np.all(m)) for m in jax.tree.leaves(mask)):
         return None
-    return save_adapter(out, exp.model, state.params, trainability.trainable_mask(exp.resolved),
-                        base_name=cfg.model.name, method=cfg.method, step=int(state.step))
+    return save_adapter(out, exp.model, state.params, mask, base_name=cfg.model.name,
+                        method=cfg.method, step=int(state.step))
 
 
 def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = None) -> RunResult:
