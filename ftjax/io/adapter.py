@@ -44,7 +44,8 @@ from ftjax.io.loading import (
 from ftjax.io.pretrained import Pretrained
 from ftjax.models import HeadConfig, Model, param_shapes
 from ftjax.models.layout import unstack_layers
-from ftjax.peft.fields import peft_to_dict, settings_from_dict, with_peft
+from ftjax.optim.config import from_config
+from ftjax.peft.fields import peft_to_dict, with_peft
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +158,9 @@ def load_adapter(adapter_dir: str | os.PathLike, pretrained: Pretrained) -> tupl
                        base["name"], pretrained.name)
 
     try:
-        head = settings_from_dict(HeadConfig, meta["head"], where=f"{where}: head")
+        head = from_config(HeadConfig, meta["head"], f"{where}: head")
         config = with_peft(pretrained.model.config, meta["peft"], where=where)
-    except (TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:  # unknown keys, bad values
         raise CheckpointError(f"{where}: {err}") from None
     model = Model(config, head)
 

@@ -8,8 +8,9 @@ of naming each method, so a new method needs no change here.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any
+
+from ftjax.optim.config import from_config
 
 
 def _field_classes() -> dict[str, type]:
@@ -25,7 +26,7 @@ def peft_fields(config) -> dict[str, Any]:
 
 
 def peft_to_dict(config) -> dict[str, dict]:
-    """JSON-ready settings of the methods switched on (tuples become lists)."""
+    """JSON-ready settings of the methods switched on."""
     return {name: dataclasses.asdict(value) for name, value in peft_fields(config).items()}
 
 
@@ -37,16 +38,5 @@ def with_peft(config, settings: dict[str, dict], *, where: str):
         if name not in classes:
             raise ValueError(f"{where}: unknown PEFT method field {name!r}; this version knows "
                              f"{sorted(classes)}")
-        changes[name] = settings_from_dict(classes[name], values, where=f"{where}: {name}")
+        changes[name] = from_config(classes[name], values, f"{where}: {name}")
     return dataclasses.replace(config, **changes)
-
-
-def settings_from_dict(cls: type, values: dict, *, where: str):
-    """A frozen settings dataclass back from its JSON dict; unknown keys are an error."""
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"{where}: {unknown} are not fields of {cls.__name__}")
-    # JSON turns tuples into lists; give tuple-typed fields their tuples back.
-    return cls(**{k: tuple(v) if isinstance(v, list) and typing.get_origin(hints[k]) is tuple
-                  else v for k, v in values.items()})
