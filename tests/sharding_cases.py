@@ -283,7 +283,7 @@ def test_checkpoint_moves_between_mesh_shapes(tmp_path):
         state, metrics = step(state, place_batch(batch, plan_a.batch))
         losses_a.append(float(metrics["loss"]))
         if i == 1:
-            ckpt.save(state, data_state=None, meta={})
+            ckpt.save(state, meta={})
             ckpt.wait()
             saved = jax.tree.map(np.asarray, (state.trainable, state.opt_state))
     # Restored onto mesh B (fsdp 4 x tensor 2) and continued there.

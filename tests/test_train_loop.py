@@ -229,3 +229,46 @@ def test_language_modeling_objectives_train_through_the_loop(objective, tiny_con
     assert len(losses) == 8 and losses[8] < losses[1]
     assert 0.0 <= result.eval["validation"]["accuracy"] <= 1.0
     assert result.eval["validation"]["examples"] > 0  # real (masked / target) tokens counted
+
+
+def _tiny_state(step: int):
+    import jax.numpy as jnp
+    import optax
+
+    from ftjax.train.step import create_train_state
+
+    state = create_train_state({"w": jnp.arange(3.0)}, {"w": True}, optax.sgd(0.1), seed=0)
+    return state.replace(step=jnp.asarray(step, jnp.int32))
+
+
+def test_checkpoint_keeps_each_process_data_position(tmp_path):
+    """The iterator's position is read when save() is called (the write finishes in the
+    background while training goes on) and set back in place by restore(); a checkpoint with
+    no position for this process (here: one written by 2 processes) leaves the stream as is."""
+    import grain
+    import numpy as np
+
+    def stream():
+        return iter(grain.MapDataset.range(1000).shuffle(seed=3).batch(4).to_iter_dataset())
+
+    it = stream()
+    for _ in range(5):
+        next(it)
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(_tiny_state(5), iterator=it, meta={})
+    expected = [next(it) for _ in range(3)]  # advances while the save may still be writing
+    ckpt.wait()
+
+    fresh = stream()
+    restored = ckpt.restore(_tiny_state(0), iterator=fresh)
+    assert restored.step == 5 and restored.iterator_restored
+    assert all(np.array_equal(next(fresh), e) for e in expected)
+
+    # Simulate 2 writer processes: process 0 of 1 (this one) then has no file to read.
+    for f in (tmp_path / "checkpoints" / "5" / "data").glob("process_0-of-1*"):
+        f.rename(f.with_name(f.name.replace("-of-1", "-of-2")))
+    untouched = stream()
+    restored = Checkpointer(tmp_path).restore(_tiny_state(0), iterator=untouched)
+    assert restored.step == 5 and not restored.iterator_restored
+    assert np.array_equal(next(untouched), next(stream()))
+    ckpt.close()

@@ -3,7 +3,8 @@
 A checkpoint step directory holds three items in one `ocp.args.Composite`:
   state  the trainable params, optimizer state, step, rng and skipped-step count (orbax
          StandardSave: sharded arrays restore onto whatever shardings the abstract target has);
-  data   the grain iterator state (JSON), so the input stream resumes where it stopped;
+  data   the grain iterator state, one JSON file per process (grain's own orbax handler:
+         every host's stream resumes where that host stopped, packed streams included);
   meta   JSON: the run's config, the base model's name and parameter-shape hash, metrics.
 Frozen leaves are not saved: they are the pretrained weights (or the seeded new head), rebuilt
 identically when the run is set up again. For full fine-tuning the delta is everything.
@@ -20,11 +21,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import grain.checkpoint
 import jax
 import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
 
 STATE_FIELDS = ("step", "trainable", "opt_state", "rng", "nonfinite_steps")
 
@@ -40,9 +45,11 @@ def params_shape_hash(params) -> str:
 @dataclasses.dataclass
 class Restored:
     state: Any
-    data: dict | None
     meta: dict
     step: int
+    # False: the iterator passed to restore() was left as it was, because the checkpoint holds
+    # no state for this process (saved without one, or by a different number of processes).
+    iterator_restored: bool = False
 
 
 def _state_tree(state) -> dict:
@@ -59,13 +66,17 @@ class Checkpointer:
         self.latest = ocp.CheckpointManager(workdir / "checkpoints", options=options(keep))
         self.best = ocp.CheckpointManager(workdir / "best", options=options(1))
 
-    def save(self, state, *, data_state: dict | None, meta: dict, best: bool = False) -> None:
+    def save(self, state, *, iterator=None, meta: dict, best: bool = False) -> None:
+        """Save `state`'s trainable delta, `iterator`'s position (a grain DatasetIterator, read
+        now: advancing it while the save completes in the background is fine) and `meta`."""
         step = int(state.step)
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(_state_tree(state)),
-            data=ocp.args.JsonSave(data_state or {}),
-            meta=ocp.args.JsonSave(json.loads(json.dumps(meta, default=str))),
-        )
+        items = {
+            "state": ocp.args.StandardSave(_state_tree(state)),
+            "meta": ocp.args.JsonSave(json.loads(json.dumps(meta, default=str))),
+        }
+        if iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(iterator)
+        args = ocp.args.Composite(**items)
         manager = self.best if best else self.latest
         if step in manager.all_steps():
             return  # already saved at this step (e.g. a final save right after a periodic one)
@@ -77,8 +88,10 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self.best.latest_step()
 
-    def restore(self, template_state, *, best: bool = False, step: int | None = None) -> Restored | None:
-        """Restore onto `template_state`'s structure, dtypes and shardings; None if no checkpoint."""
+    def restore(self, template_state, *, iterator=None, best: bool = False,
+                step: int | None = None) -> Restored | None:
+        """Restore onto `template_state`'s structure, dtypes and shardings, and `iterator` (a
+        grain DatasetIterator, set in place) to its saved position; None if no checkpoint."""
         manager = self.best if best else self.latest
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -87,7 +100,6 @@ class Checkpointer:
         try:
             restored = manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract),
-                data=ocp.args.JsonRestore(),
                 meta=ocp.args.JsonRestore(),
             ))
         except Exception as err:  # orbax raises many types; say which checkpoint did not fit
@@ -96,7 +108,20 @@ class Checkpointer:
                 f"(was the config changed?): {type(err).__name__}: {err}"
             ) from err
         state = template_state.replace(**restored.state)
-        return Restored(state=state, data=restored.data or None, meta=restored.meta or {}, step=step)
+        iterator_restored = False
+        if iterator is not None:
+            try:
+                manager.restore(step, args=ocp.args.Composite(
+                    data=grain.checkpoint.CheckpointRestore(iterator)))
+                iterator_restored = True
+            except (ValueError, KeyError, FileNotFoundError) as err:
+                # No file for this process: saved without an iterator, or by another number
+                # of processes (each host's stream position is its own).
+                logger.warning("checkpoint %s/%s: no data iterator state for process %d of "
+                               "%d (%s); the input stream starts afresh", manager.directory,
+                               step, jax.process_index(), jax.process_count(), err)
+        return Restored(state=state, meta=restored.meta or {}, step=step,
+                        iterator_restored=iterator_restored)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

@@ -158,7 +158,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     stopper = _EarlyStopping(cfg.best_mode, cfg.early_stopping.patience,
                              cfg.early_stopping.min_delta)
 
-    restored = ckpt.restore(state)
+    restored = ckpt.restore(state, iterator=train_iter)
     if restored is not None:
         if restored.meta.get("base_hash") not in (None, base_hash):
             raise RuntimeError(
@@ -166,7 +166,6 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
                 f"({restored.meta.get('model')}); use a fresh --workdir"
             )
         state = restored.state
-        train_iter.set_state(restored.data["iterator"])
         stopper.load(restored.meta.get("early_stopping", {}))
     start_step = int(state.step)
 
@@ -178,6 +177,9 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     progress = Progress(cfg.steps, start_step, quiet=quiet)
     if restored is not None:
         progress.write(f"resumed from step {start_step} in {workdir}")
+        if not restored.iterator_restored:
+            progress.write("the checkpoint holds no data position for this process (saved by "
+                           "another number of processes?): the input stream starts afresh")
     else:
         progress.write(trainability.format_report(report))
     if exp.plan.fallbacks:
@@ -192,7 +194,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
                 "early_stopping": stopper.state()}
 
     def save(best: bool = False):
-        ckpt.save(state, data_state={"iterator": train_iter.get_state()}, meta=meta(), best=best)
+        ckpt.save(state, iterator=train_iter, meta=meta(), best=best)
 
     pending: list[tuple[int, dict]] = []
     tokens_seen, token_time = 0.0, 0.0
