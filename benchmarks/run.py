@@ -112,16 +112,19 @@ def run_job(job: Job, timeout: int) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(dataclasses.asdict(job))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    pin = None
     if job.options.get("single_thread"):
-        # One compute thread each: on a machine shared with other work, spinning thread pools
-        # (OpenMP's above all) lose far more to oversubscription than a single thread does.
+        # One core each, by CPU affinity: the only setting that holds for both frameworks.
+        # XLA's CPU runtime spreads a matmul over every core even with
+        # --xla_cpu_multi_thread_eigen=false (768x384 @ 384x1536: 4.4 ms with the flag and
+        # without it, 8.5 ms pinned to one core); torch's thread count follows OMP_NUM_THREADS.
         env["OMP_NUM_THREADS"] = "1"
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                            "intra_op_parallelism_threads=1").strip()
+        core = min(os.sched_getaffinity(0))
+        pin = lambda: os.sched_setaffinity(0, {core})  # noqa: E731
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, preexec_fn=pin)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_PREFIX)]
@@ -208,7 +211,7 @@ def parse_args(argv):
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--timeout", type=int, default=1200, help="seconds per job")
     p.add_argument("--single-thread", action="store_true",
-                   help="cpu suite: one compute thread per framework (a contended machine)")
+                   help="cpu suite: each worker pinned to one core (a contended machine)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="gpu suite settings, e.g. remat=dots, scan_layers=False, "
                         "attention_impl=cudnn, frozen_dtype=None (ftjax), base_dtype=float32 "
