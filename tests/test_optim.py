@@ -546,6 +546,10 @@ def test_smollm2_trainable_share_without_allocating(scan):
     top = report(shapes, resolve(method_spec("top_layers", cfg, method_cfg={"top_k": 3}), shapes))
     per_block = _llama_counts(cfg, 0)["total"] - cfg.vocab_size * 576 - 576
     assert top["trainable"] == 3 * per_block // 30 + 576 + 1154
+    # Scanned, the other 27 blocks ride along whole in the trained stacked leaves.
+    assert top["carried_bytes"] == (27 * per_block // 30 * 4 if scan else 0)
+    assert ("carried whole" in format_report(top)) == scan
+    assert rep["carried_bytes"] == 0  # the linear probe's head is not stacked
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
