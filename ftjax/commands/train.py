@@ -16,21 +16,36 @@ def add_arguments(parser) -> None:
 
 
 def add_distributed_argument(parser) -> None:
-    parser.add_argument("--distributed", action="store_true",
-                        help="multi-host: call jax.distributed.initialize() first (one process "
-                             "per host; also set by FTJAX_DISTRIBUTED=1)")
+    group = parser.add_argument_group(
+        "multi-host", "one process per host (or per GPU); jax.distributed.initialize() runs first")
+    group.add_argument("--distributed", action="store_true",
+                       help="initialize with what jax detects (SLURM, Open MPI, TPU pods, "
+                            "Kubernetes); also set by FTJAX_DISTRIBUTED=1")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="process 0's address (default: detected, or JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, metavar="N",
+                       help="how many processes take part (needed outside a detected cluster)")
+    group.add_argument("--process-id", type=int, metavar="I",
+                       help="this process's index, 0 .. N-1 (needed outside a detected cluster)")
 
 
 def init_distributed(args) -> None:
-    """Before anything touches a device: jax.distributed.initialize() when asked for."""
+    """Before anything touches a device: jax.distributed.initialize() when asked for (by
+    --distributed, FTJAX_DISTRIBUTED, or any of the explicit multi-host arguments)."""
     from ftjax.parallel import distributed_requested, initialize_distributed
 
-    if distributed_requested(args.distributed):
-        initialize_distributed()
+    explicit = {"coordinator_address": args.coordinator_address,
+                "num_processes": args.num_processes, "process_id": args.process_id}
+    if distributed_requested(args.distributed) or any(v is not None for v in explicit.values()):
+        initialize_distributed(**explicit)
 
 
 def run(args) -> int:
-    init_distributed(args)
+    try:
+        init_distributed(args)
+    except ValueError as err:  # jax's "Number of processes must be defined", a bad process id
+        print(f"ftjax {args.command}: multi-host set-up: {err}")
+        return 2
     from ftjax.config import ConfigError, load_config
     from ftjax.train.loop import NonFiniteLossError, train
 

@@ -11,8 +11,9 @@ exactly the unsharded program. Which parameter axis goes to which mesh axis is t
 ftjax.parallel.rules.
 
 Multi-host: call `jax.distributed.initialize()` before anything touches a device
-(`ftjax train --distributed`, or FTJAX_DISTRIBUTED=1); `jax.devices()` then lists every host's
-devices and the mesh spans them.
+(`ftjax train --distributed`, or FTJAX_DISTRIBUTED=1, or any of --coordinator-address /
+--num-processes / --process-id); `jax.devices()` then lists every host's devices and the mesh
+spans them.
 """
 
 from __future__ import annotations
@@ -85,13 +86,21 @@ def distributed_requested(flag: bool = False) -> bool:
     return flag or os.environ.get("FTJAX_DISTRIBUTED", "").lower() in ("1", "true", "yes")
 
 
-def initialize_distributed() -> None:
-    """jax.distributed.initialize() with jax's own cluster detection (SLURM, Open MPI, TPU
-    pods, or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """jax.distributed.initialize(): what is not given, jax detects itself (SLURM, Open MPI,
+    Kubernetes, TPU pods; the coordinator also from JAX_COORDINATOR_ADDRESS).
 
-    Must run before any device is used; one process per host (or per GPU, as the cluster sets up).
+    Outside a cluster jax reads no variable for the process count or index (jax 0.10 raises
+    "Number of processes must be defined"), so a hand-launched run passes all three. Must run
+    before any device is used; one process per host (or per GPU, as the cluster sets up).
     """
-    jax.distributed.initialize()
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+        raise MeshError(f"process id {process_id} is not in [0, {num_processes}) "
+                        f"(--process-id counts from 0 up to --num-processes - 1)")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
 
 
 def _describe(sizes: dict) -> str:
