@@ -97,10 +97,8 @@ def tiny_text_data(tmp_path_factory):
     return str(root / "{split}.jsonl")
 
 
-@pytest.fixture
-def tiny_config_file(tmp_path, tiny_bert_dir, tiny_text_data):
-    """Write an experiment file training tiny BERT on the tiny task; returns (path, overrides)."""
-    path = tmp_path / "tiny_experiment.py"
+def write_tiny_config(path, tiny_bert_dir, tiny_text_data):
+    """An experiment file training tiny BERT on the tiny task, 12 steps; returns its path."""
     path.write_text(f'''
 from ftjax.train.defaults import base_config
 
@@ -126,3 +124,8 @@ def get_config():
     return c
 ''')
     return path
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path, tiny_bert_dir, tiny_text_data):
+    return write_tiny_config(tmp_path / "tiny_experiment.py", tiny_bert_dir, tiny_text_data)

@@ -45,6 +45,7 @@ from ftjax.io.pretrained import Pretrained
 from ftjax.models import HeadConfig, Model, param_shapes
 from ftjax.models.layout import unstack_layers
 from ftjax.optim.config import from_config
+from ftjax.parallel.hosts import fetch, is_primary
 from ftjax.peft.fields import peft_to_dict, with_peft
 
 logger = logging.getLogger(__name__)
@@ -92,10 +93,16 @@ def delta_tree(model: Model, params: dict, trainable_mask: dict) -> dict:
 
 
 def save_adapter(out_dir: str | os.PathLike, model: Model, params: dict, trainable_mask: dict, *,
-                 base_name: str, method: str, step: int | None = None) -> AdapterInfo:
-    """Write the delta of `params` (see delta_tree) for `model` to `out_dir`, atomically."""
+                 base_name: str, method: str, step: int | None = None) -> AdapterInfo | None:
+    """Write the delta of `params` (see delta_tree) for `model` to `out_dir`, atomically.
+
+    With several processes every one must call this (the delta may be spread over all hosts'
+    devices and is gathered); process 0 writes and gets the AdapterInfo, the others None.
+    """
     out = Path(out_dir)
-    delta = flatten(_per_layer(jax.device_get(delta_tree(model, params, trainable_mask))))
+    delta = flatten(_per_layer(fetch(delta_tree(model, params, trainable_mask))))
+    if not is_primary():
+        return None
     tensors = {path: np.ascontiguousarray(np.asarray(v)) for path, v in delta.items()}
     num_params = int(sum(v.size for v in tensors.values()))
     meta = {

@@ -60,11 +60,17 @@ class Checkpointer:
     def __init__(self, workdir: str | Path, *, keep: int = 2, async_save: bool = True):
         # Orbax needs absolute paths (relative ones fail inside its async writer).
         workdir = Path(workdir).absolute()
-        options = lambda n: ocp.CheckpointManagerOptions(  # noqa: E731
-            max_to_keep=n, create=True, enable_async_checkpointing=async_save
+        # With several processes, orbax syncs them at barriers named by step
+        # ("_async_write_complete.6"); the two managers saving the same step at once would
+        # meet at one barrier and time out, so each gets its own prefix.
+        options = lambda n, name: ocp.CheckpointManagerOptions(  # noqa: E731
+            max_to_keep=n, create=True, enable_async_checkpointing=async_save,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=name),
         )
-        self.latest = ocp.CheckpointManager(workdir / "checkpoints", options=options(keep))
-        self.best = ocp.CheckpointManager(workdir / "best", options=options(1))
+        self.latest = ocp.CheckpointManager(workdir / "checkpoints",
+                                            options=options(keep, "latest"))
+        self.best = ocp.CheckpointManager(workdir / "best", options=options(1, "best"))
 
     def save(self, state, *, iterator=None, meta: dict, best: bool = False) -> None:
         """Save `state`'s trainable delta, `iterator`'s position (a grain DatasetIterator, read

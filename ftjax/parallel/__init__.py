@@ -1,6 +1,7 @@
 """Sharding by table (DESIGN.md 6): a (data, fsdp, tensor) mesh, one logical-axis rules table,
 and placement of parameters, optimizer state and batches on it."""
 
+from ftjax.parallel.hosts import fetch, is_primary
 from ftjax.parallel.mesh import (
     AXES,
     BATCH_AXES,
@@ -17,7 +18,7 @@ from ftjax.parallel.rules import RULES, Fallback, ShardPlan, param_shardings, pl
 
 __all__ = [
     "AXES", "BATCH_AXES", "RULES", "Fallback", "MeshError", "ShardPlan", "batch_shards",
-    "distributed_requested", "initialize_distributed", "like_params", "make_mesh",
+    "distributed_requested", "fetch", "initialize_distributed", "is_primary", "like_params", "make_mesh",
     "mesh_from_config", "mesh_shape", "opt_state_shardings", "param_shardings", "place_batch",
     "plan_for_model", "put",
 ]

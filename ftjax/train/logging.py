@@ -57,6 +57,16 @@ class MetricsWriter:
             self._tb.close()
 
 
+class NoMetrics:
+    """MetricsWriter's stand-in on processes other than 0, which write no files."""
+
+    def write(self, row: dict, *, prefix: str = "train") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Progress:
     """A tqdm bar with ETA, loss and tokens/s; quiet when stderr is not a terminal and `quiet`."""
 

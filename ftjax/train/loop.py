@@ -18,11 +18,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ftjax import parallel
 from ftjax.io.adapter import AdapterInfo, save_adapter
 from ftjax.io.checkpoint import Checkpointer
 from ftjax.optim import effective_lrs, trainability
 from ftjax.train.experiment import Experiment, build_experiment, evaluate
-from ftjax.train.logging import MetricsWriter, Progress
+from ftjax.train.logging import MetricsWriter, NoMetrics, Progress
 from ftjax.train.step import compiled_memory
 
 
@@ -170,11 +171,14 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     start_step = int(state.step)
 
     report = trainability.report(state.params, exp.resolved, state.opt_state)
-    _write_json(workdir / "params_report.json", report)
-    _write_json(workdir / "config.json", cfg.to_dict())
-    _write_json(workdir / "sharding.json", exp.plan.describe())
-    log = MetricsWriter(workdir, resume_step=start_step)
-    progress = Progress(cfg.steps, start_step, quiet=quiet)
+    # With several processes, process 0 alone writes the run's files (ftjax.parallel.hosts).
+    primary = parallel.is_primary()
+    if primary:
+        _write_json(workdir / "params_report.json", report)
+        _write_json(workdir / "config.json", cfg.to_dict())
+        _write_json(workdir / "sharding.json", exp.plan.describe())
+    log = MetricsWriter(workdir, resume_step=start_step) if primary else NoMetrics()
+    progress = Progress(cfg.steps, start_step, quiet=quiet or not primary)
     if restored is not None:
         progress.write(f"resumed from step {start_step} in {workdir}")
         if not restored.iterator_restored:
@@ -324,7 +328,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         train_tokens_per_s=tokens_seen / token_time if token_time else 0.0, wall_s=wall,
         experiment=exp, state=state, step_time_s=clock.median(), step_memory=step_memory,
     )
-    if not interrupted:
+    if not interrupted and primary:
         _write_json(workdir / "results.json", {
             "final_step": final_step, "best_step": best_step, "eval": result_eval,
             "stopped_early": stopped_early, "nonfinite_steps": result.nonfinite_steps,
