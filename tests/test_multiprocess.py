@@ -10,9 +10,11 @@ saving one checkpoint from several processes, and each process's data position r
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +33,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ftjax(command: str, config, workdir, processes: int, *extra) -> list[str]:
-    """`ftjax COMMAND` in `processes` processes sharing 8 CPU devices; returns their outputs."""
+def _launch(command: str, config, workdir, processes: int, *extra) -> list[subprocess.Popen]:
+    """`ftjax COMMAND` in `processes` processes sharing 8 CPU devices."""
     flags = (f"{os.environ.get('XLA_FLAGS', '')} "
              f"--xla_force_host_platform_device_count={DEVICES // processes}")
     env = {**os.environ, "XLA_FLAGS": flags.strip(), "PYTHONPATH": str(REPO),
@@ -42,10 +44,14 @@ def _ftjax(command: str, config, workdir, processes: int, *extra) -> list[str]:
     if processes > 1:
         argv += ["--coordinator-address", f"localhost:{_free_port()}",
                  "--num-processes", str(processes)]
-    procs = [subprocess.Popen(argv + (["--process-id", str(i)] if processes > 1 else []),
-                              env=env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for i in range(processes)]
+    return [subprocess.Popen(argv + (["--process-id", str(i)] if processes > 1 else []),
+                             env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+            for i in range(processes)]
+
+
+def _wait(procs: list[subprocess.Popen], returncode: int = 0) -> list[str]:
+    """Every process's output, once all exited with `returncode`."""
     try:
         outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
     finally:
@@ -53,8 +59,13 @@ def _ftjax(command: str, config, workdir, processes: int, *extra) -> list[str]:
             if p.poll() is None:
                 p.kill()
     for i, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"process {i} of {processes} exited {p.returncode}:\n{out[-6000:]}"
+        assert p.returncode == returncode, (
+            f"process {i} of {len(procs)} exited {p.returncode}:\n{out[-6000:]}")
     return outputs
+
+
+def _ftjax(command: str, config, workdir, processes: int, *extra) -> list[str]:
+    return _wait(_launch(command, config, workdir, processes, *extra))
 
 
 def _train(config, workdir, processes: int, *extra) -> list[str]:
@@ -138,6 +149,30 @@ def test_two_process_eval_reproduces_the_run_s_numbers(runs):
             assert printed["eval"][split]["accuracy"] == results["eval"][split]["accuracy"]
             np.testing.assert_allclose(printed["eval"][split]["loss"],
                                        results["eval"][split]["loss"], rtol=1e-6)
+
+
+def test_sigterm_to_one_process_stops_all_at_one_step_with_a_checkpoint(tiny_bert_dir,
+                                                                         tiny_text_data, tmp_path):
+    """A scheduler's SIGTERM may reach one host first: every process must still stop after the
+    same step and save one checkpoint together (jax.distributed's preemption sync point), not
+    leave the others waiting in a collective."""
+    from ftjax.io.checkpoint import Checkpointer
+
+    config = write_tiny_config(tmp_path / "tiny_experiment.py", tiny_bert_dir, tiny_text_data)
+    workdir = tmp_path / "run"
+    procs = _launch("train", config, workdir, 2, "--quiet", "--set", "steps=100000",
+                    "--set", "checkpoint_every=100000", "--set", "eval_every=100000")
+    deadline = time.time() + 240
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        if (workdir / "metrics.jsonl").exists() and len(_losses(workdir)) >= 3:
+            break
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = _wait(procs, returncode=130)
+    saved = Checkpointer(workdir).latest_step()
+    assert saved is not None and saved >= 3
+    for out in outputs:
+        assert f"saved a checkpoint at step {saved}" in out, out[-3000:]
 
 
 def test_two_process_resume_continues_each_stream_exactly(runs):

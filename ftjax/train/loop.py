@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ftjax import parallel
 from ftjax.io.adapter import AdapterInfo, save_adapter
@@ -49,13 +50,23 @@ class RunResult:
 
 
 class _StopSignals:
-    """Turn SIGTERM / SIGINT into a flag the loop checks between steps."""
+    """Turn SIGTERM / SIGINT into a stop the loop takes between steps (`stop_at`).
+
+    One process: Python handlers set a flag. Several processes must stop at one step, since the
+    checkpoint that follows is a collective: jax.distributed's preemption notifier catches a
+    SIGTERM on any of them and `reached_preemption_sync_point(step)` then turns true on all at
+    the same step. A Python SIGTERM handler would replace jax's notifier, so none is installed
+    there; SIGINT keeps its default (KeyboardInterrupt, no save: the other hosts cannot know).
+    """
 
     def __init__(self):
         self.requested = None
         self._previous = {}
+        self._synced = jax.process_count() > 1
 
     def __enter__(self):
+        if self._synced:
+            return self
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -65,6 +76,12 @@ class _StopSignals:
 
     def _handle(self, signum, frame):
         self.requested = signal.Signals(signum).name
+
+    def stop_at(self, step: int) -> str | None:
+        """What asks the run to stop after `step` (every process calls this at every step)."""
+        if self._synced and multihost_utils.reached_preemption_sync_point(step):
+            self.requested = "SIGTERM (preemption notice, synced over processes)"
+        return self.requested
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -282,7 +299,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
             if done % cfg.checkpoint_every == 0 or stopped_early:
                 save()
                 clock.restart()
-            if signals.requested:
+            if signals.stop_at(done):
                 flush()
                 save()
                 interrupted = True
