@@ -11,7 +11,9 @@ Task variants: all-MiniLM-L6-v2 with a new classification head (experiments/pola
 and SmolLM2-135M-Instruct answering "positive" / "negative" in a chat turn, scored by its LM
 head (experiments/polarity_smollm2.py). Per task and method: seed 0 at 3 learning rates, the
 best on validation accuracy, then seeds 1 and 2 at it; test accuracy mean +- std over the 3
-seeds. Writes experiments/results/paper_polarity_<variant>.{md,csv,json},
+seeds. An "untrained" row per model is the model as every run sets it up, evaluated before any
+step: MiniLM with its random new head, SmolLM2 zero-shot (its verbalizer head starts at the
+answer the instruct model gives). Writes experiments/results/paper_polarity_<variant>.{md,csv,json},
 ..._accuracy_vs_share.png and ..._accuracy_vs_wall_time.png.
 
 Methods: all twelve of ftjax.optim.presets.METHODS (learning rates from
@@ -55,6 +57,7 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
     c.workdir = f"workdirs/paper_polarity_{variant}"
     c.keep_checkpoints = False  # record each run's delta size, then free the disk
     c.compilation_cache = True
+    c.baseline = True  # the untrained / zero-shot row each method is compared with
     c.method_overrides = ml_collections.ConfigDict({"llrd": ("method_args.decay=0.8",)})
     c.tasks = ml_collections.ConfigDict()
     if variant == "reduced":

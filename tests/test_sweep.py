@@ -228,3 +228,31 @@ def test_isolated_runs_go_through_a_worker_process(tmp_path, tiny_config_file):
     assert record["status"] == "done" and record["isolated"] is True
     assert record["test_accuracy"] is not None and record["delta_bytes"] == 4 * 62
     assert "resumed" not in (sweep.workdir / record["run_id"] / "train.log").read_text()
+
+
+def test_untrained_baseline_is_the_state_every_run_starts_from(tmp_path, tiny_config_file):
+    """The baseline row evaluates the model exactly as a run sets it up: a linear probe trained
+    at a learning rate of 1e-12 (its head moves by ~1e-12) scores what the baseline scores."""
+    sweep = load_sweep(str(_sweep_file(tmp_path, tiny_config_file)),
+                       ["methods=('linear_probe',)", "seeds=1", "baseline=True",
+                        "learning_rates.linear_probe=(1e-12,)"])
+    assert sweep.num_runs() == 2
+    baseline, probe = sweep_runner.Runner(sweep, log=lambda _: None).run_all()
+    assert (baseline["method"], baseline["phase"], baseline["status"]) == (
+        "untrained", "baseline", "done")
+    assert baseline["trainable"] == 0 and baseline["final_step"] == 0
+    assert not (sweep.workdir / baseline["run_id"] / "checkpoints").exists()
+    for split in ("validation", "test"):
+        assert baseline["eval"][split]["examples"] == 40
+        assert baseline["eval"][split]["accuracy"] == probe["eval"][split]["accuracy"]
+        assert math.isclose(baseline["eval"][split]["loss"], probe["eval"][split]["loss"],
+                            rel_tol=1e-5)
+
+    rows = summarize(sweep_runner.collect(sweep), ["bert"], sweep.methods, sweep.seeds)
+    assert [r["method"] for r in rows] == ["untrained", "linear_probe"]
+    paths = write_report(sweep, rows, [baseline, probe], tmp_path / "out")
+    assert "| untrained | 0 | 0% |" in paths["md"].read_text()
+    assert paths["share_png"].read_bytes()[:4] == b"\x89PNG"
+    again = sweep_runner.Runner(sweep, log=lambda _: None)
+    again.run_all()
+    assert (again.ran, again.skipped) == (0, 2)

@@ -45,6 +45,8 @@ def run(args) -> int:
 
     if args.plan:
         for task in sweep.tasks:
+            if sweep.baseline:
+                print(f"{task.name}/untrained: evaluated as set up, before any step")
             for method in sweep.methods:
                 grid = ", ".join(f"{lr:.3g}" for lr in sweep.grids[task.name, method])
                 then = ", ".join(str(s) for s in range(1, sweep.seeds))

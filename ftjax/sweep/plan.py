@@ -19,6 +19,10 @@ A sweep config is an ml_collections file like an experiment's (`get_config()`, o
   isolate           each run in its own process (needed for per-run peak GPU memory)
   compilation_cache persistent XLA cache in <workdir>/jax_cache: seed runs reuse the
                     compiled steps of their search run
+  baseline          True adds an "untrained" row per task: the model exactly as a run sets
+                    it up (pretrained weights, the task head as initialized: a random new head,
+                    or a verbalizer head that starts at the zero-shot answer), evaluated on
+                    validation and test before any step; the reference every method moves from
 
 Protocol per (task, method): seed 0 trains once per grid rate and is evaluated on validation
 and test; the rate with the best validation accuracy is chosen (ftjax.sweep.select); seeds
@@ -50,6 +54,8 @@ from ftjax.config import (
 from ftjax.optim.presets import METHODS, SUGGESTED_LEARNING_RATES
 
 SEARCH, SEED = "search", "seed"  # the two phases of the protocol
+BASELINE = "baseline"  # the untrained row: evaluated, never trained
+UNTRAINED = "untrained"  # its method name in records and tables
 
 
 def sweep_schema() -> ml_collections.ConfigDict:
@@ -68,6 +74,7 @@ def sweep_schema() -> ml_collections.ConfigDict:
     c.keep_checkpoints = False
     c.isolate = False
     c.compilation_cache = True
+    c.baseline = False
     return c
 
 
@@ -84,10 +91,10 @@ class RunSpec:
     """One training run of the sweep: where its config comes from and which cell it fills."""
 
     task: str
-    method: str
-    lr: float
+    method: str  # a METHODS name, or UNTRAINED for the baseline
+    lr: float  # 0.0 for the baseline
     seed: int
-    phase: str  # SEARCH (seed 0, every grid rate) or SEED (the chosen rate)
+    phase: str  # SEARCH (seed 0, every grid rate), SEED (the chosen rate) or BASELINE
     experiment: str  # the experiment file
     overrides: tuple[str, ...]  # every --set override, in the order applied
 
@@ -133,6 +140,7 @@ class Sweep:
     keep_checkpoints: bool
     isolate: bool
     compilation_cache: bool
+    baseline: bool = False
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.workdir / spec.run_id
@@ -150,6 +158,15 @@ class Sweep:
         evals = "eval_splits=('validation',)" if validation else "eval_splits=()"
         return RunSpec(task.name, method, lr, seed, phase, task.experiment, (*overrides, evals))
 
+    def baseline_run(self, task: str) -> RunSpec | None:
+        """The task's untrained evaluation (the experiment with the sweep's and the task's
+        overrides, seed 0), or None when the sweep has no baseline."""
+        if not self.baseline:
+            return None
+        t = self.task(task)
+        return RunSpec(t.name, UNTRAINED, 0.0, 0, BASELINE, t.experiment,
+                       (*self.overrides, *t.overrides, "seed=0"))
+
     def task(self, name: str) -> TaskVariant:
         return next(t for t in self.tasks if t.name == name)
 
@@ -166,8 +183,9 @@ class Sweep:
                 for seed in range(1, self.seeds)]
 
     def num_runs(self) -> int:
-        return sum(len(self.grids[t.name, m]) + self.seeds - 1
-                   for t in self.tasks for m in self.methods)
+        trained = sum(len(self.grids[t.name, m]) + self.seeds - 1
+                      for t in self.tasks for m in self.methods)
+        return trained + len(self.tasks) * self.baseline
 
 
 def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = (), *,
@@ -193,7 +211,8 @@ def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = (), *,
     cfg = _apply_overrides(cfg, list(overrides), path)
     sweep = _build(cfg, path)
     if check_runs:
-        for spec in sweep.search_runs():
+        baselines = [sweep.baseline_run(t.name) for t in sweep.tasks] if sweep.baseline else []
+        for spec in [*baselines, *sweep.search_runs()]:
             try:
                 spec.config()
             except ConfigError as err:
@@ -349,7 +368,7 @@ def _build(cfg, path: str) -> Sweep:
         workdir=workdir, results_dir=results_dir if results_dir.is_absolute()
         else base / results_dir,
         keep_checkpoints=bool(cfg.keep_checkpoints), isolate=bool(cfg.isolate),
-        compilation_cache=bool(cfg.compilation_cache),
+        compilation_cache=bool(cfg.compilation_cache), baseline=bool(cfg.baseline),
     )
 
 

@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from ftjax.sweep.plan import Sweep
+from ftjax.sweep.plan import UNTRAINED, Sweep
 
 CSV_COLUMNS = ("task", "model", "method", "status", "trainable", "total", "trainable_share",
                "test_accuracy_mean", "test_accuracy_std", "n", "lr", "delta_bytes",
@@ -44,6 +44,8 @@ def human_bytes(n: float | None) -> str:
 def _share(x: float) -> str:
     """Enough digits that tiny shares (a 2-row head of 135M parameters) do not read as 0."""
     pct = 100 * x
+    if pct == 0:
+        return "0%"
     if pct >= 10:
         return f"{pct:.1f}%"
     digits = max(2, 1 - math.floor(math.log10(pct))) if pct > 0 else 2
@@ -88,6 +90,10 @@ def markdown(sweep: Sweep, rows: list[dict], devices: list[str]) -> str:
         f"{memory_header}. Wall time: one whole run (setup, compile, training, evaluation), "
         f"mean over the seeds.",
     ]
+    if any(r["method"] == UNTRAINED for r in rows):
+        lines[-1] += (f" Row `{UNTRAINED}`: the model exactly as a run sets it up (pretrained "
+                      f"weights; the task head as initialized, random for a new head, the "
+                      f"zero-shot answer for a verbalizer head), evaluated before any step.")
     header = ("method", "trainable params", "share", "test accuracy", "lr (grid)",
               "checkpoint delta", "step time", memory_header, "wall time")
     for task in sweep.tasks:
@@ -99,7 +105,8 @@ def markdown(sweep: Sweep, rows: list[dict], devices: list[str]) -> str:
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in mine:
             grid = ", ".join(f"{lr:.3g}" for lr in r["grid"])
-            chosen = f"{r['lr']:.3g} ({grid})" if r["lr"] is not None else f"- ({grid})"
+            chosen = f"{r['lr']:.3g} ({grid})" if r["lr"] is not None else (
+                f"- ({grid})" if grid else "-")
             if r.get("trainable") is None:
                 cells = [r["method"], "-", "-", _accuracy(r), chosen, "-", "-", "-", "-"]
             else:
@@ -133,8 +140,13 @@ def _plot(path: Path, rows: list[dict], x_key: str, x_label: str, title: str, *,
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()
     for i, task in enumerate(dict.fromkeys(r["task"] for r in rows)):
-        points = [r for r in rows if r["task"] == task
-                  and r.get("test_accuracy_mean") is not None and r.get(x_key)]
+        scored = [r for r in rows
+                  if r["task"] == task and r.get("test_accuracy_mean") is not None]
+        for r in scored:  # nothing trained: a level to compare with, not a point
+            if r["method"] == UNTRAINED:
+                ax.axhline(r["test_accuracy_mean"], color=f"C{i}", linestyle="--", linewidth=1,
+                           label=f"{task} {UNTRAINED}")
+        points = [r for r in scored if r["method"] != UNTRAINED and r.get(x_key)]
         if not points:
             continue
         xs = [x_scale * r[x_key] for r in points]

@@ -19,6 +19,9 @@ Measured per run (result.json):
                      arguments + outputs + temporaries), or on GPU with isolate=True the
                      device's peak_bytes_in_use of the run's own process ("peak device memory")
   wall_s             the whole train() call: setup, compile, steps and final evaluations
+
+The untrained baseline (sweep key `baseline`) is set up exactly as a training run and evaluated
+without a step: trainable 0, no step time or checkpoint; its wall time is setup + evaluation.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from pathlib import Path
 import jax
 
 from ftjax.sweep import select
-from ftjax.sweep.plan import RunSpec, Sweep, config_fingerprint
+from ftjax.optim import trainability
+from ftjax.sweep.plan import BASELINE, RunSpec, Sweep, config_fingerprint
+from ftjax.train.experiment import build_experiment, evaluate
 from ftjax.train.loop import train
 
 RESULT, SPEC, LOG = "result.json", "run.json", "train.log"
@@ -81,6 +86,17 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _evaluated(spec: RunSpec, cfg, evals: dict) -> dict:
+    """A done record's identity and evaluation fields (evals: split -> metrics)."""
+    return {
+        **spec.to_json(), "status": "done", "model": cfg.model.name,
+        "validation_accuracy": evals.get("validation", {}).get("accuracy"),
+        "validation_loss": evals.get("validation", {}).get("loss"),
+        "test_accuracy": evals.get("test", {}).get("accuracy"),
+        "test_loss": evals.get("test", {}).get("loss"), "eval": evals,
+    }
+
+
 def measure(spec: RunSpec, result, run_dir: Path, *, isolated: bool) -> dict:
     """The record of a finished run (see the module docstring for each field)."""
     report = json.loads((run_dir / "params_report.json").read_text())
@@ -95,13 +111,8 @@ def measure(spec: RunSpec, result, run_dir: Path, *, isolated: bool) -> dict:
         peak = (device.memory_stats() or {}).get("peak_bytes_in_use")
         if peak is not None and isolated:  # a process's peak is one run's only when isolated
             memory_bytes, memory_kind = int(peak), PEAK
-    evals = result.eval
     return {
-        **spec.to_json(), "status": "done", "model": result.experiment.cfg.model.name,
-        "validation_accuracy": evals.get("validation", {}).get("accuracy"),
-        "validation_loss": evals.get("validation", {}).get("loss"),
-        "test_accuracy": evals.get("test", {}).get("accuracy"),
-        "test_loss": evals.get("test", {}).get("loss"), "eval": evals,
+        **_evaluated(spec, result.experiment.cfg, result.eval),
         "trainable": report["trainable"], "total": report["total"],
         "trainable_share": report["trainable_share"], "delta_bytes": delta,
         "checkpoint_bytes": _dir_bytes(step_dir) if step_dir.is_dir() else None,
@@ -112,9 +123,27 @@ def measure(spec: RunSpec, result, run_dir: Path, *, isolated: bool) -> dict:
     }
 
 
+def measure_untrained(spec: RunSpec, cfg, started: float) -> dict:
+    """The baseline's record: the run's model as set up, evaluated on its eval splits and test."""
+    exp = build_experiment(cfg)
+    eval_step = exp.jit_eval_step()
+    evals = {split: evaluate(eval_step, exp.state, exp.placed_eval_batches(split))
+             for split in dict.fromkeys((*cfg.eval_splits, "test")) if split in exp.splits}
+    report = trainability.report(exp.state.params, exp.resolved, exp.state.opt_state)
+    return {
+        **_evaluated(spec, cfg, evals), "trainable": 0, "total": report["total"],
+        "trainable_share": 0.0, "delta_bytes": 0, "checkpoint_bytes": None,
+        "step_time_s": None, "step_memory": None, "device_peak_bytes": None,
+        "memory_bytes": None, "memory_kind": None,
+        "wall_s": time.perf_counter() - started, "train_tokens_per_s": None, "final_step": 0,
+        "device": device_description(), "isolated": False,
+    }
+
+
 def execute(spec: RunSpec, run_dir: Path, *, keep_checkpoints: bool,
             isolated: bool = False) -> dict:
-    """Train one run in this process and write its result.json (done or failed).
+    """Train one run (or evaluate the untrained baseline) in this process and write its
+    result.json (done or failed).
 
     Raises SweepInterrupted when a signal stopped the training.
     """
@@ -122,10 +151,13 @@ def execute(spec: RunSpec, run_dir: Path, *, keep_checkpoints: bool,
     try:
         cfg = spec.config()
         with open(run_dir / LOG, "a") as log, contextlib.redirect_stderr(log):
-            result = train(cfg, run_dir, quiet=True)
-        if result.interrupted:
-            raise SweepInterrupted(f"{spec.run_id} was interrupted (checkpoint saved)")
-        record = measure(spec, result, run_dir, isolated=isolated)
+            if spec.phase == BASELINE:
+                record = measure_untrained(spec, cfg, started)
+            else:
+                result = train(cfg, run_dir, quiet=True)
+                if result.interrupted:
+                    raise SweepInterrupted(f"{spec.run_id} was interrupted (checkpoint saved)")
+                record = measure(spec, result, run_dir, isolated=isolated)
         record["config"] = config_fingerprint(cfg)
     except SweepInterrupted:
         raise
@@ -209,6 +241,8 @@ class Runner:
         context = contextlib.nullcontext() if self.sweep.isolate else _reuse_checkpoints()
         with context:
             for task in self.sweep.tasks:
+                if self.sweep.baseline:
+                    records.append(self.run(self.sweep.baseline_run(task.name)))
                 for method in self.sweep.methods:
                     search = [self.run(s) for s in self.sweep.search_runs(task.name, method)]
                     records += search
@@ -245,6 +279,9 @@ def collect(sweep: Sweep) -> list[dict]:
     runner = Runner(sweep, log=lambda *_: None)
     records = []
     for task in sweep.tasks:
+        if sweep.baseline:
+            baseline = _current(runner, sweep.baseline_run(task.name))
+            records += [baseline] if baseline is not None else []
         for method in sweep.methods:
             search = [_current(runner, s) for s in sweep.search_runs(task.name, method)]
             search = [r for r in search if r is not None]

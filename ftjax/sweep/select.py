@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from ftjax.sweep.plan import SEARCH
+from ftjax.sweep.plan import BASELINE, SEARCH, UNTRAINED
 
 
 def _done(records: Iterable[dict]) -> list[dict]:
@@ -62,9 +62,13 @@ def summarize(records: Sequence[dict], tasks: Sequence[str], methods: Sequence[s
     figures are over those runs: test accuracy mean +- std, median of their median step times,
     the largest memory, mean wall time. Parameter counts and the delta size are the same for
     every seed. A row without a chosen rate (every search run failed) says so in `status`.
+    A task's untrained baseline (when the sweep ran one) comes first, as method UNTRAINED.
     """
     rows = []
     for task in tasks:
+        baseline = [r for r in records if r.get("task") == task and r.get("phase") == BASELINE]
+        if baseline:
+            rows.append(_untrained_row(task, baseline[0]))
         for method in methods:
             mine = [r for r in records if r.get("task") == task and r.get("method") == method]
             search = [r for r in mine if r.get("phase") == SEARCH]
@@ -98,3 +102,16 @@ def summarize(records: Sequence[dict], tasks: Sequence[str], methods: Sequence[s
                 )
             rows.append(row)
     return rows
+
+
+def _untrained_row(task: str, record: dict) -> dict:
+    """The baseline row: one evaluation, nothing trained (no rate, step time or memory)."""
+    row = {"task": task, "method": UNTRAINED, "lr": None, "grid": [], "validation_by_lr": {},
+           "failed_runs": [], "status": "ok", "seeds": [0], "n": 1, "test_accuracy_std": None,
+           "test_accuracy_mean": record.get("test_accuracy")}
+    if record.get("status") != "done":
+        return {**row, "status": "failed", "seeds": [], "n": 0, "test_accuracy_mean": None,
+                "failed_runs": [record.get("run_id")]}
+    return {**row, "model": record.get("model"), "trainable": 0, "total": record["total"],
+            "trainable_share": 0.0, "delta_bytes": 0, "step_time_s": None,
+            "memory_bytes": None, "memory_kind": None, "wall_s": record["wall_s"]}
