@@ -64,3 +64,33 @@ def test_flop_count_matches_the_model_s_matmul_weights():
         assert llama_flops_per_token(shape, 1024, "lora") == 4 * n + 6 * n_lora + attention
     # TinyLlama-1.1B: ~1.1e9 weights, ~6.6 GFLOP per trained token at seq 1024.
     assert 6.5e9 < llama_flops_per_token(SIZES["1.1B"], 1024, "full") < 7.5e9
+
+
+def test_collectives_counts_ops_and_result_bytes():
+    from benchmarks.collectives import collectives
+
+    hlo = """
+  %all-gather.1 = f32[8,64,384]{2,1,0} all-gather(f32[4,64,384]{2,1,0} %p), dimensions={0}
+  %ar = (f32[16]{0}, bf16[2,3]{1,0}) all-reduce-start(f32[16]{0} %a, bf16[2,3]{1,0} %b)
+  %done = (f32[16]{0}, bf16[2,3]{1,0}) all-reduce-done(%ar)
+  %cp = pred[5]{0} collective-permute(pred[5]{0} %m), source_target_pairs={{0,1}}
+  %dot = f32[8,8]{1,0} dot(f32[8,4]{1,0} %x, f32[4,8]{1,0} %y)
+"""
+    assert collectives(hlo) == {
+        "all-gather": {"ops": 1, "bytes": 8 * 64 * 384 * 4},
+        "all-reduce": {"ops": 1, "bytes": 16 * 4 + 6 * 2},  # -start counted, -done not
+        "collective-permute": {"ops": 1, "bytes": 5},
+    }
+
+
+def test_collectives_script_compiles_a_sharded_step(tiny_config_file):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.collectives", str(tiny_config_file), "--mesh", "2,1,2",
+         "--steps", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
+    # Tensor parallelism sums partial products and data parallelism sums gradients.
+    assert report["collectives"]["all-reduce"]["ops"] > 0
+    assert report["involuntary_rematerializations"] >= 0 and report["median_step_s"] > 0
