@@ -121,6 +121,9 @@ def run(job: Job) -> dict:
         return metrics["loss"]
 
     timing = time_steps(one_step, lambda loss: jax.block_until_ready(loss), job.warmup, job.steps)
+    # After timing, so compile_s stays the first step's: which attention the program runs.
+    compiled = step_fn.lower(box["state"], placed[0]).compile().as_text()
+    attention_ran = "cudnn" if "cudnn$fmha" in compiled else "xla"
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:
@@ -134,4 +137,5 @@ def run(job: Job) -> dict:
                        "frozen_dtype": frozen_dtype, "scan_layers": model.config.scan_layers,
                        "remat": model.config.remat,
                        "attention_impl": model.config.attention_impl or "auto",
+                       "attention_ran": attention_ran,
                        "single_thread": bool(job.options.get("single_thread"))}}

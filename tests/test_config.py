@@ -55,6 +55,8 @@ def test_bad_values(tmp_path):
         load_config(path, ["steps=0"])
     with pytest.raises(ConfigError, match="not divisible by accumulation_steps"):
         load_config(path, ["batch_size=10", "accumulation_steps=3"])
+    with pytest.raises(ConfigError, match="model.attention_impl.*expected one of"):
+        load_config(path, ["model.attention_impl=flash"])
 
 
 def test_overrides_apply_and_result_is_locked(tmp_path):

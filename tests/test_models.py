@@ -243,3 +243,41 @@ def test_attention_dropout_path_equals_fused_attention_at_rate_zero():
     explicit = dot_product_attention(q, k, v, mask, dropout_rate=1e-9,
                                      dropout_rng=jax.random.key(1))
     _close(explicit, fused, 1e-5)
+
+
+@pytest.mark.parametrize("backend, dtype, head, q_len, kv_len, requested, expected", [
+    ("gpu", jnp.bfloat16, 64, 128, 128, None, "cudnn"),
+    ("gpu", jnp.float16, 128, 7, 7, None, "cudnn"),
+    ("gpu", jnp.float32, 64, 128, 128, None, "xla"),  # the fused kernel takes bf16 / fp16 only
+    ("gpu", jnp.bfloat16, 60, 128, 128, None, "xla"),  # head size not a multiple of 8
+    ("gpu", jnp.bfloat16, 256, 128, 128, None, "xla"),  # beyond 128
+    ("gpu", jnp.bfloat16, 64, 1, 129, None, "xla"),  # a decode step against the cache
+    ("cpu", jnp.bfloat16, 64, 128, 128, None, "xla"),
+    ("cpu", jnp.float32, 64, 128, 128, "cudnn", "cudnn"),  # asked for: taken as given
+    ("gpu", jnp.bfloat16, 64, 128, 128, "xla", "xla"),
+])
+def test_attention_implementation_choice(backend, dtype, head, q_len, kv_len, requested,
+                                         expected):
+    from ftjax.models.layers import attention_implementation
+
+    assert attention_implementation(requested, dtype, head, q_len, kv_len,
+                                    backend=backend) == expected
+
+
+def test_chosen_cudnn_that_jax_declines_runs_on_xla(monkeypatch):
+    """Where cuDNN was picked (here: the backend claims to be a GPU) but jax refuses the call
+    while tracing it (on this CPU: "cuDNN is not detected"), the layer computes XLA's attention,
+    the same numbers; a cuDNN asked for by the config is not second-guessed."""
+    import ftjax.models.layers as layers
+
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(2, 16, 4, 64)), jnp.bfloat16)
+    k = v = jnp.asarray(rng.normal(size=(2, 16, 2, 64)), jnp.bfloat16)
+    mask = jnp.tril(jnp.ones((16, 16), bool))[None, None].repeat(2, axis=0)
+    xla = layers.dot_product_attention(q, k, v, mask, implementation="xla")
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    assert layers.attention_implementation(None, q.dtype, 64, 16, 16) == "cudnn"
+    auto = jax.jit(lambda *a: layers.dot_product_attention(*a))(q, k, v, mask)
+    np.testing.assert_array_equal(np.asarray(auto, np.float32), np.asarray(xla, np.float32))
+    with pytest.raises(RuntimeError, match="cuDNN"):
+        layers.dot_product_attention(q, k, v, mask, implementation="cudnn")

@@ -66,7 +66,9 @@ class PolicyMixin:
     param_dtype: str = "float32"  # storage dtype of parameters
     scan_layers: bool = False  # stack layer params on a leading "layers" axis and lax.scan them
     remat: str = "none"  # "none" | "full" | "dots" (save only matmul outputs) for training
-    attention_impl: str | None = None  # None (let jax pick: cuDNN where it applies), "xla", "cudnn"
+    # None: cuDNN's fused kernel on GPU for bf16 / fp16 where it applies, else XLA
+    # (ftjax.models.layers.attention_implementation); "xla" or "cudnn" force one.
+    attention_impl: str | None = None
     # PEFT: one field per method, beside each other. Not read from or written to checkpoints.
     lora: LoraConfig | None = None  # adds lora_a / lora_b to the targeted Dense layers
     adapter: AdapterConfig | None = None  # Houlsby / Pfeiffer bottleneck adapters in each block

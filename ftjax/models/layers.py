@@ -15,6 +15,7 @@ K key/value heads, H head size.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -197,18 +198,53 @@ def attention_mask(
     return mask
 
 
+# What cuDNN's fused attention takes (jax's own check, jax/_src/cudnn): bf16 / fp16 inputs and a
+# head size that is a multiple of 8, up to 128 (256 on Hopper; 128 keeps one rule everywhere).
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_CUDNN_MAX_HEAD = 128
+
+
+def attention_implementation(requested: str | None, dtype, head_size: int, q_len: int,
+                             kv_len: int, backend: str | None = None) -> str:
+    """Which jax.nn.dot_product_attention implementation a layer uses.
+
+    requested: the config's `attention_impl`. "xla" / "cudnn" are taken as given (cuDNN then
+    fails loudly where it cannot run). None picks: cuDNN's fused kernel on a GPU when the inputs
+    are bf16 / fp16, the head size fits and queries and keys are the same sequence (training,
+    evaluation, prefill; a decode step's single query and a prefix's extra keys stay on XLA),
+    XLA otherwise. The choice is ours because jax's own None means XLA (jax 0.10 to 0.12:
+    "currently falls back to xla"), so leaving it to jax would never run the fused kernel.
+    """
+    if requested is not None:
+        return requested
+    backend = backend or jax.default_backend()
+    fits = (jnp.dtype(dtype) in tuple(map(jnp.dtype, _CUDNN_DTYPES))
+            and head_size % 8 == 0 and head_size <= _CUDNN_MAX_HEAD and q_len == kv_len)
+    return "cudnn" if backend == "gpu" and fits else "xla"
+
+
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, *, implementation=None,
                           dropout_rate: float = 0.0, dropout_rng=None):
     """Grouped-query attention (K divides N).
 
-    Without dropout: jax.nn.dot_product_attention, which picks cuDNN's fused kernel on GPU when
-    the inputs allow it and XLA otherwise. With dropout (training only; the fused kernels have
-    none): an explicit fp32 softmax whose probabilities are dropped, the same function otherwise.
+    Without dropout: jax.nn.dot_product_attention with the implementation
+    `attention_implementation` picks. When cuDNN was picked rather than asked for and jax
+    declines this call while tracing it (a sequence length its kernel does not take with a mask,
+    an older cuDNN), the call runs on XLA instead. With dropout (training only; the fused kernels
+    have none): an explicit fp32 softmax whose probabilities are dropped, the same function
+    otherwise.
     """
     if not dropout_rate or dropout_rng is None:
-        return jax.nn.dot_product_attention(
-            q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, implementation=implementation
-        )
+        chosen = attention_implementation(implementation, q_BTNH.dtype, q_BTNH.shape[-1],
+                                          q_BTNH.shape[1], k_BSKH.shape[1])
+        attend = functools.partial(jax.nn.dot_product_attention, q_BTNH, k_BSKH, v_BSKH,
+                                   mask=mask_B1TS)
+        if chosen == "cudnn" and implementation is None:
+            try:
+                return attend(implementation="cudnn")
+            except (NotImplementedError, RuntimeError, ValueError):
+                return attend(implementation="xla")
+        return attend(implementation=chosen)
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
     q = q_BTNH.reshape(B, T, K, N // K, H)  # query head n uses kv head n // (N // K)

@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.scan_layers = False
     c.model.remat = "none"
+    # None: cuDNN's fused attention on GPU with bf16 / fp16 compute where it applies, XLA
+    # elsewhere; "xla" / "cudnn" force one (cudnn fails where it cannot run).
+    c.model.attention_impl = config_dict.placeholder(str)
     # Storage dtype of FROZEN kernels and embedding tables (None: param_dtype). They get no
     # gradient, so "bfloat16" with bf16 compute halves their memory and reads at no cost in
     # accuracy (the layers cast them to the compute dtype anyway); trainable leaves keep
@@ -247,6 +250,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                 raise ValueError(f"mesh.{axis} must be >= 1 or -1 (fill), got {size}")
         if [cfg.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
             raise ValueError("only one of mesh.data / mesh.fsdp / mesh.tensor may be -1")
+        if cfg.model.attention_impl is not None:
+            _choice(cfg, "model.attention_impl", cfg.model.attention_impl, ("xla", "cudnn"))
         if cfg.model.frozen_dtype is not None:
             _choice(cfg, "model.frozen_dtype", cfg.model.frozen_dtype,
                     ("float32", "bfloat16", "float16"))

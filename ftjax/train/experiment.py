@@ -183,7 +183,7 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
         label_tokens=task.label_token_ids if cfg.head.kind == "verbalizer" else None,
     )
     changes = {"remat": cfg.model.remat}
-    for key in ("hidden_dropout", "attention_dropout", "embedding_dropout"):
+    for key in ("attention_impl", "hidden_dropout", "attention_dropout", "embedding_dropout"):
         if cfg.model[key] is not None:
             changes[key] = cfg.model[key]
     pretrained.model = dataclasses.replace(
