@@ -94,7 +94,7 @@ def runs(tiny_bert_dir, tiny_text_data, tmp_path_factory):
                                          tiny_text_data)
     one, two = root / "one", root / "two"
     _train(tiny_config_file, one, 1)
-    _train(tiny_config_file, two, 2)
+    two_outputs = _train(tiny_config_file, two, 2)
     resumed2, resumed1 = root / "resumed2", root / "resumed1"
     for target in (resumed2, resumed1):
         shutil.copytree(two, target)
@@ -103,7 +103,7 @@ def runs(tiny_bert_dir, tiny_text_data, tmp_path_factory):
     lora_one, lora_two = root / "lora_one", root / "lora_two"
     _train(tiny_config_file, lora_one, 1, *lora)
     _train(tiny_config_file, lora_two, 2, *lora)
-    return {"one": one, "two": two,
+    return {"one": one, "two": two, "two_outputs": two_outputs,
             "resumed2": (resumed2, _train(tiny_config_file, resumed2, 2)),
             "resumed1": (resumed1, _train(tiny_config_file, resumed1, 1)),
             "lora_one": lora_one, "lora_two": lora_two,
@@ -125,8 +125,12 @@ def test_two_processes_train_like_one(runs):
 
 
 def test_process_zero_alone_writes_the_run_files(runs):
-    """Each logged step once (both processes writing metrics.jsonl doubled every row), and one
-    adapter file written from LoRA factors gathered off both processes' devices."""
+    """Each logged step once (both processes writing metrics.jsonl doubled every row), one
+    adapter file written from LoRA factors gathered off both processes' devices, and the run's
+    messages printed once."""
+    first, second = runs["two_outputs"]
+    assert "trainable share" in first and "trainable share" not in second  # printed once
+    assert "validation: loss" in first and "validation: loss" not in second
     rows = (runs["two"] / "metrics.jsonl").read_text().splitlines()
     train_steps = [json.loads(r)["step"] for r in rows if "split" not in json.loads(r)]
     assert train_steps == list(range(1, 13))
@@ -171,8 +175,9 @@ def test_sigterm_to_one_process_stops_all_at_one_step_with_a_checkpoint(tiny_ber
     outputs = _wait(procs, returncode=130)
     saved = Checkpointer(workdir).latest_step()
     assert saved is not None and saved >= 3
-    for out in outputs:
-        assert f"saved a checkpoint at step {saved}" in out, out[-3000:]
+    for i, out in enumerate(outputs):  # each process says where it stopped
+        assert f"[process {i}] SIGTERM" in out and f"saved a checkpoint at step {saved}" in out, (
+            out[-3000:])
 
 
 def test_two_process_resume_continues_each_stream_exactly(runs):

@@ -68,11 +68,20 @@ class NoMetrics:
 
 
 class Progress:
-    """A tqdm bar with ETA, loss and tokens/s; quiet when stderr is not a terminal and `quiet`."""
+    """A tqdm bar with ETA, loss and tokens/s; quiet when stderr is not a terminal and `quiet`.
 
-    def __init__(self, total: int, initial: int, *, quiet: bool = False):
+    process: this process's index in a multi-process run (None: the only one). Every process
+    runs the same loop, so only process 0 shows the bar and the run's messages; a message about
+    this process alone (`every_process=True`: its data position, a signal it stopped on) is
+    printed by each, prefixed with its index.
+    """
+
+    def __init__(self, total: int, initial: int, *, quiet: bool = False,
+                 process: int | None = None):
+        self._process = process
         self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                              disable=quiet, file=sys.stderr, mininterval=1.0)
+                              disable=quiet or bool(process), file=sys.stderr,
+                              mininterval=1.0)
         self._last_time = time.perf_counter()
 
     def update(self, steps: int, tokens: float, loss: float) -> float:
@@ -83,7 +92,11 @@ class Progress:
         self._bar.update(steps)
         return rate
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, *, every_process: bool = False) -> None:
+        if self._process and not every_process:
+            return
+        if self._process is not None and every_process:
+            text = f"[process {self._process}] {text}"
         self._bar.write(text, file=sys.stderr)
 
     def close(self) -> None:

@@ -195,12 +195,14 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         _write_json(workdir / "config.json", cfg.to_dict())
         _write_json(workdir / "sharding.json", exp.plan.describe())
     log = MetricsWriter(workdir, resume_step=start_step) if primary else NoMetrics()
-    progress = Progress(cfg.steps, start_step, quiet=quiet or not primary)
+    progress = Progress(cfg.steps, start_step, quiet=quiet,
+                        process=jax.process_index() if jax.process_count() > 1 else None)
     if restored is not None:
-        progress.write(f"resumed from step {start_step} in {workdir}")
+        progress.write(f"resumed from step {start_step} in {workdir}", every_process=True)
         if not restored.iterator_restored:
             progress.write("the checkpoint holds no data position for this process (saved by "
-                           "another number of processes?): the input stream starts afresh")
+                           "another number of processes?): the input stream starts afresh",
+                           every_process=True)
     else:
         progress.write(trainability.format_report(report))
     if exp.plan.fallbacks:
@@ -304,7 +306,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
                 save()
                 interrupted = True
                 progress.write(f"{signals.requested}: saved a checkpoint at step {done}; "
-                               f"run the same command to resume")
+                               f"run the same command to resume", every_process=True)
                 break
             if stopped_early:
                 break
