@@ -18,7 +18,7 @@ from ftjax.parallel.rules import RULES, Fallback, ShardPlan, param_shardings, pl
 
 __all__ = [
     "AXES", "BATCH_AXES", "RULES", "Fallback", "MeshError", "ShardPlan", "batch_shards",
-    "distributed_requested", "fetch", "initialize_distributed", "is_primary", "like_params", "make_mesh",
-    "mesh_from_config", "mesh_shape", "opt_state_shardings", "param_shardings", "place_batch",
-    "plan_for_model", "put",
+    "distributed_requested", "fetch", "initialize_distributed", "is_primary", "like_params",
+    "make_mesh", "mesh_from_config", "mesh_shape", "opt_state_shardings", "param_shardings",
+    "place_batch", "plan_for_model", "put",
 ]

@@ -96,7 +96,7 @@ def initialize_distributed(coordinator_address: str | None = None,
     "Number of processes must be defined"), so a hand-launched run passes all three. Must run
     before any device is used; one process per host (or per GPU, as the cluster sets up).
     """
-    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+    if None not in (num_processes, process_id) and not 0 <= process_id < num_processes:
         raise MeshError(f"process id {process_id} is not in [0, {num_processes}) "
                         f"(--process-id counts from 0 up to --num-processes - 1)")
     jax.distributed.initialize(coordinator_address=coordinator_address,
