@@ -48,7 +48,7 @@ def _share(x: float) -> str:
         return "0%"
     if pct >= 10:
         return f"{pct:.1f}%"
-    digits = max(2, 1 - math.floor(math.log10(pct))) if pct > 0 else 2
+    digits = max(2, 1 - math.floor(math.log10(pct)))
     return f"{pct:.{digits}f}%"
 
 

@@ -128,7 +128,7 @@ def measure_untrained(spec: RunSpec, cfg, started: float) -> dict:
     exp = build_experiment(cfg)
     eval_step = exp.jit_eval_step()
     evals = {split: evaluate(eval_step, exp.state, exp.placed_eval_batches(split))
-             for split in dict.fromkeys((*cfg.eval_splits, "test")) if split in exp.splits}
+             for split in exp.result_splits}
     report = trainability.report(exp.state.params, exp.resolved, exp.state.opt_state)
     return {
         **_evaluated(spec, cfg, evals), "trainable": 0, "total": report["total"],

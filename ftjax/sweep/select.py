@@ -112,6 +112,9 @@ def _untrained_row(task: str, record: dict) -> dict:
     if record.get("status") != "done":
         return {**row, "status": "failed", "seeds": [], "n": 0, "test_accuracy_mean": None,
                 "failed_runs": [record.get("run_id")]}
-    return {**row, "model": record.get("model"), "trainable": 0, "total": record["total"],
-            "trainable_share": 0.0, "delta_bytes": 0, "step_time_s": None,
-            "memory_bytes": None, "memory_kind": None, "wall_s": record["wall_s"]}
+    return {**row, **{k: record.get(k) for k in _MEASURED}}
+
+
+# A row's figures that a baseline record carries as measured (ftjax.sweep.runner).
+_MEASURED = ("model", "trainable", "total", "trainable_share", "delta_bytes", "step_time_s",
+             "memory_bytes", "memory_kind", "wall_s")

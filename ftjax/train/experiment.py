@@ -64,6 +64,11 @@ class Experiment:
     def mesh(self):
         return self.plan.mesh
 
+    @property
+    def result_splits(self) -> list[str]:
+        """What a finished run reports: its eval splits, then test, those the data has."""
+        return [s for s in dict.fromkeys((*self.cfg.eval_splits, "test")) if s in self.splits]
+
     def train_iterator(self):
         """This process's share of the train stream: with several processes, process i reads
         every n-th example and batches of batch_size / n rows (place_train_batch joins them)."""

@@ -325,9 +325,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
             progress.write(f"restored the best checkpoint (step {best_step}, "
                            f"{cfg.best_metric} {stopper.best:.4f})")
         kept_step = int(state.step)
-        for split in dict.fromkeys((*cfg.eval_splits, "test")):
-            if split not in exp.splits:
-                continue
+        for split in exp.result_splits:
             if last_eval.get("step") == kept_step and split in last_eval:
                 result_eval[split] = last_eval[split]  # these params were just evaluated
             else:
