@@ -256,3 +256,24 @@ def test_untrained_baseline_is_the_state_every_run_starts_from(tmp_path, tiny_co
     again = sweep_runner.Runner(sweep, log=lambda _: None)
     again.run_all()
     assert (again.ran, again.skipped) == (0, 2)
+
+
+def test_a_run_stays_finished_when_ftjax_grows_a_config_key(tiny_config_file):
+    """A key added to the schema after a run (absent from its record) at its default does not
+    make the run stale; the same key set otherwise, a changed value or a removed key does."""
+    import json
+
+    from ftjax.config import load_config
+    from ftjax.sweep.plan import config_fingerprint, same_config
+
+    cfg = load_config(tiny_config_file)
+    recorded = json.loads(config_fingerprint(cfg))
+    del recorded["model"]["attention_impl"]  # as recorded before the key existed
+    older = json.dumps(recorded, sort_keys=True)
+    assert same_config(config_fingerprint(cfg), cfg)
+    assert same_config(older, cfg)
+    assert not same_config(older, load_config(tiny_config_file, ["model.attention_impl=xla"]))
+    assert not same_config(older, load_config(tiny_config_file, ["steps=13"]))
+    recorded["model"]["retired_key"] = 1
+    assert not same_config(json.dumps(recorded), cfg)
+    assert not same_config(None, cfg)

@@ -374,5 +374,37 @@ def _build(cfg, path: str) -> Sweep:
 
 def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
     """A run's resolved training config as canonical JSON: a finished run whose config differs
-    from the planned one (an edited experiment file or override) is stale and runs again."""
+    from the planned one (an edited experiment file or override) is stale and runs again
+    (`same_config`)."""
     return json.dumps(json.loads(json.dumps(cfg.to_dict(), default=str)), sort_keys=True)
+
+
+def same_config(recorded: str | None, cfg: ml_collections.ConfigDict) -> bool:
+    """Whether a finished run's recorded fingerprint is the training config planned now.
+
+    A key the record lacks is the same when its planned value is the key's default: ftjax grew
+    the key after the run (model.attention_impl, say), and a new key's default keeps what runs
+    did before, so the run need not train again. Any other difference, a key removed since
+    included, makes the run stale.
+    """
+    if recorded is None:
+        return False
+    from ftjax.train.defaults import base_config
+
+    defaults = json.loads(config_fingerprint(base_config()))
+    return _same(json.loads(recorded), json.loads(config_fingerprint(cfg)), defaults)
+
+
+def _same(then: Any, now: Any, defaults: Any) -> bool:
+    if not (isinstance(then, dict) and isinstance(now, dict)):
+        return then == now
+    defaults = defaults if isinstance(defaults, dict) else {}
+    if set(then) - set(now):
+        return False
+    for key, value in now.items():
+        if key in then:
+            if not _same(then[key], value, defaults.get(key)):
+                return False
+        elif key not in defaults or defaults[key] != value:
+            return False
+    return True

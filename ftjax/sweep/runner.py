@@ -41,7 +41,7 @@ import jax
 
 from ftjax.sweep import select
 from ftjax.optim import trainability
-from ftjax.sweep.plan import BASELINE, RunSpec, Sweep, config_fingerprint
+from ftjax.sweep.plan import BASELINE, RunSpec, Sweep, config_fingerprint, same_config
 from ftjax.train.experiment import build_experiment, evaluate
 from ftjax.train.loop import train
 
@@ -205,7 +205,7 @@ class Runner:
         record = read_result(self.sweep.run_dir(spec))
         if not record or record.get("status") != "done":
             return None
-        if record.get("config") != config_fingerprint(spec.config()):
+        if not same_config(record.get("config"), spec.config()):
             return None
         return record
 
