@@ -24,7 +24,8 @@ from benchmarks.specs import (
 )
 
 
-def _optimizer(model, params, method: str, steps: int):
+def optimizer_for(model, params, method: str, steps: int):
+    """(trainable mask, optax AdamW) for a method, as every benchmark row trains."""
     from ftjax.optim import make_optimizer, presets, trainability
 
     spec = presets.method_spec(method, model.config, head_kind=model.head_config.kind)
@@ -102,7 +103,7 @@ def run(job: Job) -> dict:
         batches = [batches]
     else:
         model, params, batches, task, frozen_dtype = _minilm(job)
-    mask, tx = _optimizer(model, params, job.mode, job.warmup + job.steps)
+    mask, tx = optimizer_for(model, params, job.mode, job.warmup + job.steps)
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])  # one device: the figure is per device
     plan = plan_for_model(model, params, mesh)
     state = create_train_state(params, mask, tx, 0, plan=plan, frozen_dtype=frozen_dtype,
