@@ -59,6 +59,20 @@ def test_round_trip_reproduces_the_adapted_model_in_either_layout(
                                atol=1e-6)
 
 
+def test_loaded_adapter_reuses_the_base_arrays(tiny_llama_dir, tmp_path):
+    """The base's leaves come back as the very arrays the Pretrained holds (same layout and
+    dtype): attaching an adapter copies no part of the model, on the device or through the
+    host."""
+    head = HeadConfig(kind="lm")
+    base, model, params, mask = _lora_setup(tiny_llama_dir, head=head, scan_layers=False)
+    info = save_adapter(tmp_path / "a", model, params, mask, base_name="tiny", method="lora")
+    _, back = load_adapter(info.path, base)
+    ours, theirs = flatten(back), flatten(base.params)
+    shared = [path for path in theirs if ours[path] is theirs[path]]
+    assert shared == list(theirs)  # every base leaf, the LM head included
+    assert set(ours) - set(theirs) == {p for p in ours if "lora_" in p}
+
+
 def test_delta_holds_trainable_leaves_and_a_new_head_only(tiny_llama_dir, tmp_path):
     # train_head=False: the fresh head is frozen, but the outputs depend on it, so it is saved.
     head = HeadConfig(kind="sequence", num_labels=2, pooling="last")

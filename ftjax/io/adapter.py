@@ -149,7 +149,9 @@ def load_adapter(adapter_dir: str | os.PathLike, pretrained: Pretrained) -> tupl
 
     Every leaf is accounted for strictly (ftjax.io.loading.fill_params): a leaf that neither the
     base nor the adapter fills, or an adapter tensor the model has no place for, is an error
-    naming it. The result has the layout of `pretrained.model.config.scan_layers`.
+    naming it. The result has the layout of `pretrained.model.config.scan_layers`; its base
+    leaves are `pretrained.params`' own arrays (nothing copied, nothing through the host), so a
+    caller that donates one set of them to a jitted function must not use the other.
     """
     adapter = Path(adapter_dir)
     meta = read_adapter_meta(adapter)
@@ -178,9 +180,9 @@ def load_adapter(adapter_dir: str | os.PathLike, pretrained: Pretrained) -> tupl
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
 
-    tensors = {path: Converted(source=f"base:{path}", value=np.asarray(v), stored_shape=v.shape)
-               for path, v in flatten(_per_layer(jax.device_get(_base_part(pretrained, head)))
-                                      ).items()}
+    # The base's arrays stay where they are (fill_params reuses them): no host copy of the model.
+    tensors = {path: Converted(source=f"base:{path}", value=v, stored_shape=v.shape)
+               for path, v in flatten(_per_layer(_base_part(pretrained, head))).items()}
     tensors.update({path: Converted(source=f"{WEIGHTS_FILE}:{path}", value=v,
                                     stored_shape=v.shape) for path, v in delta.items()})
     params = fill_params(model, Conversion(tensors=tensors), where=where)

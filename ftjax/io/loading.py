@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -139,9 +140,15 @@ def fill_params(model: Model, conversion: Conversion, *, where: str) -> dict[str
                     ", ".join(sorted(dropped)))
 
     dtype = config.weight_dtype
-    params = unflatten({
-        path: jnp.asarray(np.asarray(conversion.tensors[path].value).astype(dtype, copy=False))
-        for path in expected
-    })
+    params = unflatten({path: _as_param(conversion.tensors[path].value, dtype)
+                        for path in expected})
     return to_layout(params, scan_layers=config.scan_layers)
+
+
+def _as_param(value, dtype):
+    """A parameter leaf in `dtype`. A jax array (a loaded base reused under an adapter) stays on
+    its device, and is the same array when it has the dtype already: no host round trip."""
+    if isinstance(value, jax.Array):
+        return value if value.dtype == dtype else value.astype(dtype)
+    return jnp.asarray(np.asarray(value).astype(dtype, copy=False))
 
