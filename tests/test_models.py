@@ -281,3 +281,78 @@ def test_chosen_cudnn_that_jax_declines_runs_on_xla(monkeypatch):
     np.testing.assert_array_equal(np.asarray(auto, np.float32), np.asarray(xla, np.float32))
     with pytest.raises(RuntimeError, match="cuDNN"):
         layers.dot_product_attention(q, k, v, mask, implementation="cudnn")
+
+
+def _record_attention_calls(monkeypatch):
+    """Fake a GPU backend and record (implementation, is_causal) of every jax attention call,
+    computing each with XLA (this CPU has no cuDNN)."""
+    import ftjax.models.layers as layers
+
+    real, calls = jax.nn.dot_product_attention, []
+
+    def record(*args, implementation=None, is_causal=False, **kwargs):
+        calls.append((implementation, is_causal))
+        return real(*args, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(layers.jax.nn, "dot_product_attention", record)
+    return calls
+
+
+def test_decoder_self_attention_tells_cudnn_it_is_causal(monkeypatch):
+    """cuDNN's kernel skips the blocks above the diagonal only when told the attention is
+    causal: a decoder attending over its own tokens tells it (the mask is causal anyway); the
+    encoder never does; a decode step against a longer cache never reaches cuDNN."""
+    cfg = dataclasses.replace(preset("tiny-llama"), head_dim=16, dtype="bfloat16")
+    model = Model(cfg)
+    params = init_params(model, jax.random.key(0))
+    bert = dataclasses.replace(preset("tiny-bert"), hidden_size=40, dtype="bfloat16")
+    bert_model = Model(bert, HeadConfig("sequence", 2, "cls"))
+    bert_params = init_params(bert_model, jax.random.key(0))
+    calls = _record_attention_calls(monkeypatch)
+    ids = _ids(cfg, (2, 9))
+    model.apply({"params": params}, ids)
+    assert calls == [("cudnn", True)] * cfg.num_layers
+
+    calls.clear()
+    cache = init_cache(cfg, 2, 16)
+    model.apply({"params": params}, ids, cache=cache)  # prefill: 9 queries, 16 cache slots
+    assert calls == [("xla", False)] * cfg.num_layers
+
+    calls.clear()
+    bert_model.apply({"params": bert_params}, _ids(bert, (2, 9)))
+    assert calls == [("cudnn", False)] * bert.num_layers
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU: cuDNN's fused attention")
+def test_cudnn_attention_matches_xla_on_gpu():
+    """On a GPU, bf16 decoder logits and gradients with cuDNN's kernel (causal hint, padding
+    and packed segments in the mask) equal XLA's attention to bf16 precision, and the compiled
+    program really calls cuDNN."""
+    cfg = dataclasses.replace(preset("tiny-llama"), hidden_size=128, num_heads=4, num_kv_heads=2,
+                              head_dim=64, max_position_embeddings=256, dtype="bfloat16")
+    ids = _ids(cfg, (2, 128))
+    mask = jnp.ones((2, 128), jnp.int32).at[1, 100:].set(0)  # row 1 padded at the end
+    segments = jnp.ones((2, 128), jnp.int32).at[0, 60:].set(2)  # row 0: two packed segments
+    positions = jnp.stack([jnp.concatenate([jnp.arange(60), jnp.arange(68)]), jnp.arange(128)])
+    kwargs = dict(attention_mask=mask, segment_ids=segments, positions=positions)
+
+    def loss_and_grads(impl):
+        model = Model(dataclasses.replace(cfg, attention_impl=impl))
+        params = init_params(model, jax.random.key(0))
+
+        def loss(p):
+            logits = model.apply({"params": p}, ids, **kwargs).logits.astype(jnp.float32)
+            return jnp.sum(jnp.where(mask[..., None] > 0, logits, 0.0) ** 2) / 1e4
+
+        fn = jax.jit(jax.value_and_grad(loss))
+        return fn(params), fn.lower(params).compile().as_text()
+
+    (ours, ours_grads), hlo = loss_and_grads(None)
+    (xla, xla_grads), _ = loss_and_grads("xla")
+    assert "cudnn$fmha" in hlo
+    _close(ours, xla, 2e-2)
+    for a, b in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(xla_grads)):
+        scale = float(jnp.max(jnp.abs(b.astype(jnp.float32)))) + 1e-6
+        np.testing.assert_allclose(np.asarray(a, np.float32) / scale,
+                                   np.asarray(b, np.float32) / scale, atol=3e-2)

@@ -224,7 +224,7 @@ def attention_implementation(requested: str | None, dtype, head_size: int, q_len
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, *, implementation=None,
-                          dropout_rate: float = 0.0, dropout_rng=None):
+                          dropout_rate: float = 0.0, dropout_rng=None, causal: bool = False):
     """Grouped-query attention (K divides N).
 
     Without dropout: jax.nn.dot_product_attention with the implementation
@@ -233,18 +233,25 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, *, implementation=N
     an older cuDNN), the call runs on XLA instead. With dropout (training only; the fused kernels
     have none): an explicit fp32 softmax whose probabilities are dropped, the same function
     otherwise.
+
+    causal: the caller's promise that `mask_B1TS` already hides every key after its query, with
+    queries and keys at the same positions (a decoder attending over its own tokens). The mask
+    alone gives the right answer; cuDNN's kernel, told as well, skips the blocks above the
+    diagonal instead of computing and masking them (about half the attention work). XLA is not
+    told: its result is the mask's, unchanged.
     """
     if not dropout_rate or dropout_rng is None:
         chosen = attention_implementation(implementation, q_BTNH.dtype, q_BTNH.shape[-1],
                                           q_BTNH.shape[1], k_BSKH.shape[1])
         attend = functools.partial(jax.nn.dot_product_attention, q_BTNH, k_BSKH, v_BSKH,
                                    mask=mask_B1TS)
+        cudnn = functools.partial(attend, implementation="cudnn", is_causal=causal)
         if chosen == "cudnn" and implementation is None:
             try:
-                return attend(implementation="cudnn")
+                return cudnn()
             except (NotImplementedError, RuntimeError, ValueError):
                 return attend(implementation="xla")
-        return attend(implementation=chosen)
+        return cudnn() if chosen == "cudnn" else attend(implementation=chosen)
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
     q = q_BTNH.reshape(B, T, K, N // K, H)  # query head n uses kv head n // (N // K)

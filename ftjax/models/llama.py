@@ -81,9 +81,11 @@ class LlamaAttention(nn.Module):
                                               cfg.weight_dtype)
             k, v, mask_B1TS = prepend_prefix(k, v, mask_B1TS, prefix_k, prefix_v)
         rate = 0.0 if deterministic else cfg.attention_dropout
+        # As many keys as queries: the tokens themselves at the same positions (no prefix; a
+        # cache as long as the input is written from slot 0), so the causal mask is the diagonal.
         out = dot_product_attention(
             q, k, v, mask_B1TS, implementation=cfg.attention_impl, dropout_rate=rate,
-            dropout_rng=self.make_rng("dropout") if rate else None,
+            dropout_rng=self.make_rng("dropout") if rate else None, causal=k.shape[1] == T,
         )
         out = dense(cfg.hidden_size, ("heads", "embed"), "o_proj")(out.reshape(B, T, N * H),
                                                                    deterministic)
