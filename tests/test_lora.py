@@ -1,7 +1,6 @@
 """LoRA invariants: B = 0 changes nothing, merge equals the adapter forward, leaves exactly where
 targeted, only adapter (+ head) leaves train, trainable counts equal the hand count."""
 
-import dataclasses
 import json
 import math
 from pathlib import Path

@@ -28,7 +28,6 @@ import logging
 import os
 from pathlib import Path
 
-import jax
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file

@@ -151,4 +151,3 @@ def _as_param(value, dtype):
     if isinstance(value, jax.Array):
         return value if value.dtype == dtype else value.astype(dtype)
     return jnp.asarray(np.asarray(value).astype(dtype, copy=False))
-

@@ -12,7 +12,6 @@ types are added to it as to any token).
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ftjax.models.config import BertConfig

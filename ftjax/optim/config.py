@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Mapping
+from typing import Any
 
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion")
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt", "step")
