@@ -18,10 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    try:
-        init_distributed(args)
-    except ValueError as err:  # jax's "Number of processes must be defined", a bad process id
-        print(f"ftjax {args.command}: multi-host set-up: {err}")
+    if not init_distributed(args):
         return 2
     from ftjax.config import ConfigError, load_config
     from ftjax.train.experiment import evaluate, restore_run

@@ -29,22 +29,25 @@ def add_distributed_argument(parser) -> None:
                        help="this process's index, 0 .. N-1 (needed outside a detected cluster)")
 
 
-def init_distributed(args) -> None:
+def init_distributed(args) -> bool:
     """Before anything touches a device: jax.distributed.initialize() when asked for (by
-    --distributed, FTJAX_DISTRIBUTED, or any of the explicit multi-host arguments)."""
+    --distributed, FTJAX_DISTRIBUTED, or any of the explicit multi-host arguments). False,
+    having said why, when the set-up is incomplete or wrong: the command then exits with 2."""
     from ftjax.parallel import distributed_requested, initialize_distributed
 
     explicit = {"coordinator_address": args.coordinator_address,
                 "num_processes": args.num_processes, "process_id": args.process_id}
     if distributed_requested(args.distributed) or any(v is not None for v in explicit.values()):
-        initialize_distributed(**explicit)
+        try:
+            initialize_distributed(**explicit)
+        except ValueError as err:  # jax's "Number of processes must be defined", a bad id
+            print(f"ftjax {args.command}: multi-host set-up: {err}")
+            return False
+    return True
 
 
 def run(args) -> int:
-    try:
-        init_distributed(args)
-    except ValueError as err:  # jax's "Number of processes must be defined", a bad process id
-        print(f"ftjax {args.command}: multi-host set-up: {err}")
+    if not init_distributed(args):
         return 2
     from ftjax.config import ConfigError, load_config
     from ftjax.train.loop import NonFiniteLossError, train
