@@ -80,6 +80,22 @@ def test_sweep_overrides_and_explicit_grids(tmp_path, tiny_config_file):
     assert tuple(seed_run.config().eval_splits) == ("validation",)
 
 
+def test_a_tasks_own_lr_factors_win_over_the_sweeps(tmp_path, tiny_config_file):
+    path = _sweep_file(tmp_path, tiny_config_file, '''
+    c.tasks.small_batch = ml_collections.ConfigDict({"experiment": c.tasks.bert.experiment,
+                                                    "lr_factors": (0.1, 0.5)})
+''')
+    bitfit = SUGGESTED_LEARNING_RATES["bitfit"]
+    sweep = load_sweep(str(path), ["tasks.small_batch.learning_rates.linear_probe=(0.2,)"])
+    assert sweep.grids["bert", "bitfit"] == (bitfit, 3 * bitfit)  # the sweep's (1, 3)
+    assert sweep.grids["small_batch", "bitfit"] == (0.1 * bitfit, 0.5 * bitfit)
+    assert sweep.grids["small_batch", "linear_probe"] == (0.2,)  # an explicit grid still wins
+    overridden = load_sweep(str(path), ["tasks.bert.lr_factors=(2.0,)"])
+    assert overridden.grids["bert", "bitfit"] == (2 * bitfit,)
+    with pytest.raises(ConfigError, match=r"tasks.small_batch.lr_factors has a learning rate <= 0"):
+        load_sweep(str(path), ["tasks.small_batch.lr_factors=(0.5, -1.0)"])
+
+
 @pytest.mark.parametrize("change,message", [
     ('    c.methods = ("full", "lorra")\n', r"unknown method 'lorra'; did you mean 'lora'"),
     ('    c.methods = ()\n', r"`methods` is empty"),

@@ -7,12 +7,15 @@ A sweep config is an ml_collections file like an experiment's (`get_config()`, o
   methods           ftjax.optim.presets.METHODS names, in table order
   seeds             runs per method at the chosen learning rate (seed 0 is the search's run)
   lr_factors        the grid of a method without an explicit one: SUGGESTED_LEARNING_RATES[m]
-                    times each factor
-  learning_rates    {method: (lr, ...)}: explicit grids (a task's own win over these)
+                    times each factor (a task's own lr_factors win over these)
+  learning_rates    {method: (lr, ...)}: explicit grids (a task's own win over these, and
+                    any explicit grid over lr_factors)
   overrides         "key=value" training-config overrides for every run
   method_overrides  {method: ("key=value", ...)} for every task
-  tasks             {name: {experiment, overrides, method_overrides, learning_rates}}: each
-                    task variant is an experiment file (relative to the sweep file) + overrides
+  tasks             {name: {experiment, overrides, method_overrides, learning_rates,
+                    lr_factors}}: each task variant is an experiment file (relative to the
+                    sweep file) + overrides; lr_factors there suit a task whose batch or
+                    model wants other rates than the sweep's other tasks
   workdir           the sweep directory, one run directory per run ("" -> workdirs/<name>)
   results_dir       where the tables and plots go, relative to the sweep file's directory
   keep_checkpoints  False deletes a run's checkpoints once its delta size is recorded
@@ -78,7 +81,8 @@ def sweep_schema() -> ml_collections.ConfigDict:
     return c
 
 
-TASK_KEYS = {"experiment": "", "overrides": (), "method_overrides": {}, "learning_rates": {}}
+TASK_KEYS = {"experiment": "", "overrides": (), "method_overrides": {}, "learning_rates": {},
+             "lr_factors": ()}
 
 
 def is_sweep_config(cfg: ml_collections.ConfigDict) -> bool:
@@ -123,6 +127,7 @@ class TaskVariant:
     overrides: tuple[str, ...]
     method_overrides: dict[str, tuple[str, ...]]
     learning_rates: dict[str, tuple[float, ...]]
+    lr_factors: tuple[float, ...]  # () -> the sweep's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +351,8 @@ def _build(cfg, path: str) -> Sweep:
                                          f"{at}.method_overrides", _strings),
             learning_rates=_per_method(t.get("learning_rates", {}), f"{at}.learning_rates",
                                        _grid),
+            lr_factors=(_grid(t.lr_factors, f"{at}.lr_factors") if t.get("lr_factors")
+                        else ()),
         )
         tasks.append(task)
         for method in methods:
@@ -354,8 +361,10 @@ def _build(cfg, path: str) -> Sweep:
                 if method not in SUGGESTED_LEARNING_RATES:
                     raise ConfigError(f"{where}: method {method!r} has no suggested learning "
                                       f"rate; give learning_rates.{method}")
-                grid = _grid([SUGGESTED_LEARNING_RATES[method] * f for f in cfg.lr_factors],
-                             f"{where}: lr_factors x SUGGESTED_LEARNING_RATES[{method!r}]")
+                factors, source = ((task.lr_factors, f"{at}.lr_factors") if task.lr_factors
+                                   else (cfg.lr_factors, f"{where}: lr_factors"))
+                grid = _grid([SUGGESTED_LEARNING_RATES[method] * f for f in factors],
+                             f"{source} x SUGGESTED_LEARNING_RATES[{method!r}]")
             grids[name, method] = grid
     workdir = Path(cfg.workdir or f"workdirs/{cfg.name}")
     results_dir = Path(cfg.results_dir)
