@@ -355,14 +355,14 @@ def _build(cfg, path: str) -> Sweep:
                         else ()),
         )
         tasks.append(task)
+        factors, source = ((task.lr_factors, f"{at}.lr_factors") if task.lr_factors
+                           else (cfg.lr_factors, f"{where}: lr_factors"))
         for method in methods:
             grid = task.learning_rates.get(method) or learning_rates.get(method)
             if grid is None:
                 if method not in SUGGESTED_LEARNING_RATES:
                     raise ConfigError(f"{where}: method {method!r} has no suggested learning "
                                       f"rate; give learning_rates.{method}")
-                factors, source = ((task.lr_factors, f"{at}.lr_factors") if task.lr_factors
-                                   else (cfg.lr_factors, f"{where}: lr_factors"))
                 grid = _grid([SUGGESTED_LEARNING_RATES[method] * f for f in factors],
                              f"{source} x SUGGESTED_LEARNING_RATES[{method!r}]")
             grids[name, method] = grid
