@@ -10,6 +10,7 @@ The models here have widths that divide 8 (hidden 24, heads 4 x 8, kv 2 x 8, MLP
 so that nothing falls back to replication; the prime-width presets check the fallback itself.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -21,6 +22,7 @@ import pytest
 from ftjax.config import ConfigError, load_config
 from ftjax.io.checkpoint import Checkpointer
 from ftjax.models import BertConfig, HeadConfig, LlamaConfig, Model, init_params, preset
+from ftjax.models.layout import to_layout
 from ftjax.optim import make_optimizer, presets, trainability
 from ftjax.parallel import (
     MeshError,
@@ -301,6 +303,49 @@ def test_checkpoint_moves_between_mesh_shapes(tmp_path):
         restored, metrics = step_b(restored, place_batch(batch, plan_b.batch))
         losses_b.append(float(metrics["loss"]))
     np.testing.assert_allclose(losses_b, losses_a[2:], rtol=2e-5)
+
+
+def test_scanned_top_layers_hold_and_checkpoint_only_the_trained_layers(tmp_path):
+    """top_layers on a scanned model: the stacked leaves are split along the layer axis, so the
+    trainable tree, the momentum and the checkpoint hold the top 2 of 3 blocks only, sharded
+    like the stack; training matches the per-layer model on one device and on a mesh, and a
+    checkpoint restores onto another mesh shape and continues identically."""
+    per_layer = Model(dataclasses.replace(LLAMA, num_layers=3), HeadConfig("lm"))
+    params = init_params(per_layer, jax.random.key(0))
+    scanned = Model(per_layer.config.with_policy(scan_layers=True), per_layer.head_config)
+    stacked = to_layout(params, scan_layers=True)
+    batches = _batches("llama", 4)
+    ref_losses, ref_params, _ = _train(per_layer, params, "top_layers", None, batches)
+    for mesh in (None, make_mesh(1, 2, 4)):
+        losses, out, state = _train(scanned, stacked, "top_layers", mesh, batches)
+        np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                     to_layout(out, scan_layers=False), ref_params)
+        q = ("self_attn", "q_proj", "kernel")
+        trained = state.trainable["backbone"]["layers"]["block"]
+        frozen = state.frozen["backbone"]["layers"]["block"]
+        assert trained[q[0]][q[1]][q[2]].shape == (2, 24, 32)
+        assert frozen[q[0]][q[1]][q[2]].frozen_layers.shape == (1, 24, 32)
+        trace = optax.tree_utils.tree_get(state.opt_state, "trace")
+        assert jax.tree.map(jnp.shape, trace) == jax.tree.map(jnp.shape, state.trainable)
+        if mesh is not None:
+            assert _spec(trained[q[0]][q[1]][q[2]]) == (None, "fsdp", "tensor")
+            assert _spec(frozen[q[0]][q[1]][q[2]].frozen_layers) == (None, "fsdp", "tensor")
+
+    state, step, plan_a, _ = _setup(scanned, stacked, "top_layers", make_mesh(2, 1, 4))
+    ckpt = Checkpointer(tmp_path)
+    for i, batch in enumerate(batches[:2]):
+        state, _ = step(state, place_batch(batch, plan_a.batch))
+    ckpt.save(state, meta={})
+    ckpt.wait()
+    template, step_b, plan_b, _ = _setup(scanned, stacked, "top_layers", make_mesh(1, 4, 2))
+    restored = ckpt.restore(template).state
+    ckpt.close()
+    losses_b = []
+    for batch in batches[2:]:
+        restored, metrics = step_b(restored, place_batch(batch, plan_b.batch))
+        losses_b.append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses_b, ref_losses[2:], rtol=2e-5)
 
 
 def test_frozen_bf16_storage_changes_nothing_under_bf16_compute():

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 from ftjax.cli import main
 from ftjax.config import load_config
@@ -201,3 +202,31 @@ def test_every_peft_method_round_trips(tiny_bert_dir, tmp_path, method, settings
     ids = jnp.array([[2, 7, 9, 11, 3]])
     np.testing.assert_allclose(back_model.apply({"params": back_params}, ids).logits,
                                model.apply({"params": params}, ids).logits, atol=1e-6)
+
+
+def test_scanned_top_layers_adapter_holds_only_the_trained_layers(tiny_llama_dir, tmp_path):
+    """top_layers on a scanned base: the adapter holds the top block's leaves (and the head),
+    the same tensors as from the per-layer model, and reloads onto either layout."""
+    head = HeadConfig(kind="sequence", num_labels=3, pooling="last")
+    saved = {}
+    for scanned in (True, False):
+        base = load_pretrained(tiny_llama_dir, head=head, dtype="float32", scan_layers=scanned)
+        top = f"layers_{base.model.config.num_layers - 1}"
+        params = _perturbed(base.params, jax.random.key(5), ("head",))
+        spec = presets.method_spec("top_layers", base.model.config, head_kind="sequence",
+                                   method_cfg={"top_k": 1})
+        mask = trainability.trainable_mask(trainability.resolve(spec, params))
+        info = save_adapter(tmp_path / str(scanned), base.model, params, mask,
+                            base_name="tiny", method="top_layers")
+        with safe_open(str(info.path / WEIGHTS_FILE), framework="np") as f:
+            saved[scanned] = {k: f.get_tensor(k) for k in f.keys()}
+        assert {k.split("/")[1] for k in saved[scanned] if k.startswith("backbone/")} == {
+            top, "norm"}
+        for loaded_scanned in (True, False):
+            target = load_pretrained(tiny_llama_dir, dtype="float32", scan_layers=loaded_scanned)
+            back_model, back_params = load_adapter(info.path, target)
+            np.testing.assert_allclose(
+                back_model.apply({"params": back_params}, IDS).logits,
+                base.model.apply({"params": params}, IDS).logits, atol=1e-6)
+    assert saved[True].keys() == saved[False].keys()
+    assert all(np.array_equal(saved[True][k], saved[False][k]) for k in saved[True])

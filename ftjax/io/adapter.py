@@ -27,7 +27,9 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
@@ -44,6 +46,7 @@ from ftjax.io.pretrained import Pretrained
 from ftjax.models import HeadConfig, Model, param_shapes
 from ftjax.models.layout import unstack_layers
 from ftjax.optim.config import from_config
+from ftjax.optim.trainability import layer_flags
 from ftjax.parallel.hosts import fetch, is_primary
 from ftjax.peft.fields import peft_to_dict, with_peft
 
@@ -79,13 +82,28 @@ def _per_layer(tree: dict) -> dict:
     return tree
 
 
+def _kept(model: Model, path: str, trains: Any) -> bool:
+    return bool(np.any(trains)) or (model.head_config.kind != "lm" and path.startswith("head/"))
+
+
+def _layer_mask(trainable_mask: dict, params: dict) -> dict:
+    """The mask per canonical (per-layer) path: True if that leaf, or that layer of it, trains."""
+    flags = layer_flags(trainable_mask)
+    backbone = flags.get("backbone", {})
+    if "layers" in backbone:  # scanned: every entry over the layer axis, then unstacked
+        layers = jax.tree.map(lambda m, x: np.broadcast_to(np.asarray(m), x.shape[:1]),
+                              backbone["layers"], params["backbone"]["layers"])
+        flags = {**flags, "backbone": {**backbone, "layers": layers}}
+    return flatten(_per_layer(flags))
+
+
 def delta_tree(model: Model, params: dict, trainable_mask: dict) -> dict:
     """The leaves an adapter holds: trainable ones, and the whole head unless it is the base's
-    pretrained LM head. A nested dict of only those leaves, in the params' own layout."""
-    new_head = model.head_config.kind != "lm"
-    mask = flatten(trainable_mask)
+    pretrained LM head. A nested dict of only those leaves, in the params' own layout (a partly
+    trained stacked leaf whole; `save_adapter` keeps only its trained layers)."""
+    mask = flatten(layer_flags(trainable_mask))
     keep = {path: value for path, value in flatten(params).items()
-            if bool(np.any(mask.get(path))) or (new_head and path.startswith("head/"))}
+            if _kept(model, path, mask.get(path))}
     if not keep:
         raise ValueError("the run trained nothing and has no new head: there is no delta to save")
     return unflatten(keep)
@@ -99,7 +117,10 @@ def save_adapter(out_dir: str | os.PathLike, model: Model, params: dict, trainab
     devices and is gathered); process 0 writes and gets the AdapterInfo, the others None.
     """
     out = Path(out_dir)
+    # Per layer on the host, after the fetch: no device copy of any stacked leaf.
     delta = flatten(_per_layer(fetch(delta_tree(model, params, trainable_mask))))
+    layer_mask = _layer_mask(trainable_mask, params)
+    delta = {path: v for path, v in delta.items() if _kept(model, path, layer_mask[path])}
     if not is_primary():
         return None
     tensors = {path: np.ascontiguousarray(np.asarray(v)) for path, v in delta.items()}

@@ -36,6 +36,7 @@ from ftjax.optim.rules import (
     wd_multiplier,
 )
 from ftjax.optim.schedules import Schedule, learning_rate_fn
+from ftjax.optim.trainability import TrainedLayers, leaf_mask, take_layers
 from ftjax.optim.transforms import (
     LearningRateState,
     add_decayed_weights_per_leaf,
@@ -65,6 +66,14 @@ def _wd_coefficient(path: str, rule: ResolvedRule, cfg: OptimizerConfig) -> np.n
     return coeff[:1].reshape(()) if coeff.ndim and np.all(coeff == coeff[0]) else coeff
 
 
+def _trained_layers(values: np.ndarray, layers: bool | TrainedLayers) -> np.ndarray:
+    """Per-layer constants (L,) cut to the layers the trainable tree holds; a scalar as is."""
+    if not isinstance(layers, TrainedLayers) or values.ndim == 0:
+        return values
+    values = take_layers(values, layers.indices)
+    return values[:1].reshape(()) if np.all(values == values[0]) else values
+
+
 def leaf_constants(opt_cfg: OptimizerConfig, resolved: Any, trainable_params: Any):
     """(lr multipliers, weight-decay coefficients, start steps): numpy trees shaped like the
     trainable tree, None at its None (frozen) positions."""
@@ -84,9 +93,11 @@ def leaf_constants(opt_cfg: OptimizerConfig, resolved: Any, trainable_params: An
             continue
         if not rule.trains:
             raise ValueError(f"{path} is in the trainable tree but its rule freezes it")
-        lrs.append(lr_multiplier(rule))
-        wds.append(_wd_coefficient(path, rule, cfg))
-        starts.append(start_step(rule))
+        # A partly trained stacked leaf is in the trainable tree as its trained layers only.
+        layers = leaf_mask(rule)
+        lrs.append(_trained_layers(lr_multiplier(rule), layers))
+        wds.append(_trained_layers(_wd_coefficient(path, rule, cfg), layers))
+        starts.append(_trained_layers(start_step(rule), layers))
     unflatten = lambda xs: jax.tree.unflatten(treedef, xs)  # noqa: E731
     return unflatten(lrs), unflatten(wds), unflatten(starts)
 

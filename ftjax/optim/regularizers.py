@@ -20,6 +20,7 @@ import numpy as np
 
 from ftjax.optim.config import from_config
 from ftjax.optim.paths import canonical_layer_paths, is_stacked, path_str
+from ftjax.optim.trainability import TrainedLayers
 
 _is_none = lambda x: x is None  # noqa: E731
 
@@ -70,9 +71,18 @@ class RegularizerConfig:
         return from_config(cls, cfg, "regularizer")
 
 
-def _include_weights(path: str, leaf: Any, pattern: str) -> np.ndarray:
-    """1.0 / 0.0 per slice (per layer for stacked leaves) by whether the canonical path matches."""
-    paths = canonical_layer_paths(path, leaf.shape[0]) if is_stacked(path) and leaf.ndim else [path]
+def _include_weights(path: str, leaf: Any, pattern: str, layers: Any) -> np.ndarray:
+    """1.0 / 0.0 per slice (per layer for stacked leaves) by whether the canonical path matches.
+
+    layers: the leaf's trainable-mask entry; a TrainedLayers says which layers the (partly
+    trained, split) stacked leaf holds."""
+    paths = [path]
+    if is_stacked(path) and leaf.ndim:
+        if isinstance(layers, TrainedLayers):
+            every = canonical_layer_paths(path, layers.num_layers)
+            paths = [every[i] for i in layers.indices]
+        else:
+            paths = canonical_layer_paths(path, leaf.shape[0])
     w = np.asarray([bool(re.fullmatch(pattern, p)) for p in paths], np.float32)
     return w[:1].reshape(()) if np.all(w == w[0]) else w
 
@@ -110,23 +120,28 @@ class Regularizer:
         return total
 
 
-def make_regularizer(cfg: Any, anchor_params: Any) -> Regularizer | None:
+def make_regularizer(cfg: Any, anchor_params: Any, mask: Any = None) -> Regularizer | None:
     """The configured penalty, or None when every coefficient is 0.
 
     cfg: RegularizerConfig or a mapping / ConfigDict of its fields.
     anchor_params: the trainable half of `partition` at the start (the pretrained / initial
     weights). Anchor leaves are copied: the train state's params may be donated to the step.
+    mask: the trainable_mask that partition used; it names the layers of partly trained stacked
+    leaves (without it, stacked leaves are taken to hold every layer).
     """
     cfg = RegularizerConfig.from_config(cfg)
     if not (cfg.l1 or cfg.l2 or cfg.l2sp):
         return None
     flat, treedef = jax.tree_util.tree_flatten_with_path(anchor_params, is_leaf=_is_none)
+    masks = [None] * len(flat) if mask is None else jax.tree.leaves(mask)
+    if len(masks) != len(flat):
+        raise ValueError(f"mask has {len(masks)} leaves, anchor_params {len(flat)} positions")
     weights, anchors = [], []
-    for key_path, leaf in flat:
+    for (key_path, leaf), layers in zip(flat, masks):
         if leaf is None:
             weights.append(None), anchors.append(None)
             continue
-        w = _include_weights(path_str(key_path), leaf, cfg.l2sp_include)
+        w = _include_weights(path_str(key_path), leaf, cfg.l2sp_include, layers)
         weights.append(jnp.asarray(w))
         anchors.append(jnp.array(leaf, copy=True) if cfg.l2sp and np.any(w) else None)
     return Regularizer(

@@ -41,10 +41,8 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
     """Counts of all and trainable parameters, overall, per group and per rule.
 
     "trainable" counts elements that train at some step (gradual unfreezing included); for a
-    stacked leaf only its trainable layer slices count. "carried_bytes": the frozen layer slices
-    of stacked leaves that train, which the optimizer, its state and every checkpoint hold whole
-    (zero updates: an array cannot be split). `optimizer_state_bytes` is None unless an
-    optimizer state (arrays or shapes) is given.
+    stacked leaf only its trainable layer slices count (partition splits the others out).
+    `optimizer_state_bytes` is None unless an optimizer state (arrays or shapes) is given.
     """
     rules = jax.tree.leaves(resolved, is_leaf=is_rule)
     entries = leaf_paths(params)
@@ -53,7 +51,7 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
     groups: dict[str, dict[str, int]] = {}
     by_rule: dict[str, dict[str, int]] = {}
     total = trainable = 0
-    param_bytes = trainable_bytes = carried_bytes = 0
+    param_bytes = trainable_bytes = 0
     for (path, leaf), rule in zip(entries, rules):
         itemsize = np.dtype(leaf.dtype).itemsize
         for canonical, size, slice_rule in _slices(path, leaf, rule):
@@ -62,8 +60,6 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
             trainable += trained
             param_bytes += size * itemsize
             trainable_bytes += trained * itemsize
-            if rule.trains and not slice_rule.trains:
-                carried_bytes += size * itemsize
             for table, key in ((groups, group_of(canonical)), (by_rule, slice_rule.describe())):
                 row = table.setdefault(key, {"total": 0, "trainable": 0})
                 row["total"] += size
@@ -75,7 +71,6 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
         "trainable_share": trainable / total if total else 0.0,
         "param_bytes": param_bytes,
         "trainable_bytes": trainable_bytes,
-        "carried_bytes": carried_bytes,
         "optimizer_state_bytes": None if opt_state is None else state_bytes(opt_state),
         "groups": {g: groups[g] for g in sorted(groups, key=group_order)},
         "by_rule": by_rule,
@@ -107,10 +102,6 @@ def format_report(rep: dict) -> str:
         lines.append(f"rule {desc}: {r['total']:,} params")
     lines.append(f"trainable share: {100 * rep['trainable_share']:.4f}% "
                  f"({_human_bytes(rep['trainable_bytes'])} of {_human_bytes(rep['param_bytes'])})")
-    if rep.get("carried_bytes"):
-        lines.append(f"frozen layers carried whole in trained stacked leaves: "
-                     f"{_human_bytes(rep['carried_bytes'])} (in the optimizer and checkpoints, "
-                     f"never updated; model.scan_layers=False keeps them out)")
     if rep.get("optimizer_state_bytes") is not None:
         lines.append(f"optimizer state: {_human_bytes(rep['optimizer_state_bytes'])}")
     return "\n".join(lines)

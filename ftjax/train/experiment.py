@@ -211,7 +211,7 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     mask = trainability.trainable_mask(resolved)
     trainable, _ = trainability.partition(params, mask)
     tx = make_optimizer(cfg.optimizer, resolved, trainable, total_steps=cfg.steps)
-    regularizer = make_regularizer(cfg.regularizer, trainable)
+    regularizer = make_regularizer(cfg.regularizer, trainable, mask)
     plan = parallel.plan_for_model(pretrained.model, params, mesh)
     # The loaded arrays move into the state (no second copy of the model on any device);
     # pretrained.params then aliases the state's initial params.

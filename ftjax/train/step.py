@@ -57,7 +57,9 @@ def cast_frozen(frozen, dtype):
     dtype = jnp.dtype(dtype)
 
     def cast(key_path, x):
-        name = str(getattr(key_path[-1], "key", key_path[-1]))
+        # The last dict key: a split stack's frozen layers sit one attribute below it.
+        name = next((str(k.key) for k in reversed(key_path)
+                     if isinstance(k, jax.tree_util.DictKey)), "")
         if x is None or name not in CASTABLE_FROZEN or not jnp.issubdtype(x.dtype, jnp.floating):
             return x
         return x.astype(dtype)
