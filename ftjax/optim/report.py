@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftjax.optim.paths import group_of, group_order, leaf_paths
+from ftjax.optim.paths import group_of, group_order, layer_index, leaf_paths
 from ftjax.optim.rules import ResolvedRule, Rule, is_rule, rule_slices
 
 
@@ -42,7 +42,9 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
 
     "trainable" counts elements that train at some step (gradual unfreezing included); for a
     stacked leaf only its trainable layer slices count (partition splits the others out).
-    `optimizer_state_bytes` is None unless an optimizer state (arrays or shapes) is given.
+    "scanned_frozen_layers": the frozen layers of stacks that partly train; they hold no
+    optimizer state, but the scan's backward pass still runs through them. `optimizer_state_bytes`
+    is None unless an optimizer state (arrays or shapes) is given.
     """
     rules = jax.tree.leaves(resolved, is_leaf=is_rule)
     entries = leaf_paths(params)
@@ -52,6 +54,7 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
     by_rule: dict[str, dict[str, int]] = {}
     total = trainable = 0
     param_bytes = trainable_bytes = 0
+    scanned_frozen: set[int] = set()
     for (path, leaf), rule in zip(entries, rules):
         itemsize = np.dtype(leaf.dtype).itemsize
         for canonical, size, slice_rule in _slices(path, leaf, rule):
@@ -60,6 +63,8 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
             trainable += trained
             param_bytes += size * itemsize
             trainable_bytes += trained * itemsize
+            if rule.trains and not slice_rule.trains:
+                scanned_frozen.add(layer_index(canonical))
             for table, key in ((groups, group_of(canonical)), (by_rule, slice_rule.describe())):
                 row = table.setdefault(key, {"total": 0, "trainable": 0})
                 row["total"] += size
@@ -71,6 +76,7 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
         "trainable_share": trainable / total if total else 0.0,
         "param_bytes": param_bytes,
         "trainable_bytes": trainable_bytes,
+        "scanned_frozen_layers": sorted(scanned_frozen),
         "optimizer_state_bytes": None if opt_state is None else state_bytes(opt_state),
         "groups": {g: groups[g] for g in sorted(groups, key=group_order)},
         "by_rule": by_rule,
@@ -83,6 +89,17 @@ def _human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def format_report(rep: dict) -> str:
@@ -102,6 +119,10 @@ def format_report(rep: dict) -> str:
         lines.append(f"rule {desc}: {r['total']:,} params")
     lines.append(f"trainable share: {100 * rep['trainable_share']:.4f}% "
                  f"({_human_bytes(rep['trainable_bytes'])} of {_human_bytes(rep['param_bytes'])})")
+    if rep.get("scanned_frozen_layers"):
+        lines.append(f"frozen inside partly trained scanned stacks: layers "
+                     f"{_ranges(rep['scanned_frozen_layers'])} (no optimizer state, but the "
+                     f"backward pass runs through them; model.scan_layers=False skips that work)")
     if rep.get("optimizer_state_bytes") is not None:
         lines.append(f"optimizer state: {_human_bytes(rep['optimizer_state_bytes'])}")
     return "\n".join(lines)
