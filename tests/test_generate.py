@@ -17,6 +17,7 @@ from tokenizers import pre_tokenizers
 
 import ftjax
 from ftjax import cli
+from ftjax.config import load_config
 from ftjax.generate import (
     SamplingConfig,
     encode_prompts,
@@ -26,9 +27,11 @@ from ftjax.generate import (
     sample,
 )
 from ftjax.generate.sampling import top_k_filter, top_p_filter
+from ftjax.io import load_pretrained
 from ftjax.io.tokenizer import Tokenizer
 from ftjax.models import Model, init_params, preset
 from ftjax.models.layout import to_layout
+from ftjax.train.experiment import build_experiment
 
 EOS = 2
 # Three rows of different lengths (ids >= 3: never pad/bos/eos).
@@ -299,3 +302,20 @@ def test_cli_prints_continuations_and_stats(capsys, monkeypatch, tmp_path, tiny_
     assert code == 0 and out.splitlines() == expected
     for label in ("load", "compile+warmup", "prefill", "decode rate"):
         assert label in err
+
+
+def test_an_experiment_generates_with_its_own_weights(tiny_config_file, tiny_llama_dir):
+    """build_experiment hands the loaded weights to the train state: `generate(exp)` uses the
+    state's params (here scanned top_layers, whose stacks the state holds split in two), and
+    the emptied Pretrained says where they went."""
+    cfg = load_config(tiny_config_file, [
+        f"model.name={tiny_llama_dir}", "head.kind=lm", "task.kind=causal_lm",
+        "task.max_length=24", "method=top_layers", "method_args.top_k=1",
+        "model.scan_layers=True"])
+    exp = build_experiment(cfg)
+    assert exp.pretrained.params is None
+    with pytest.raises(TypeError, match="moved into a training state"):
+        generate(exp.pretrained, "hello", max_new_tokens=2, greedy=True)
+    same_weights = load_pretrained(tiny_llama_dir, dtype="float32", scan_layers=True)
+    ours, _ = generate(exp, ["hello", "a b c"], max_new_tokens=5, greedy=True)
+    assert ours == generate(same_weights, ["hello", "a b c"], max_new_tokens=5, greedy=True)[0]

@@ -51,6 +51,9 @@ def _resolve(model_or_pretrained: Any, params: Any, tokenizer: Any) -> tuple[Mod
         raise TypeError(f"expected a Pretrained (from ftjax.io.load_pretrained), a model name or "
                         f"path, or a Model with params= and tokenizer=; got "
                         f"{type(model_or_pretrained).__name__}")
+    if params is None and getattr(model_or_pretrained, "params", 0) is None:
+        raise TypeError("this Pretrained's params moved into a training state "
+                        "(build_experiment): pass the Experiment itself, or params=exp.params")
     if params is None or tokenizer is None:
         raise TypeError("a bare Model needs params= and tokenizer=")
     return model, params, tokenizer

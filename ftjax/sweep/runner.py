@@ -129,7 +129,7 @@ def measure_untrained(spec: RunSpec, cfg, started: float) -> dict:
     eval_step = exp.jit_eval_step()
     evals = {split: evaluate(eval_step, exp.state, exp.placed_eval_batches(split))
              for split in exp.result_splits}
-    report = trainability.report(exp.state.params, exp.resolved, exp.state.opt_state)
+    report = trainability.report(exp.state.param_shapes(), exp.resolved, exp.state.opt_state)
     return {
         **_evaluated(spec, cfg, evals), "trainable": 0, "total": report["total"],
         "trainable_share": 0.0, "delta_bytes": 0, "checkpoint_bytes": None,

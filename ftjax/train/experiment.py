@@ -61,6 +61,12 @@ class Experiment:
         return self.pretrained.tokenizer
 
     @property
+    def params(self):
+        """The run's current parameters, the state's two halves combined (new arrays for the
+        stacks split between them). `ftjax.generate(exp, ...)` generates with them."""
+        return self.state.params
+
+    @property
     def mesh(self):
         return self.plan.mesh
 
@@ -213,11 +219,12 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     tx = make_optimizer(cfg.optimizer, resolved, trainable, total_steps=cfg.steps)
     regularizer = make_regularizer(cfg.regularizer, trainable, mask)
     plan = parallel.plan_for_model(pretrained.model, params, mesh)
-    # The loaded arrays move into the state (no second copy of the model on any device);
-    # pretrained.params then aliases the state's initial params.
+    # The loaded arrays move into the state (no second copy of the model on any device), so
+    # pretrained keeps none: its arrays are donated, and re-combining the halves here would
+    # pin a copy of every stack split between them. exp.params combines them on demand.
     state = create_train_state(params, mask, tx, cfg.seed, regularizer=regularizer, plan=plan,
                                frozen_dtype=cfg.model.frozen_dtype, donate_params=True)
-    pretrained.params = state.params
+    pretrained.params = None
     loss_fn = loss_for_task(cfg.task.kind, cfg.label_smoothing)
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(

@@ -187,7 +187,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
         stopper.load(restored.meta.get("early_stopping", {}))
     start_step = int(state.step)
 
-    report = trainability.report(state.params, exp.resolved, state.opt_state)
+    report = trainability.report(state.param_shapes(), exp.resolved, state.opt_state)
     # With several processes, process 0 alone writes the run's files (ftjax.parallel.hosts).
     primary = parallel.is_primary()
     if primary:

@@ -38,6 +38,10 @@ class TrainState:
     def params(self):
         return combine(self.trainable, self.frozen)
 
+    def param_shapes(self):
+        """ShapeDtypeStructs of `params`, without combining any arrays (for reports)."""
+        return jax.eval_shape(lambda state: state.params, self)
+
 
 # Frozen leaves that the model only ever reads after casting them to the compute dtype (Dense
 # kernels, embedding tables). Norm scales and LayerNorm biases enter fp32 statistics, so they keep
