@@ -71,11 +71,10 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
         ), {"gradual_unfreeze": ("method_args.unfreeze_every=3",)})
         # SmolLM2 costs ~10x MiniLM per token on a CPU: few short steps, small eval sets, and
         # scanned layers (one compiled block instead of 30: a third of the compile time).
-        # Except top_layers: scanned, the backward pass runs through all 30 blocks (the scan
-        # differentiates its whole stack) though only the top 3 train; unscanned it stops at
-        # them. Measured for top_k=3, batch 4 x 64 tokens on this machine: 1.75 s per step
-        # scanned against 0.49 s (each stack's frozen layers are split out of the trainable
-        # tree, so state and checkpoint are the same 114 MiB in both layouts).
+        # Except top_layers, unscanned as when its committed results were measured: a single
+        # scan then ran the backward pass through all 30 blocks (1.87 s per step for top_k=3,
+        # batch 4 x 64 tokens, against 0.48 s unscanned). The train step now scans the frozen
+        # blocks apart and skips their backward pass (0.50 s scanned), so either layout would do.
         # 12 steps, not 6: seed 0's first 24 train sentences are 17 negative / 7 positive,
         # which drove nearly every method to answer "negative" to all (validation 0.4375 at all
         # three rates); its first 48 are 27 / 21.

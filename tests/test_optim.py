@@ -599,7 +599,7 @@ def test_smollm2_trainable_share_without_allocating(scan):
     # scanned stack is split along its layer axis), plus a few scalar counters.
     assert sum(x.size for x in jax.tree.leaves(top_trainable)) == top["trainable"]
     assert 0 <= top["optimizer_state_bytes"] - 2 * top["trainable_bytes"] < 64
-    # ... but the scan still runs backward through the 27 frozen blocks, and the report says so.
+    # ... and the report names the 27 frozen blocks inside the scanned stacks.
     assert top["scanned_frozen_layers"] == (list(range(27)) if scan else [])
     assert ("layers 0-26 (no optimizer state" in format_report(top)) == scan
     assert rep["scanned_frozen_layers"] == []  # the linear probe's head is not stacked

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from ftjax.models import HeadConfig, Model, init_params, preset
+from ftjax.optim import presets, trainability
 from ftjax.optim.trainability import combine
 from ftjax.train.losses import loss_for_task
 from ftjax.train.step import (
@@ -14,6 +15,7 @@ from ftjax.train.step import (
     jit_train_step,
     make_eval_step,
     make_train_step,
+    scan_split_view,
 )
 
 
@@ -161,3 +163,32 @@ def test_frozen_leaves_come_out_bit_identical():
     assert all(jax.tree.leaves(same))
     assert not np.array_equal(out["head"]["classifier"]["kernel"],
                               params["head"]["classifier"]["kernel"])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
+def test_scanned_top_layers_skip_the_frozen_layers_backward_pass(name):
+    """top_layers on a scanned model: the step's forward runs the frozen bottom layers as a scan
+    of their own, so the gradient program holds one backward scan (the trained layers'), not
+    one over every layer, and the gradient is the same as through the combined stack."""
+    cfg = preset(name, scan_layers=True)
+    model = Model(cfg, HeadConfig("sequence", 2, "mean"))
+    params = init_params(model, jax.random.key(0))
+    resolved = trainability.resolve(
+        presets.method_spec("top_layers", cfg, method_cfg={"top_k": cfg.num_layers - 1}), params)
+    trainable, frozen = trainability.partition(params, trainability.trainable_mask(resolved))
+    batch = _batch(cfg, [4, 6, 3])
+    inputs = {k: batch[k] for k in ("attention_mask", "positions")}
+
+    def loss(t, split):
+        forward, p = scan_split_view(model, t, frozen) if split else (model, combine(t, frozen))
+        return jnp.mean(forward.apply({"params": p}, batch["input_ids"], **inputs).logits ** 2)
+
+    def grad_program(split):
+        grad = jax.jit(jax.grad(loss), static_argnums=1)
+        return grad.lower(trainable, split).as_text().count("stablehlo.while"), grad(trainable,
+                                                                                   split)
+
+    whiles_one_scan, ref = grad_program(False)
+    whiles_split, grads = grad_program(True)
+    assert (whiles_one_scan, whiles_split) == (2, 3)  # forward + backward; + the frozen forward
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, ref)

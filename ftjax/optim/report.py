@@ -43,8 +43,9 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
     "trainable" counts elements that train at some step (gradual unfreezing included); for a
     stacked leaf only its trainable layer slices count (partition splits the others out).
     "scanned_frozen_layers": the frozen layers of stacks that partly train; they hold no
-    optimizer state, but the scan's backward pass still runs through them. `optimizer_state_bytes`
-    is None unless an optimizer state (arrays or shapes) is given.
+    optimizer state, and when they are the bottom layers of every such stack the train step
+    skips their backward pass (ftjax.train.step.scan_split_view); otherwise the scan runs it.
+    `optimizer_state_bytes` is None unless an optimizer state (arrays or shapes) is given.
     """
     rules = jax.tree.leaves(resolved, is_leaf=is_rule)
     entries = leaf_paths(params)
@@ -121,8 +122,8 @@ def format_report(rep: dict) -> str:
                  f"({_human_bytes(rep['trainable_bytes'])} of {_human_bytes(rep['param_bytes'])})")
     if rep.get("scanned_frozen_layers"):
         lines.append(f"frozen inside partly trained scanned stacks: layers "
-                     f"{_ranges(rep['scanned_frozen_layers'])} (no optimizer state, but the "
-                     f"backward pass runs through them; model.scan_layers=False skips that work)")
+                     f"{_ranges(rep['scanned_frozen_layers'])} (no optimizer state; no backward "
+                     f"pass either when they are the bottom layers of every split stack)")
     if rep.get("optimizer_state_bytes") is not None:
         lines.append(f"optimizer state: {_human_bytes(rep['optimizer_state_bytes'])}")
     return "\n".join(lines)

@@ -14,7 +14,8 @@ bit-identical because they never pass through the update.
 A leaf stacked for `scan` of which only some layers ever train (top_layers on a scanned model) is
 split along its layer axis: the trainable half holds just those layers, so gradients, optimizer
 state and checkpoints hold nothing of the others, and the frozen half holds the rest in a
-`LayerSplit` that `combine` stacks back in layer order (inside the step: one concatenate).
+`LayerSplit` that `combine` stacks back in layer order. (The train step does not even restack
+when the frozen layers are the bottom ones: see ftjax.train.step.scan_split_view.)
 
 Rules, resolution and the report live in ftjax.optim.rules / ftjax.optim.report; this module is
 the one import a train loop needs.

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ftjax.optim.trainability import combine, partition
+from ftjax.optim.trainability import LayerSplit, combine, partition
 from ftjax.train.losses import LossFn
 
 
@@ -126,6 +126,48 @@ def state_shardings(state: TrainState):
     return jax.tree.map(lambda x: x.sharding, state)
 
 
+def _frozen_bottom(frozen) -> int:
+    """k when every split stack of the frozen half is split alike, layers [0, k) frozen and
+    [k, L) trained (top_layers on a scanned model); else 0."""
+    is_split = lambda x: isinstance(x, LayerSplit)  # noqa: E731
+    splits = {x.layers for x in jax.tree.leaves(frozen, is_leaf=is_split) if is_split(x)}
+    if len(splits) != 1:
+        return 0
+    (layers,) = splits
+    k = layers.indices[0]
+    return k if layers.indices == tuple(range(k, layers.num_layers)) else 0
+
+
+def scan_split_view(model, trainable, frozen):
+    """(model, params) for the train step's forward pass.
+
+    Usually `model` and combine(trainable, frozen). When the stacks of a scanned model are split
+    with their bottom k layers frozen, instead the model with config.scan_split = k and params
+    whose frozen bottom layers are stacked apart (`layers_below`, see ftjax.models.scan): the
+    same function, but autodiff skips the backward pass through those layers, which a single
+    scan over the combined stack would run in full.
+    """
+    split = _frozen_bottom(frozen) if model.config.scan_layers else 0
+    if not split:
+        return model, combine(trainable, frozen)
+
+    def part(t, f, below: bool):
+        if isinstance(f, LayerSplit):
+            return f.frozen_layers if below else t
+        whole = f if t is None else t
+        return whole[:split] if below else whole[split:]
+
+    t_back, f_back = trainable["backbone"], frozen["backbone"]
+    pieces = {name: jax.tree.map(lambda t, f, b=below: part(t, f, b), t_back["layers"],
+                                 f_back["layers"], is_leaf=lambda x: x is None)
+              for name, below in (("layers_below", True), ("layers", False))}
+    without_stack = lambda tree: {**tree, "backbone": {  # noqa: E731
+        k: v for k, v in tree["backbone"].items() if k != "layers"}}
+    params = combine(without_stack(trainable), without_stack(frozen))
+    params["backbone"] = {**params["backbone"], **pieces}
+    return model.clone(config=model.config.with_policy(scan_split=split)), params
+
+
 def model_inputs(batch: dict, is_decoder: bool) -> dict:
     """The model's keyword arguments from a pipeline batch (ftjax.data.features)."""
     kwargs = {"attention_mask": batch["attention_mask"], "positions": batch["positions"]}
@@ -163,8 +205,8 @@ def make_train_step(
     is_decoder = model.config.arch == "llama"
 
     def loss_sums(trainable, frozen, micro, rng):
-        params = combine(trainable, frozen)
-        out = model.apply(
+        forward, params = scan_split_view(model, trainable, frozen)
+        out = forward.apply(
             {"params": params}, micro["input_ids"], **model_inputs(micro, is_decoder),
             deterministic=False, rngs={"dropout": rng},
         )
