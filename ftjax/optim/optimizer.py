@@ -33,6 +33,7 @@ from ftjax.optim.rules import (
     lr_multiplier,
     rule_slices,
     start_step,
+    uniform_as_scalar,
     wd_multiplier,
 )
 from ftjax.optim.schedules import Schedule, learning_rate_fn
@@ -63,15 +64,14 @@ def _wd_coefficient(path: str, rule: ResolvedRule, cfg: OptimizerConfig) -> np.n
     mask = np.asarray([decays(p, cfg.no_decay) for p, _ in rule_slices(path, rule)], np.float32)
     coeff = cfg.weight_decay * wd_multiplier(rule) * (mask if mask.size > 1 else mask[0])
     coeff = np.asarray(coeff, np.float32)
-    return coeff[:1].reshape(()) if coeff.ndim and np.all(coeff == coeff[0]) else coeff
+    return uniform_as_scalar(coeff)
 
 
 def _trained_layers(values: np.ndarray, layers: bool | TrainedLayers) -> np.ndarray:
     """Per-layer constants (L,) cut to the layers the trainable tree holds; a scalar as is."""
     if not isinstance(layers, TrainedLayers) or values.ndim == 0:
         return values
-    values = take_layers(values, layers.indices)
-    return values[:1].reshape(()) if np.all(values == values[0]) else values
+    return uniform_as_scalar(take_layers(values, layers.indices))
 
 
 def leaf_constants(opt_cfg: OptimizerConfig, resolved: Any, trainable_params: Any):

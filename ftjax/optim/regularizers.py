@@ -20,6 +20,7 @@ import numpy as np
 
 from ftjax.optim.config import from_config
 from ftjax.optim.paths import canonical_layer_paths, is_stacked, path_str
+from ftjax.optim.rules import uniform_as_scalar
 from ftjax.optim.trainability import TrainedLayers
 
 _is_none = lambda x: x is None  # noqa: E731
@@ -84,7 +85,7 @@ def _include_weights(path: str, leaf: Any, pattern: str, layers: Any) -> np.ndar
         else:
             paths = canonical_layer_paths(path, leaf.shape[0])
     w = np.asarray([bool(re.fullmatch(pattern, p)) for p in paths], np.float32)
-    return w[:1].reshape(()) if np.all(w == w[0]) else w
+    return uniform_as_scalar(w)
 
 
 @flax.struct.dataclass

@@ -194,9 +194,16 @@ def start_step(rule: ResolvedRule) -> np.ndarray:
 
 def _per_layer(rule: ResolvedRule, value, dtype) -> np.ndarray:
     if isinstance(rule, StackedRule):
-        values = np.asarray([value(r) for r in rule.layers], dtype)
-        return values[:1].reshape(()) if np.all(values == values[0]) else values
+        return uniform_as_scalar(np.asarray([value(r) for r in rule.layers], dtype))
     return np.asarray(value(rule), dtype)
+
+
+def uniform_as_scalar(values: np.ndarray) -> np.ndarray:
+    """Per-layer values (L,) as one scalar when they are all equal (the optimizer then bakes in
+    a scalar rather than a vector along the layer axis); a scalar as is."""
+    if values.ndim and np.all(values == values[0]):
+        return values[:1].reshape(())
+    return values
 
 
 def along_layer_axis(values: np.ndarray, ndim: int) -> np.ndarray:
