@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from ftjax.config import load_config
 from ftjax.models import HeadConfig, Model, param_shapes, preset
 from ftjax.models.layout import stack_layers, unstack_layers
 from ftjax.optim import (
@@ -47,6 +48,7 @@ from ftjax.optim.paths import group_of, leaf_paths
 from ftjax.optim.rules import lr_multiplier
 from ftjax.optim.selectors import component, layers, top
 from ftjax.peft import PEFT_METHODS, method_config, with_peft
+from ftjax.train.experiment import build_experiment
 
 SGD = dict(name="sgd", schedule="constant", weight_decay=0.0, grad_clip_norm=None)
 
@@ -511,6 +513,23 @@ def test_l2sp_pulls_toward_the_anchor_and_l2_toward_zero():
     grads = grad(mixed, params)
     np.testing.assert_allclose(grads["head"]["kernel"], 0.5 * params["head"]["kernel"], rtol=1e-6)
     np.testing.assert_allclose(grads["backbone"]["norm"]["scale"], 2.0 * -1.0, rtol=1e-6)
+
+
+def test_l2sp_through_an_experiment_names_the_layers_of_split_stacks(tiny_config_file):
+    """Scanned top_layers with L2-SP on the top block only: the anchor holds the trained slices
+    (not the whole stack), and the pull applies to them, i.e. the slices are named by their own
+    layer index, not by their position in the slice."""
+    probe = build_experiment(load_config(tiny_config_file, ["model.scan_layers=True"]))
+    top = probe.model.config.num_layers - 1
+    exp = build_experiment(load_config(tiny_config_file, [
+        "model.scan_layers=True", "method=top_layers", "method_args.top_k=1",
+        "regularizer.l2sp=0.5", f"regularizer.l2sp_include=backbone/layers_{top}/.*"]))
+    reg, trainable = exp.state.regularizer, exp.state.trainable
+    stack = lambda tree: tree["backbone"]["layers"]["block"]  # noqa: E731
+    assert jax.tree.map(jnp.shape, stack(reg.anchor)) == jax.tree.map(jnp.shape, stack(trainable))
+    assert jax.tree.leaves(stack(trainable))[0].shape[0] == 1
+    assert all(float(w) == 1.0 for w in jax.tree.leaves(stack(reg.sp_weights)))
+    assert float(reg(trainable)) == 0.0  # at the anchor
 
 
 def test_l1_gives_a_sign_step_and_skips_frozen():

@@ -71,6 +71,11 @@ class RegularizerConfig:
     def from_config(cls, cfg: Any) -> "RegularizerConfig":
         return from_config(cls, cfg, "regularizer")
 
+    @property
+    def active(self) -> bool:
+        """Whether any penalty is on (else make_regularizer gives None)."""
+        return bool(self.l1 or self.l2 or self.l2sp)
+
 
 def _include_weights(path: str, leaf: Any, pattern: str, layers: Any) -> np.ndarray:
     """1.0 / 0.0 per slice (per layer for stacked leaves) by whether the canonical path matches.
@@ -131,7 +136,7 @@ def make_regularizer(cfg: Any, anchor_params: Any, mask: Any = None) -> Regulari
     leaves (without it, stacked leaves are taken to hold every layer).
     """
     cfg = RegularizerConfig.from_config(cfg)
-    if not (cfg.l1 or cfg.l2 or cfg.l2sp):
+    if not cfg.active:
         return None
     flat, treedef = jax.tree_util.tree_flatten_with_path(anchor_params, is_leaf=_is_none)
     masks = [None] * len(flat) if mask is None else jax.tree.leaves(mask)

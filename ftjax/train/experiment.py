@@ -21,7 +21,7 @@ from ftjax.io.checkpoint import params_shape_hash
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig
 from ftjax.optim import presets, trainability
-from ftjax.optim import learning_rate_fn, make_optimizer, make_regularizer
+from ftjax.optim import RegularizerConfig, learning_rate_fn, make_optimizer, make_regularizer
 from ftjax.peft import PEFT_METHODS, add_peft
 from ftjax.train.losses import loss_for_task
 from ftjax.train.step import (
@@ -215,9 +215,14 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
                                head_kind=cfg.head.kind)
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
-    trainable, _ = trainability.partition(params, mask)
-    tx = make_optimizer(cfg.optimizer, resolved, trainable, total_steps=cfg.steps)
-    regularizer = make_regularizer(cfg.regularizer, trainable, mask)
+    # Shapes suffice for the optimizer; arrays are split (a copy of each split stack) only for
+    # a regularizer's anchor, and then once more into the state.
+    shapes, _ = trainability.partition(jax.eval_shape(lambda p: p, params), mask)
+    tx = make_optimizer(cfg.optimizer, resolved, shapes, total_steps=cfg.steps)
+    regularizer = None
+    if RegularizerConfig.from_config(cfg.regularizer).active:
+        regularizer = make_regularizer(cfg.regularizer, trainability.partition(params, mask)[0],
+                                       mask)
     plan = parallel.plan_for_model(pretrained.model, params, mesh)
     # The loaded arrays move into the state (no second copy of the model on any device), so
     # pretrained keeps none: its arrays are donated, and re-combining the halves here would
