@@ -139,13 +139,13 @@ def _frozen_bottom(frozen) -> int:
 
 
 def scan_split_view(model, trainable, frozen):
-    """(model, params) for the train step's forward pass.
+    """(model, params) for the train and eval steps' forward pass.
 
     Usually `model` and combine(trainable, frozen). When the stacks of a scanned model are split
     with their bottom k layers frozen, instead the model with config.scan_split = k and params
     whose frozen bottom layers are stacked apart (`layers_below`, see ftjax.models.scan): the
     same function, but autodiff skips the backward pass through those layers, which a single
-    scan over the combined stack would run in full.
+    scan over the combined stack would run in full, and no step makes a restacked copy of it.
     """
     split = _frozen_bottom(frozen) if model.config.scan_layers else 0
     if not split:
@@ -348,8 +348,9 @@ def make_eval_step(model, loss_fn: LossFn):
     is_decoder = model.config.arch == "llama"
 
     def eval_step(trainable, frozen, batch):
-        out = model.apply({"params": combine(trainable, frozen)}, batch["input_ids"],
-                          **model_inputs(batch, is_decoder), deterministic=True)
+        forward, params = scan_split_view(model, trainable, frozen)  # no restacked copy
+        out = forward.apply({"params": params}, batch["input_ids"],
+                            **model_inputs(batch, is_decoder), deterministic=True)
         loss_sum, weight, stats = loss_fn(out.logits, batch)
         return {"loss_sum": loss_sum, "weight": weight, **stats}
 
