@@ -76,3 +76,32 @@ def test_missing_file_and_missing_get_config(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="defines no get_config"):
         load_config(bad)
+
+
+def test_trainability_rules_in_a_config_are_checked_where_written(tmp_path):
+    """`rules`: (regex, "frozen" | "train" | {Rule fields}) pairs; each mistake names its entry,
+    and they survive the run's config.json (JSON turns the pairs into lists)."""
+    import json
+
+    from ftjax.config import config_from_dict
+    from ftjax.optim.rules import FROZEN, Rule, parse_spec
+
+    path = _write(tmp_path, "")
+    for rules, message in [
+        ("(('backbone/(', 'frozen'),)", r"rules\[0\]: invalid regex"),
+        ("(('.*', 'train'), ('.*', 'freeze'))", r"rules\[1\]: unknown rule 'freeze'"),
+        ("(('.*', {'lr': 0.1, 'decay': 2}),)", r"rules\[0\]: unknown rule field.*'decay'"),
+        ("(('.*', {'lr': -1.0}),)", r"rules\[0\]: multipliers must be >= 0"),
+        ("('.*',)", r"rules\[0\]: expected a \(regex, rule\) pair"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, [f"rules={rules}"])
+    with pytest.raises(ConfigError, match="method='custom'.*'rules'.*empty"):
+        load_config(path, ["method=custom"])
+
+    rules = "(('backbone/layers_0/.*', {'lr': 0.5, 'wd': 0.0}), ('head/.*', 'train'), ('.*', 'frozen'))"
+    cfg = load_config(path, ["method=custom", f"rules={rules}"])
+    spec = [("backbone/layers_0/.*", Rule(lr=0.5, wd=0.0)), ("head/.*", Rule()), (".*", FROZEN)]
+    assert parse_spec(cfg.rules) == spec
+    again = config_from_dict(json.loads(json.dumps(cfg.to_dict())), "config.json")
+    assert parse_spec(again.rules) == spec

@@ -6,6 +6,7 @@ Tiny prime-dimension presets and toy linear trees keep every compile small; step
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import warnings
@@ -530,6 +531,37 @@ def test_l2sp_through_an_experiment_names_the_layers_of_split_stacks(tiny_config
     assert jax.tree.leaves(stack(trainable))[0].shape[0] == 1
     assert all(float(w) == 1.0 for w in jax.tree.leaves(stack(reg.sp_weights)))
     assert float(reg(trainable)) == 0.0  # at the anchor
+
+
+def test_config_rules_come_before_the_method_and_a_custom_run_trains_only_them(
+        tiny_config_file, tmp_path):
+    """Config `rules` go before the method's preset (first match wins); method="custom" makes
+    them the whole spec: a scanned run training layer 0 and the head (the frozen stack above
+    the trained layer) changes exactly those, also as restored from its directory alone; a rule
+    that matches nothing is a typo, named with paths it could have meant."""
+    from ftjax.train.experiment import restore_run
+    from ftjax.train.loop import train
+
+    exp = build_experiment(load_config(tiny_config_file, [
+        "rules=(('backbone/embeddings/.*', 'frozen'),)"]))  # method="full" otherwise
+    frozen = {group_of(p) for p, m in leaf_paths(trainable_mask(exp.resolved)) if not m}
+    assert frozen == {"embeddings"}
+    with pytest.raises(ValueError, match=r"rules\[0\]: pattern 'backbone/embedings/\.\*' "
+                                         r"matches no parameter.*'backbone/embeddings/"):
+        build_experiment(load_config(tiny_config_file, [
+            "rules=(('backbone/embedings/.*', 'frozen'),)"]))
+
+    overrides = ["method=custom", "model.scan_layers=True", "steps=4", "eval_every=4",
+                 "checkpoint_every=4",
+                 "rules=(('backbone/layers_0/.*', 'train'), ('head/.*', 'train'), ('.*', 'frozen'))"]
+    start = build_experiment(load_config(tiny_config_file, overrides)).params
+    train(load_config(tiny_config_file, overrides), tmp_path, quiet=True)
+    exp, restored = restore_run(tmp_path)
+    end = combine(restored.state.trainable, restored.state.frozen)
+    assert {group_of(p) for p in _changed(_unstacked(start), _unstacked(end))} == {
+        "layers_0", "head"}
+    report = json.loads((tmp_path / "params_report.json").read_text())
+    assert report["scanned_frozen_layers"] == [1]
 
 
 def test_l1_gives_a_sign_step_and_skips_frozen():

@@ -20,7 +20,9 @@ from ftjax.optim.selectors import component, layers, top
 from ftjax.peft.attach import PEFT_LEAVES
 
 PEFT = ("lora", "houlsby", "pfeiffer", "prefix", "prompt", "ia3")
-METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze") + PEFT
+# custom: no preset; the config's own `rules` are the whole spec.
+METHODS = ("full", "linear_probe", "top_layers", "bitfit", "llrd", "gradual_unfreeze") + PEFT + (
+    "custom",)
 
 # PEFT leaves by method, one regex each over canonical paths: the model adds them (ftjax.peft,
 # where the leaf names are defined), the spec only says they train.
@@ -114,6 +116,9 @@ def method_spec(
     head_kind: the model's HeadConfig.kind, for the PEFT methods' default of training a new head
     but not the pretrained LM head; None (unknown) trains the head.
 
+    custom: the empty spec, for a config whose own rules (ftjax.optim.rules.parse_spec, placed
+    before any method's spec) say everything.
+
     Specs without a catch-all (llrd, gradual_unfreeze) fail loudly on leaves they do not know
     (e.g. a PEFT leaf outside the blocks); prepend rules for them.
     """
@@ -125,6 +130,8 @@ def method_spec(
     train_head = cfg.train_head if cfg.train_head is not None else head_kind != "lm"
     head_rule = (component("head", arch), TRAIN if train_head else FROZEN)
 
+    if method == "custom":
+        return []
     if method == "full":
         return [(".*", TRAIN)]
     if method == "linear_probe":

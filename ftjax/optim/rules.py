@@ -13,6 +13,7 @@ both layouts, and per-layer multipliers of a stacked leaf act along its axis 0.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from typing import Any, Sequence
 
@@ -118,6 +119,78 @@ def _compile(spec: Sequence[tuple[str, Rule]]) -> list[tuple[re.Pattern, Rule]]:
         except re.error as e:
             raise ValueError(f"spec entry {i}: invalid regex {pattern!r}: {e}") from None
     return compiled
+
+
+# Config files write a rule as a word or as a mapping of Rule's fields.
+RULE_WORDS = {"frozen": FROZEN, "train": TRAIN}
+FIELDS = tuple(f.name for f in dataclasses.fields(Rule))
+
+
+def parse_rule(value: Any, where: str) -> Rule:
+    """A Rule from a config value: "frozen", "train" or a mapping such as {"lr": 0.1, "wd": 0}
+    (fields of Rule; the rest keep their defaults)."""
+    if isinstance(value, Rule):
+        return value
+    if isinstance(value, str):
+        if value not in RULE_WORDS:
+            raise ValueError(f"{where}: unknown rule {value!r}; write one of {tuple(RULE_WORDS)} "
+                             f"or a mapping of {FIELDS}")
+        return RULE_WORDS[value]
+    if hasattr(value, "items"):
+        values = dict(value.items())
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"{where}: unknown rule field(s) {unknown}; a rule has {FIELDS}")
+        try:
+            return Rule(**values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
+    raise ValueError(f"{where}: a rule is {tuple(RULE_WORDS)} or a mapping of {FIELDS}, "
+                     f"got {value!r}")
+
+
+def parse_spec(entries: Sequence[Any], where: str = "rules") -> Spec:
+    """A spec from a config's list of (regex, rule) pairs (lists too: JSON has no tuples), each
+    rule as `parse_rule` reads it; errors name the entry (`rules[2]: ...`)."""
+    spec = []
+    for i, entry in enumerate(entries):
+        here = f"{where}[{i}]"
+        if isinstance(entry, (str, bytes)) or not hasattr(entry, "__len__") or len(entry) != 2:
+            raise ValueError(f"{here}: expected a (regex, rule) pair, got {entry!r}")
+        pattern, rule = entry
+        if not isinstance(pattern, str):
+            raise ValueError(f"{here}: the pattern must be a string, got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"{here}: invalid regex {pattern!r}: {err}") from None
+        spec.append((pattern, parse_rule(rule, here)))
+    return spec
+
+
+def canonical_paths(params: Any) -> list[str]:
+    """Every path a rule can match: per layer for stacked leaves (`resolve`'s view)."""
+    paths = []
+    for path, leaf in ((path_str(p), x) for p, x in
+                       jax.tree_util.tree_flatten_with_path(params)[0]):
+        if is_stacked(path) and len(getattr(leaf, "shape", ())) >= 1:
+            paths.extend(canonical_layer_paths(path, leaf.shape[0]))
+        else:
+            paths.append(path)
+    return paths
+
+
+def check_rules_match(spec: Spec, params: Any, where: str = "rules") -> None:
+    """Raise if a rule matches no parameter at all: in a hand-written spec that is a typo (a
+    misspelled module, a layer the model lacks), which would otherwise silently do nothing."""
+    paths = canonical_paths(params)
+    for i, (pattern, _) in enumerate(spec):
+        compiled = re.compile(pattern)
+        if not any(compiled.fullmatch(p) for p in paths):
+            close = difflib.get_close_matches(pattern, paths, n=3, cutoff=0.0)
+            raise ValueError(
+                f"{where}[{i}]: pattern {pattern!r} matches no parameter (patterns use "
+                f"re.fullmatch over paths like {', '.join(repr(p) for p in close)})")
 
 
 def match_rule(spec: Sequence[tuple[str, Rule]], path: str) -> Rule | None:

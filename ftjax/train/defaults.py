@@ -13,6 +13,7 @@ from ml_collections import config_dict
 
 from ftjax.optim.config import DEFAULT_NO_DECAY
 from ftjax.optim.presets import METHODS
+from ftjax.optim.rules import parse_spec
 from ftjax.peft import PEFT_METHODS, ia3, lora, method_config
 
 TASKS = ("classification", "causal_lm", "masked_lm")
@@ -34,6 +35,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 64
     c.accumulation_steps = 1  # micro-batches per step; batch_size is the global batch
     c.method = "full"
+    # Trainability rules of your own, matched before the method's spec (first match wins):
+    # (regex, rule) pairs over canonical per-layer paths (backbone/layers_3/self_attn/q_proj/
+    # kernel, in either layer layout), rule = "frozen", "train" or a mapping of Rule fields
+    # ({"lr": 0.1, "wd": 0.0, "unfreeze_at": 500}). E.g. method="full" with
+    # (("backbone/embed_tokens/.*", "frozen"),) freezes the embeddings; method="custom" makes
+    # them the whole spec (every parameter must match one). A rule matching nothing is an error.
+    c.rules = ()
     # At the end, write the kept params' trainable delta (+ a new head) to <workdir>/adapter
     # (ftjax.io.adapter); skipped when every parameter trains (the delta is the whole model).
     c.save_adapter = True
@@ -229,6 +237,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                 f"accumulation_steps={cfg.accumulation_steps}"
             )
         _choice(cfg, "method", cfg.method, METHODS)
+        parse_spec(cfg.rules)
+        if cfg.method == "custom" and not cfg.rules:
+            raise ValueError("method='custom' trains what config key 'rules' says; it is empty")
         if cfg.method in PEFT_METHODS:  # the method's block builds its settings object
             field = PEFT_METHODS[cfg.method][0]
             try:

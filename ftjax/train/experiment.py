@@ -22,6 +22,7 @@ from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig
 from ftjax.optim import presets, trainability
 from ftjax.optim import RegularizerConfig, learning_rate_fn, make_optimizer, make_regularizer
+from ftjax.optim.rules import check_rules_match, parse_spec
 from ftjax.peft import PEFT_METHODS, add_peft
 from ftjax.train.losses import loss_for_task
 from ftjax.train.step import (
@@ -210,9 +211,11 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     base_hash = params_shape_hash(params)
     mesh = build_mesh(cfg)
     splits = load_splits(cfg)
-    spec = presets.method_spec(cfg.method, pretrained.model.config,
-                               method_cfg=method_args(cfg, len(splits["train"])),
-                               head_kind=cfg.head.kind)
+    own_rules = parse_spec(cfg.rules)
+    check_rules_match(own_rules, params)
+    spec = own_rules + presets.method_spec(cfg.method, pretrained.model.config,
+                                           method_cfg=method_args(cfg, len(splits["train"])),
+                                           head_kind=cfg.head.kind)
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
     # Shapes suffice for the optimizer; arrays are split (a copy of each split stack) only for
