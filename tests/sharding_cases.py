@@ -325,12 +325,12 @@ def test_scanned_top_layers_hold_and_checkpoint_only_the_trained_layers(tmp_path
         trained = state.trainable["backbone"]["layers"]["block"]
         frozen = state.frozen["backbone"]["layers"]["block"]
         assert trained[q[0]][q[1]][q[2]].shape == (2, 24, 32)
-        assert frozen[q[0]][q[1]][q[2]].frozen_layers.shape == (1, 24, 32)
+        assert [x.shape for x in frozen[q[0]][q[1]][q[2]].runs] == [(1, 24, 32)]
         trace = optax.tree_utils.tree_get(state.opt_state, "trace")
         assert jax.tree.map(jnp.shape, trace) == jax.tree.map(jnp.shape, state.trainable)
         if mesh is not None:
             assert _spec(trained[q[0]][q[1]][q[2]]) == (None, "fsdp", "tensor")
-            assert _spec(frozen[q[0]][q[1]][q[2]].frozen_layers) == (None, "fsdp", "tensor")
+            assert _spec(frozen[q[0]][q[1]][q[2]].runs[0]) == (None, "fsdp", "tensor")
 
     state, step, plan_a, _ = _setup(scanned, stacked, "top_layers", make_mesh(2, 1, 4))
     ckpt = Checkpointer(tmp_path)

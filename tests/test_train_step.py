@@ -1,5 +1,8 @@
 """The pure train/eval step: overfitting, exact metrics, accumulation, one compile, NaN guard."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +10,9 @@ import optax
 import pytest
 
 from ftjax.models import HeadConfig, Model, init_params, preset
+from ftjax.models.layout import to_layout
 from ftjax.optim import presets, trainability
+from ftjax.optim.paths import leaf_paths
 from ftjax.optim.trainability import combine
 from ftjax.train.losses import loss_for_task
 from ftjax.train.step import (
@@ -165,30 +170,106 @@ def test_frozen_leaves_come_out_bit_identical():
                               params["head"]["classifier"]["kernel"])
 
 
+def _weight_grads_in_scans(fn, *args) -> int:
+    """How many per-layer weight gradients fn's program computes inside scans: dot_generals with
+    a 2-D result (a block's activations are (B, T, ...)), each counted once per iteration."""
+    def count(jaxpr, times: int, in_scan: bool) -> int:
+        n = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                n += times * (in_scan and len(eqn.outvars[0].aval.shape) == 2)
+            scan = eqn.primitive.name == "scan"
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
+                    if hasattr(sub, "eqns"):
+                        n += count(sub, times * (eqn.params["length"] if scan else 1),
+                                   in_scan or scan)
+        return n
+
+    return count(jax.make_jaxpr(fn)(*args).jaxpr, 1, False)
+
+
+def _layer_rules(arch, trained):
+    """Trainability rules of a case: layer index -> "all" or a component name."""
+    from ftjax.optim.selectors import component
+    spec = [(component(part, arch, layers=[i]) if part != "all" else rf"backbone/layers_{i}/.*",
+             trainability.TRAIN) for i, part in trained]
+    return spec + [("head/.*", trainability.TRAIN), (".*", trainability.FROZEN)]
+
+
+# (trained (layer, part) pairs of a 5-layer model, the scan breaks the step should choose)
+LAYER_CASES = {
+    "top": ([(3, "all"), (4, "all")], (3,)),
+    "bottom": ([(0, "all"), (1, "all")], (2,)),
+    "gaps": ([(1, "all"), (3, "all")], (1, 2, 3, 4)),
+    "mixed": ([(1, "attention"), (2, "attention"), (2, "mlp")], (1, 2, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYER_CASES))
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
-def test_scanned_top_layers_skip_the_frozen_layers_backward_pass(name):
-    """top_layers on a scanned model: the step's forward runs the frozen bottom layers as a scan
-    of their own, so the gradient program holds one backward scan (the trained layers'), not
-    one over every layer, and the gradient is the same as through the combined stack."""
-    cfg = preset(name, scan_layers=True)
+def test_scanned_partial_training_computes_weight_grads_of_trained_layers_only(name, case):
+    """Whichever layers of a scanned model train (top, bottom, with gaps, different parts of
+    different layers): the step cuts the scan where trained and frozen layers meet, so its
+    program computes the weight gradients of the trained (layer, kernel) pairs and no others,
+    where one scan over the combined stack computes them for every layer of each split leaf;
+    the gradient is the same, and training equals the per-layer (unscanned) model's."""
+    trained, breaks = LAYER_CASES[case]
+    arch = "llama" if name == "tiny-llama" else "bert"
+    cfg = preset(name, scan_layers=True, num_layers=5)
     model = Model(cfg, HeadConfig("sequence", 2, "mean"))
     params = init_params(model, jax.random.key(0))
-    resolved = trainability.resolve(
-        presets.method_spec("top_layers", cfg, method_cfg={"top_k": cfg.num_layers - 1}), params)
+    spec = _layer_rules(arch, trained)
+    resolved = trainability.resolve(spec, params)
     trainable, frozen = trainability.partition(params, trainability.trainable_mask(resolved))
     batch = _batch(cfg, [4, 6, 3])
     inputs = {k: batch[k] for k in ("attention_mask", "positions")}
+    forward, view = scan_split_view(model, trainable, frozen)
+    assert forward.config.scan_breaks == breaks
+    # Frozen layers enter each scan as the frozen half stores them: no slice, no copy.
+    starts = (0, *breaks)
+    mask = trainability.trainable_mask(resolved)["backbone"]["layers"]
+    trains_at = [sum(bool(m) and (m is True or a in m.indices) for a in starts)
+                 for m in jax.tree.leaves(mask)]
+    stored = {id(x) for x in jax.tree.leaves(frozen)}
+    pieces = jax.tree.leaves([view["backbone"][f"layer_segments_{i}"] for i in range(len(starts))])
+    assert sum(id(x) in stored for x in pieces) == len(pieces) - sum(trains_at)
 
     def loss(t, split):
-        forward, p = scan_split_view(model, t, frozen) if split else (model, combine(t, frozen))
-        return jnp.mean(forward.apply({"params": p}, batch["input_ids"], **inputs).logits ** 2)
+        fwd, p = scan_split_view(model, t, frozen) if split else (model, combine(t, frozen))
+        return jnp.mean(fwd.apply({"params": p}, batch["input_ids"], **inputs).logits ** 2)
 
-    def grad_program(split):
-        grad = jax.jit(jax.grad(loss), static_argnums=1)
-        return grad.lower(trainable, split).as_text().count("stablehlo.while"), grad(trainable,
-                                                                                   split)
-
-    whiles_one_scan, ref = grad_program(False)
-    whiles_split, grads = grad_program(True)
-    assert (whiles_one_scan, whiles_split) == (2, 3)  # forward + backward; + the frozen forward
+    kernels = [(m.indices if isinstance(m, trainability.TrainedLayers) else range(5))
+               for m, x in zip(jax.tree.leaves(trainability.trainable_mask(resolved)),
+                               jax.tree.leaves(params)) if m and x.ndim == 3]
+    trained_kernels = sum(len(k) for k in kernels)
+    counts = [_weight_grads_in_scans(jax.grad(functools.partial(loss, split=s)), trainable)
+              for s in (True, False)]
+    assert counts == [trained_kernels, 5 * len(kernels)]
+    grads, ref = (jax.jit(jax.grad(loss), static_argnums=1)(trainable, s) for s in (True, False))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, ref)
+    if case == "top":  # nothing below layer 3 trains: no backward loop over layers 0-2 at all
+        whiles = [jax.jit(jax.grad(loss), static_argnums=1).lower(trainable, s).as_text()
+                  .count("stablehlo.while") for s in (False, True)]
+        assert whiles == [2, 3]  # forward + backward; + the frozen layers' forward
+
+    if case not in ("gaps", "mixed"):
+        return  # the cases below cover the others' wiring; the sharding cases train "top"
+
+    # A few optimizer steps: the same as the unscanned model under the same rules.
+    def train(m, p):
+        r = trainability.resolve(spec, p)
+        state = create_train_state(p, trainability.trainable_mask(r), optax.adam(1e-2), seed=0)
+        step = jax.jit(make_train_step(m, optax.adam(1e-2), loss_for_task("classification")))
+        for seed in range(3):
+            state, metrics = step(state, _batch(cfg, [4, 6, 3], seed=seed))
+        return combine(state.trainable, state.frozen), float(metrics["loss"])
+
+    scanned, loss_scanned = train(model, params)
+    flat, loss_flat = train(Model(dataclasses.replace(cfg, scan_layers=False), model.head_config),
+                            to_layout(params, scan_layers=False))
+    assert loss_scanned == pytest.approx(loss_flat, rel=1e-5)
+    for (path, a), (_, b) in zip(leaf_paths(to_layout(scanned, scan_layers=False)),
+                                 leaf_paths(flat)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)

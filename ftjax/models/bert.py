@@ -18,7 +18,7 @@ from ftjax.models.config import BertConfig
 from ftjax.models.layers import Dense, Embed, LayerNorm, activation, attention_mask
 from ftjax.models.layers import dot_product_attention
 from ftjax.models.remat import remat_policy
-from ftjax.models.scan import layer_scans, run_layers
+from ftjax.models.scan import attach_layer_scans, run_layers
 from ftjax.peft.adapters import maybe_adapt
 from ftjax.peft.prefix import PrefixEncoder, layer_prefix, prepend_prefix
 from ftjax.peft.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
@@ -146,8 +146,7 @@ class BertModel(nn.Module):
             if policy is not None:
                 # argnums count self: (self, x, _, mask, deterministic)
                 layer = nn.remat(layer, policy=policy, prevent_cse=False, static_argnums=(4,))
-            self.layers_below, self.layers = layer_scans(
-                layer, cfg, in_axes=(0, nn.broadcast, nn.broadcast))
+            attach_layer_scans(self, layer, cfg, in_axes=(0, nn.broadcast, nn.broadcast))
         else:
             layer = BertLayer
             if policy is not None:
@@ -193,8 +192,7 @@ class BertModel(nn.Module):
         prefixes = self.prefix_encoder() if cfg.prefix is not None and cfg.prefix.projection \
             else None
         if cfg.scan_layers:
-            x, _ = run_layers(self.layers_below, self.layers, cfg.scan_split, x, prefixes, mask,
-                              deterministic)
+            x, _ = run_layers(self, x, prefixes, mask, deterministic)
         else:
             for i, block in enumerate(self.blocks):
                 prefix_kv = None if prefixes is None else (prefixes[0][i], prefixes[1][i])

@@ -65,11 +65,11 @@ class PolicyMixin:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
     scan_layers: bool = False  # stack layer params on a leading "layers" axis and lax.scan them
-    # With scan_layers: layers [0, scan_split) run as a scan of their own, with their params
-    # stacked apart under `layers_below`, and the rest under `layers`. The train step sets it
-    # when the bottom of every split stack is frozen (ftjax.train.step.scan_split_view):
-    # autodiff then skips that scan's backward pass. 0: one scan over every layer.
-    scan_split: int = 0
+    # With scan_layers: the layer indices where a new scan starts (params `layer_segments_<i>`
+    # instead of `layers`, ftjax.models.scan). The train step sets them where trained and
+    # frozen layers of a partly trained stack meet (ftjax.train.step.scan_split_view), so
+    # autodiff computes no weight gradient for the frozen ones. (): one scan over every layer.
+    scan_breaks: tuple[int, ...] = ()
     remat: str = "none"  # "none" | "full" | "dots" (save only matmul outputs) for training
     # None: cuDNN's fused kernel on GPU for bf16 / fp16 where it applies, else XLA
     # (ftjax.models.layers.attention_implementation); "xla" or "cudnn" force one.

@@ -35,7 +35,7 @@ from ftjax.models.layers import (
     rope_cos_sin,
 )
 from ftjax.models.remat import remat_policy
-from ftjax.models.scan import layer_scans, run_layers
+from ftjax.models.scan import attach_layer_scans, run_layers
 from ftjax.peft.adapters import maybe_adapt
 from ftjax.peft.prefix import PrefixEncoder, layer_prefix, prepend_prefix
 from ftjax.peft.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
@@ -175,8 +175,8 @@ class LlamaModel(nn.Module):
             if policy is not None:
                 # argnums count self: (self, x, layer_inputs, cos, sin, mask, end, deterministic)
                 scanned = nn.remat(scanned, policy=policy, prevent_cse=False, static_argnums=(7,))
-            self.layers_below, self.layers = layer_scans(
-                scanned, cfg,
+            attach_layer_scans(
+                self, scanned, cfg,
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast))
         else:
             if policy is not None:
@@ -246,9 +246,8 @@ class LlamaModel(nn.Module):
             else None
 
         if cfg.scan_layers:
-            x, layer_caches = run_layers(self.layers_below, self.layers, cfg.scan_split, x,
-                                         (layer_caches, prefixes), cos, sin, mask, cache_end,
-                                         deterministic)
+            x, layer_caches = run_layers(self, x, (layer_caches, prefixes), cos, sin, mask,
+                                         cache_end, deterministic)
         else:
             new_k, new_v = [], []
             for i, block in enumerate(self.blocks):

@@ -43,8 +43,8 @@ def report(params: Any, resolved: Any, opt_state: Any = None) -> dict:
     "trainable" counts elements that train at some step (gradual unfreezing included); for a
     stacked leaf only its trainable layer slices count (partition splits the others out).
     "scanned_frozen_layers": the frozen layers of stacks that partly train; they hold no
-    optimizer state, and when they are the bottom layers of every such stack the train step
-    skips their backward pass (ftjax.train.step.scan_split_view); otherwise the scan runs it.
+    optimizer state, and the train step computes no weight gradient for them (it cuts the scan
+    where trained and frozen layers meet, ftjax.train.step.scan_split_view).
     `optimizer_state_bytes` is None unless an optimizer state (arrays or shapes) is given.
     """
     rules = jax.tree.leaves(resolved, is_leaf=is_rule)
@@ -122,8 +122,8 @@ def format_report(rep: dict) -> str:
                  f"({_human_bytes(rep['trainable_bytes'])} of {_human_bytes(rep['param_bytes'])})")
     if rep.get("scanned_frozen_layers"):
         lines.append(f"frozen inside partly trained scanned stacks: layers "
-                     f"{_ranges(rep['scanned_frozen_layers'])} (no optimizer state; no backward "
-                     f"pass either when they are the bottom layers of every split stack)")
+                     f"{_ranges(rep['scanned_frozen_layers'])} (no optimizer state, no weight "
+                     f"gradient)")
     if rep.get("optimizer_state_bytes") is not None:
         lines.append(f"optimizer state: {_human_bytes(rep['optimizer_state_bytes'])}")
     return "\n".join(lines)

@@ -14,8 +14,10 @@ bit-identical because they never pass through the update.
 A leaf stacked for `scan` of which only some layers ever train (top_layers on a scanned model) is
 split along its layer axis: the trainable half holds just those layers, so gradients, optimizer
 state and checkpoints hold nothing of the others, and the frozen half holds the rest in a
-`LayerSplit` that `combine` stacks back in layer order. (The train step does not even restack
-when the frozen layers are the bottom ones: see ftjax.train.step.scan_split_view.)
+`LayerSplit` that `combine` stacks back in layer order. The train step does not restack: it cuts
+the scan where trained and frozen layers meet (ftjax.train.step.scan_split_view), and so that it
+need not slice (copy) frozen layers either, a LayerSplit keeps them in runs cut at those points,
+and beside a partly trained stack every wholly frozen stacked leaf is kept that way too.
 
 Rules, resolution and the report live in ftjax.optim.rules / ftjax.optim.report; this module is
 the one import a train loop needs.
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftjax.optim.paths import is_stacked, path_str
 from ftjax.optim.report import format_report, report, state_bytes
 from ftjax.optim.rules import (
     FROZEN,
@@ -49,8 +52,8 @@ from ftjax.optim.rules import (
 __all__ = [
     "FROZEN", "NEVER", "TRAIN", "LayerSplit", "ResolvedRule", "Rule", "Spec", "StackedRule",
     "TrainedLayers", "UnmatchedParamsError", "combine", "format_report", "is_rule",
-    "layer_flags", "leaf_mask", "match_rule", "partition", "report", "resolve", "state_bytes",
-    "trainable_mask",
+    "layer_flags", "layer_runs", "leaf_mask", "match_rule", "partition", "report", "resolve",
+    "scan_breaks", "state_bytes", "trainable_mask",
 ]
 
 
@@ -81,21 +84,60 @@ def take_layers(x: Any, indices: tuple[int, ...]) -> Any:
     return x[lo:hi] if hi - lo == len(indices) else x[np.asarray(indices)]
 
 
+def scan_breaks(entries: Any) -> tuple[int, ...]:
+    """The layers where some partly trained stack turns from frozen to trained or back (the
+    TrainedLayers among `entries`, e.g. a mask's leaves): cut there, every stacked leaf is wholly
+    frozen or wholly trained between two cuts. () when no stack is partly trained."""
+    breaks: set[int] = set()
+    for m in entries:
+        if isinstance(m, TrainedLayers):
+            trains = np.isin(np.arange(m.num_layers), m.indices)
+            breaks.update(int(b) for b in np.flatnonzero(trains[1:] != trains[:-1]) + 1)
+    return tuple(sorted(breaks))
+
+
+def layer_runs(indices: tuple[int, ...], breaks: tuple[int, ...]) -> list[tuple[int, int]]:
+    """[start, stop) of each run of consecutive `indices`, also cut at `breaks`."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i and i not in breaks:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [(a, b) for a, b in runs]
+
+
 @flax.struct.dataclass
 class LayerSplit:
-    """The frozen half of a partly trained stacked leaf: its frozen layers, and which they are."""
+    """The frozen half of a stacked leaf when some stack of the model partly trains: its frozen
+    layers (for a wholly frozen leaf, all of them) as runs of consecutive layers, cut where the
+    train step cuts its scan (`scan_breaks`), so each run feeds its scan as it is; slicing one
+    stacked array there would copy it on every step."""
 
-    frozen_layers: Any
-    layers: TrainedLayers = flax.struct.field(pytree_node=False)
+    runs: tuple  # arrays (or shapes, shardings), one per entry of `bounds`
+    layers: TrainedLayers = flax.struct.field(pytree_node=False)  # the leaf's trained layers
+    bounds: tuple[tuple[int, int], ...] = flax.struct.field(pytree_node=False)
 
-    def assemble(self, trained: jax.Array) -> jax.Array:
+    @classmethod
+    def of(cls, x: Any, layers: TrainedLayers, breaks: tuple[int, ...]) -> "LayerSplit":
+        bounds = tuple(layer_runs(layers.frozen_indices, breaks))
+        return cls(tuple(take_layers(x, tuple(range(a, b))) for a, b in bounds), layers, bounds)
+
+    def run(self, start: int, stop: int) -> Any:
+        """The frozen run of layers [start, stop) (one the split was cut to)."""
+        return self.runs[self.bounds.index((start, stop))]
+
+    def assemble(self, trained: jax.Array | None) -> jax.Array:
         """The whole stack in layer order, in the trained layers' dtype (frozen layers may be
         stored narrower, see ftjax.train.step.cast_frozen)."""
-        stacked = jnp.concatenate([self.frozen_layers.astype(trained.dtype), trained], axis=0)
-        order = np.argsort(self.layers.frozen_indices + self.layers.indices)
-        if np.array_equal(order, np.arange(self.layers.num_layers)):
-            return stacked  # the usual case: the trained layers are the top ones
-        return jnp.take(stacked, order, axis=0)
+        pieces = list(zip(self.bounds, self.runs))
+        if trained is not None:
+            pieces = [(b, x.astype(trained.dtype)) for b, x in pieces]
+            at = 0
+            for a, b in layer_runs(self.layers.indices, ()):
+                pieces.append(((a, b), trained[at:at + b - a]))
+                at += b - a
+        return jnp.concatenate([x for _, x in sorted(pieces, key=lambda e: e[0])], axis=0)
 
 
 def leaf_mask(rule: ResolvedRule) -> bool | TrainedLayers:
@@ -126,20 +168,28 @@ def layer_flags(mask: Any) -> Any:
 
 def partition(params: Any, mask: Any) -> tuple[Any, Any]:
     """Split params into (trainable, frozen), each with `None` where the other holds the leaf;
-    a partly trained stacked leaf is split along its layers (see the module docstring).
+    a partly trained stacked leaf is split along its layers (see the module docstring), and
+    beside one, every stacked leaf keeps its frozen layers in runs (LayerSplit).
 
     params may hold arrays, ShapeDtypeStructs or Shardings (a plan's parameter shardings)."""
+    breaks = scan_breaks(jax.tree.leaves(mask))
+    num_layers = next((m.num_layers for m in jax.tree.leaves(mask)
+                       if isinstance(m, TrainedLayers)), 0)
+
     def trained(p, m):
         if isinstance(m, TrainedLayers):
             return take_layers(p, m.indices)
         return p if m else None
 
-    def frozen(p, m):
+    def frozen(key_path, p, m):
         if isinstance(m, TrainedLayers):
-            return LayerSplit(take_layers(p, m.frozen_indices), m)
+            return LayerSplit.of(p, m, breaks)
+        if not m and breaks and is_stacked(path_str(key_path)):
+            return LayerSplit.of(p, TrainedLayers((), num_layers), breaks)
         return None if m else p
 
-    return jax.tree.map(trained, params, mask), jax.tree.map(frozen, params, mask)
+    return (jax.tree.map(trained, params, mask),
+            jax.tree_util.tree_map_with_path(frozen, params, mask))
 
 
 def _combine_leaf(t: Any, f: Any) -> Any:

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ftjax.optim.trainability import LayerSplit, combine, partition
+from ftjax.models.scan import segment_bounds
+from ftjax.optim.trainability import LayerSplit, combine, partition, scan_breaks
 from ftjax.train.losses import LossFn
 
 
@@ -126,46 +127,48 @@ def state_shardings(state: TrainState):
     return jax.tree.map(lambda x: x.sharding, state)
 
 
-def _frozen_bottom(frozen) -> int:
-    """k when every split stack of the frozen half is split alike, layers [0, k) frozen and
-    [k, L) trained (top_layers on a scanned model); else 0."""
-    is_split = lambda x: isinstance(x, LayerSplit)  # noqa: E731
-    splits = {x.layers for x in jax.tree.leaves(frozen, is_leaf=is_split) if is_split(x)}
-    if len(splits) != 1:
-        return 0
-    (layers,) = splits
-    k = layers.indices[0]
-    return k if layers.indices == tuple(range(k, layers.num_layers)) else 0
+def _segment_of(t, f, start: int, stop: int):
+    """Layers [start, stop) of one stacked leaf from its trainable (`t`) and frozen (`f`) halves:
+    a slice of its trained layers, or its frozen run of them (LayerSplit cut them to fit)."""
+    if isinstance(f, LayerSplit):
+        if start not in f.layers.indices:
+            return f.run(start, stop)
+        at = f.layers.indices.index(start)
+        return t[at:at + stop - start]
+    whole = f if t is None else t
+    return whole[start:stop]
 
 
 def scan_split_view(model, trainable, frozen):
     """(model, params) for the train and eval steps' forward pass.
 
-    Usually `model` and combine(trainable, frozen). When the stacks of a scanned model are split
-    with their bottom k layers frozen, instead the model with config.scan_split = k and params
-    whose frozen bottom layers are stacked apart (`layers_below`, see ftjax.models.scan): the
-    same function, but autodiff skips the backward pass through those layers, which a single
-    scan over the combined stack would run in full, and no step makes a restacked copy of it.
+    Usually `model` and combine(trainable, frozen). When stacks of a scanned model are split
+    between the halves (some of their layers train, ftjax.optim.trainability), instead the model
+    with config.scan_breaks where training starts and stops along the layers, and params stacked
+    per segment (`layer_segments_<i>`, see ftjax.models.scan): frozen layers as the frozen half
+    stores them (runs cut to fit, no copy), trained ones sliced from the trainable half. The
+    same function, but autodiff computes no weight gradient for a frozen segment (and no
+    backward pass at all below the lowest trained value), where one scan over the combined
+    stack computes them for every layer; and no step makes a restacked copy of the stack.
     """
-    split = _frozen_bottom(frozen) if model.config.scan_layers else 0
-    if not split:
+    is_split = lambda x: isinstance(x, LayerSplit)  # noqa: E731
+    breaks = scan_breaks(x.layers for x in jax.tree.leaves(frozen, is_leaf=is_split)
+                         if is_split(x)) if model.config.scan_layers else ()
+    if not breaks:
         return model, combine(trainable, frozen)
 
-    def part(t, f, below: bool):
-        if isinstance(f, LayerSplit):
-            return f.frozen_layers if below else t
-        whole = f if t is None else t
-        return whole[:split] if below else whole[split:]
-
-    t_back, f_back = trainable["backbone"], frozen["backbone"]
-    pieces = {name: jax.tree.map(lambda t, f, b=below: part(t, f, b), t_back["layers"],
-                                 f_back["layers"], is_leaf=lambda x: x is None)
-              for name, below in (("layers_below", True), ("layers", False))}
+    t_stack, f_stack = trainable["backbone"]["layers"], frozen["backbone"]["layers"]
+    num_layers = model.config.num_layers
+    segments = {
+        f"layer_segments_{i}": jax.tree.map(
+            lambda t, f, a=start, b=stop: _segment_of(t, f, a, b), t_stack, f_stack,
+            is_leaf=lambda x: x is None or is_split(x))
+        for i, (start, stop) in enumerate(segment_bounds(breaks, num_layers))}
     without_stack = lambda tree: {**tree, "backbone": {  # noqa: E731
         k: v for k, v in tree["backbone"].items() if k != "layers"}}
     params = combine(without_stack(trainable), without_stack(frozen))
-    params["backbone"] = {**params["backbone"], **pieces}
-    return model.clone(config=model.config.with_policy(scan_split=split)), params
+    params["backbone"] = {**params["backbone"], **segments}
+    return model.clone(config=model.config.with_policy(scan_breaks=breaks)), params
 
 
 def model_inputs(batch: dict, is_decoder: bool) -> dict:
