@@ -168,15 +168,19 @@ def parse_spec(entries: Sequence[Any], where: str = "rules") -> Spec:
     return spec
 
 
+def _layer_paths(path: str, leaf: Any) -> list[str] | None:
+    """The canonical per-layer paths of a stacked leaf's slices; None for any other leaf."""
+    if is_stacked(path) and len(getattr(leaf, "shape", ())) >= 1:
+        return canonical_layer_paths(path, leaf.shape[0])
+    return None
+
+
 def canonical_paths(params: Any) -> list[str]:
     """Every path a rule can match: per layer for stacked leaves (`resolve`'s view)."""
     paths = []
-    for path, leaf in ((path_str(p), x) for p, x in
-                       jax.tree_util.tree_flatten_with_path(params)[0]):
-        if is_stacked(path) and len(getattr(leaf, "shape", ())) >= 1:
-            paths.extend(canonical_layer_paths(path, leaf.shape[0]))
-        else:
-            paths.append(path)
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        path = path_str(key_path)
+        paths.extend(_layer_paths(path, leaf) or [path])
     return paths
 
 
@@ -216,9 +220,10 @@ def resolve(spec: Sequence[tuple[str, Rule]], params: Any) -> Any:
     unmatched: list[str] = []
 
     def resolve_leaf(path: str, leaf: Any) -> ResolvedRule | None:
-        if is_stacked(path) and len(getattr(leaf, "shape", ())) >= 1:
+        layer_paths = _layer_paths(path, leaf)
+        if layer_paths is not None:
             rules = []
-            for layer_path in canonical_layer_paths(path, leaf.shape[0]):
+            for layer_path in layer_paths:
                 rule = _first_match(compiled, layer_path)
                 if rule is None:
                     unmatched.append(layer_path)

@@ -129,14 +129,15 @@ def state_shardings(state: TrainState):
 
 def _segment_of(t, f, start: int, stop: int):
     """Layers [start, stop) of one stacked leaf from its trainable (`t`) and frozen (`f`) halves:
-    a slice of its trained layers, or its frozen run of them (LayerSplit cut them to fit)."""
-    if isinstance(f, LayerSplit):
-        if start not in f.layers.indices:
-            return f.run(start, stop)
-        at = f.layers.indices.index(start)
-        return t[at:at + stop - start]
-    whole = f if t is None else t
-    return whole[start:stop]
+    a slice of its trained layers, or its frozen run of them (LayerSplit cut them to fit). With
+    a stack partly trained, partition makes every frozen stacked leaf a LayerSplit, so a leaf
+    without one trains whole."""
+    if not isinstance(f, LayerSplit):
+        return t[start:stop]
+    if start not in f.layers.indices:
+        return f.run(start, stop)
+    at = f.layers.indices.index(start)
+    return t[at:at + stop - start]
 
 
 def scan_split_view(model, trainable, frozen):
