@@ -18,21 +18,16 @@ fine-tuning"): test accuracy 0.676 (head only), then blocks 0-5: 0.797, 0.825, 0
 0.810, 0.785; full fine-tuning 0.856.
 """
 
-from ftjax.train.defaults import base_config
+from pathlib import Path
+
+from ftjax.config import import_config_file
 
 NUM_BLOCKS = 6  # all-MiniLM-L6-v2
 
 
 def get_config(variant: str = "block5"):
-    c = base_config()
-    c.model.name = "all-minilm-l6-v2"
+    c = import_config_file(Path(__file__).with_name("polarity_minilm.py"))
     c.model.scan_layers = True
-    c.head.kind = "sequence"
-    c.head.num_labels = 2
-    c.head.pooling = "mean"
-    c.task.kind = "classification"
-    c.task.max_length = 64
-    c.data.source = "polarity"
     c.method = "custom"
     blocks = {f"block{i}": i for i in range(NUM_BLOCKS)}
     if variant == "head":
@@ -42,13 +37,5 @@ def get_config(variant: str = "block5"):
                    (".*", "frozen"))
     else:
         raise ValueError(f"unknown variant {variant!r}; expected 'head' or one of {list(blocks)}")
-    c.steps = 400
-    c.batch_size = 32
-    c.eval_batch_size = 128
-    c.eval_every = 100
-    c.checkpoint_every = 200
-    c.log_every = 20
     c.optimizer.learning_rate = 1e-4
-    c.optimizer.warmup_steps = 40
-    c.optimizer.schedule = "linear"
     return c
