@@ -54,6 +54,18 @@ def layer_index(path: str) -> int | None:
     return int(m["index"]) if m else None
 
 
+def layer_runs(indices: tuple[int, ...], breaks: tuple[int, ...]) -> list[tuple[int, int]]:
+    """[start, stop) of each run of consecutive layer `indices` (ascending), also cut at
+    `breaks`: [0, 1, 2, 5] -> [(0, 3), (5, 6)]."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i and i not in breaks:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [(a, b) for a, b in runs]
+
+
 def group_of(path: str) -> str:
     """A coarse component name for counting and logging, from a canonical path.
 

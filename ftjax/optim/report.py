@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftjax.optim.paths import group_of, group_order, layer_index, leaf_paths
+from ftjax.optim.paths import group_of, group_order, layer_index, layer_runs, leaf_paths
 from ftjax.optim.rules import ResolvedRule, Rule, is_rule, rule_slices
 
 
@@ -94,13 +94,7 @@ def _human_bytes(n: int) -> str:
 
 def _ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5] -> "0-2, 5"."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+    return ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in layer_runs(indices, ()))
 
 
 def format_report(rep: dict) -> str:

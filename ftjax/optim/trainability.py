@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.optim.paths import is_stacked, path_str
+from ftjax.optim.paths import is_stacked, layer_runs, path_str
 from ftjax.optim.report import format_report, report, state_bytes
 from ftjax.optim.rules import (
     FROZEN,
@@ -94,17 +94,6 @@ def scan_breaks(entries: Any) -> tuple[int, ...]:
             trains = np.isin(np.arange(m.num_layers), m.indices)
             breaks.update(int(b) for b in np.flatnonzero(trains[1:] != trains[:-1]) + 1)
     return tuple(sorted(breaks))
-
-
-def layer_runs(indices: tuple[int, ...], breaks: tuple[int, ...]) -> list[tuple[int, int]]:
-    """[start, stop) of each run of consecutive `indices`, also cut at `breaks`."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and runs[-1][1] == i and i not in breaks:
-            runs[-1][1] = i + 1
-        else:
-            runs.append([i, i + 1])
-    return [(a, b) for a, b in runs]
 
 
 @flax.struct.dataclass
