@@ -53,7 +53,7 @@ __all__ = [
     "FROZEN", "NEVER", "TRAIN", "LayerSplit", "ResolvedRule", "Rule", "Spec", "StackedRule",
     "TrainedLayers", "UnmatchedParamsError", "combine", "format_report", "is_rule",
     "layer_flags", "layer_runs", "leaf_mask", "match_rule", "partition", "report", "resolve",
-    "scan_breaks", "state_bytes", "trainable_mask",
+    "scan_breaks", "state_bytes", "trainable_half", "trainable_mask",
 ]
 
 
@@ -165,11 +165,6 @@ def partition(params: Any, mask: Any) -> tuple[Any, Any]:
     num_layers = next((m.num_layers for m in jax.tree.leaves(mask)
                        if isinstance(m, TrainedLayers)), 0)
 
-    def trained(p, m):
-        if isinstance(m, TrainedLayers):
-            return take_layers(p, m.indices)
-        return p if m else None
-
     def frozen(key_path, p, m):
         if isinstance(m, TrainedLayers):
             return LayerSplit.of(p, m, breaks)
@@ -177,8 +172,17 @@ def partition(params: Any, mask: Any) -> tuple[Any, Any]:
             return LayerSplit.of(p, TrainedLayers((), num_layers), breaks)
         return None if m else p
 
-    return (jax.tree.map(trained, params, mask),
-            jax.tree_util.tree_map_with_path(frozen, params, mask))
+    return trainable_half(params, mask), jax.tree_util.tree_map_with_path(frozen, params, mask)
+
+
+def trainable_half(params: Any, mask: Any) -> Any:
+    """`partition(params, mask)[0]` without building the frozen half (e.g. for an anchor)."""
+    def trained(p, m):
+        if isinstance(m, TrainedLayers):
+            return take_layers(p, m.indices)
+        return p if m else None
+
+    return jax.tree.map(trained, params, mask)
 
 
 def _combine_leaf(t: Any, f: Any) -> Any:

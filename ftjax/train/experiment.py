@@ -218,14 +218,14 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
                                            head_kind=cfg.head.kind)
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
-    # Shapes suffice for the optimizer; arrays are split (a copy of each split stack) only for
-    # a regularizer's anchor, and then once more into the state.
-    shapes, _ = trainability.partition(jax.eval_shape(lambda p: p, params), mask)
+    # Shapes suffice for the optimizer; arrays are sliced (a copy of each split stack's trained
+    # layers) only for a regularizer's anchor, and then once more into the state.
+    shapes = trainability.trainable_half(jax.eval_shape(lambda p: p, params), mask)
     tx = make_optimizer(cfg.optimizer, resolved, shapes, total_steps=cfg.steps)
     regularizer = None
     if RegularizerConfig.from_config(cfg.regularizer).active:
-        regularizer = make_regularizer(cfg.regularizer, trainability.partition(params, mask)[0],
-                                       mask)
+        anchor = trainability.trainable_half(params, mask)
+        regularizer = make_regularizer(cfg.regularizer, anchor, mask)
     plan = parallel.plan_for_model(pretrained.model, params, mesh)
     # The loaded arrays move into the state (no second copy of the model on any device), so
     # pretrained keeps none: its arrays are donated, and re-combining the halves here would
