@@ -37,6 +37,8 @@ setup(
             "datasets>=3.0",
             "tensorflow-datasets>=4.9.6",
             "matplotlib>=3.8",
+            # The floors contract of .importlinter, checked by tests/test_layering.py.
+            "import-linter>=2.1",
         ],
         "data": ["datasets>=3.0", "tensorflow-datasets>=4.9.6"],
         "sweep": ["matplotlib>=3.8"],  # ftjax sweep's plots

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from ftjax.config import load_config
+    from ftjax.train.config import load_config
     from ftjax.train.experiment import build_experiment
 
     cfg = load_config(args.config, [*args.set, f"mesh.data={data}", f"mesh.fsdp={fsdp}",

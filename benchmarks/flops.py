@@ -24,8 +24,8 @@ def compiled_flops(size: str, mode: str, seq: int, batch: int) -> dict:
 
     from benchmarks.jax_worker import optimizer_for
     from ftjax.models import HeadConfig, LlamaConfig, Model, param_shapes
+    from ftjax.objectives.losses import loss_for_task
     from ftjax.peft import LoraConfig, with_lora
-    from ftjax.train.losses import loss_for_task
     from ftjax.train.step import create_train_state, make_train_step
 
     model = Model(LlamaConfig(**SIZES[size], max_position_embeddings=seq, dtype="bfloat16",

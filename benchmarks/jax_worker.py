@@ -26,7 +26,8 @@ from benchmarks.specs import (
 
 def optimizer_for(model, params, method: str, steps: int):
     """(trainable mask, optax AdamW) for a method, as every benchmark row trains."""
-    from ftjax.optim import make_optimizer, presets, trainability
+    from ftjax.optim import make_optimizer, trainability
+    from ftjax.peft import presets
 
     spec = presets.method_spec(method, model.config, head_kind=model.head_config.kind)
     resolved = trainability.resolve(spec, params)
@@ -93,10 +94,15 @@ def _minilm(job: Job):
 def run(job: Job) -> dict:
     import jax
 
-    from ftjax.parallel import make_mesh, place_batch, plan_for_model
-    from ftjax.train.losses import loss_for_task
-    from ftjax.train.step import create_train_state, jit_train_step, make_train_step
-    from ftjax.train.step import state_shardings
+    from ftjax.models import plan_for_model
+    from ftjax.objectives.losses import loss_for_task
+    from ftjax.parallel import make_mesh, place_batch
+    from ftjax.train.step import (
+        create_train_state,
+        jit_train_step,
+        make_train_step,
+        state_shardings,
+    )
 
     if job.suite == "gpu":
         model, params, batches, task, frozen_dtype = _llama(job)

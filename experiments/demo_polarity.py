@@ -12,7 +12,7 @@ in README.md).
 
 from pathlib import Path
 
-from ftjax.config import import_config_file
+from ftjax.settings import import_config_file
 
 
 def get_config():

@@ -16,7 +16,7 @@ step: MiniLM with its random new head, SmolLM2 zero-shot (its verbalizer head st
 answer the instruct model gives). Writes experiments/results/paper_polarity_<variant>.{md,csv,json},
 ..._accuracy_vs_share.png and ..._accuracy_vs_wall_time.png.
 
-Methods: all twelve of ftjax.optim.presets.METHODS (learning rates from
+Methods: all twelve of ftjax.peft.presets.METHODS (learning rates from
 SUGGESTED_LEARNING_RATES); the sweep refuses names METHODS does not know.
 
 Learning rates: SUGGESTED_LEARNING_RATES x (1/3, 1, 3) in the full variant; x (1, 3, 10) in the

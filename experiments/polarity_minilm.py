@@ -10,7 +10,7 @@ Data: 10,568 rated movie-review sentences (zero ratings dropped), stratified see
 Expected: test accuracy >= 0.75 (measured figure in README.md).
 """
 
-from ftjax.train.defaults import base_config
+from ftjax.train.config import base_config
 
 
 def get_config():

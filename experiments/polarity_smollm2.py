@@ -17,7 +17,7 @@ zero-shot (step 0) validation accuracy on a random 128 validation sentences at m
 was 0.70 with it and 0.48 without it (measured with build_experiment + evaluate, no training).
 """
 
-from ftjax.train.defaults import base_config
+from ftjax.train.config import base_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ Expected on a 2-core CPU: validation loss (nats/token) falls from the base model
 first eval; figures in README.md.
 """
 
-from ftjax.train.defaults import base_config
+from ftjax.train.config import base_config
 
 
 def get_config():

@@ -20,7 +20,7 @@ fine-tuning"): test accuracy 0.676 (head only), then blocks 0-5: 0.797, 0.825, 0
 
 from pathlib import Path
 
-from ftjax.config import import_config_file
+from ftjax.settings import import_config_file
 
 NUM_BLOCKS = 6  # all-MiniLM-L6-v2
 

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "export": "export a model or adapter (HF or PEFT format)",
     "demo": "fine-tune MiniLM on the polarity corpus and print the result table",
     "sweep": "compare methods over learning rates and seeds; write tables and plots",
+    "config": "show an experiment's resolved config with each key's help",
 }
 
 

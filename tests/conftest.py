@@ -100,7 +100,7 @@ def tiny_text_data(tmp_path_factory):
 def write_tiny_config(path, tiny_bert_dir, tiny_text_data):
     """An experiment file training tiny BERT on the tiny task, 12 steps; returns its path."""
     path.write_text(f'''
-from ftjax.train.defaults import base_config
+from ftjax.train.config import base_config
 
 
 def get_config():

@@ -19,21 +19,28 @@ import numpy as np
 import optax
 import pytest
 
-from ftjax.config import ConfigError, load_config
 from ftjax.io.checkpoint import Checkpointer
-from ftjax.models import BertConfig, HeadConfig, LlamaConfig, Model, init_params, preset
+from ftjax.models import (
+    BertConfig,
+    HeadConfig,
+    LlamaConfig,
+    Model,
+    init_params,
+    plan_for_model,
+    preset,
+)
 from ftjax.models.layout import to_layout
-from ftjax.optim import make_optimizer, presets, trainability
+from ftjax.objectives.losses import loss_for_task
+from ftjax.optim import make_optimizer, trainability
 from ftjax.parallel import (
     MeshError,
     make_mesh,
     mesh_shape,
     param_shardings,
     place_batch,
-    plan_for_model,
 )
-from ftjax.peft import LoraConfig, add_lora
-from ftjax.train.losses import loss_for_task
+from ftjax.peft import LoraConfig, add_lora, presets
+from ftjax.train.config import ConfigError, load_config
 from ftjax.train.step import (
     create_train_state,
     jit_eval_step,

@@ -11,13 +11,13 @@ import pytest
 from safetensors import safe_open
 
 from ftjax.cli import main
-from ftjax.config import load_config
 from ftjax.io import CheckpointError, load_pretrained
 from ftjax.io.adapter import META_FILE, WEIGHTS_FILE, load_adapter, save_adapter
 from ftjax.io.loading import flatten
 from ftjax.models import HeadConfig
-from ftjax.optim import presets, trainability
-from ftjax.peft import LoraConfig, add_lora
+from ftjax.optim import trainability
+from ftjax.peft import LoraConfig, add_lora, presets
+from ftjax.train.config import load_config
 from ftjax.train.loop import train
 
 IDS = jnp.array([[5, 9, 2, 7, 11, 3, 8]])

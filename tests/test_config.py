@@ -4,8 +4,9 @@ import glob
 
 import pytest
 
-from ftjax.config import ConfigError, import_config_file, load_config
+from ftjax.settings import ConfigError, import_config_file
 from ftjax.sweep.plan import is_sweep_config
+from ftjax.train.config import load_config
 
 # Sweep configs (ftjax sweep) live beside the experiments; tests/test_sweep.py checks those.
 CONFIGS = [p for p in sorted(glob.glob("experiments/*.py"))
@@ -21,7 +22,7 @@ def test_every_experiment_config_parses(path):
 
 def _write(tmp_path, body):
     path = tmp_path / "exp.py"
-    path.write_text("from ftjax.train.defaults import base_config\n\n"
+    path.write_text("from ftjax.train.config import base_config\n\n"
                     "def get_config():\n    c = base_config()\n" + body + "    return c\n")
     return path
 
@@ -83,8 +84,8 @@ def test_trainability_rules_in_a_config_are_checked_where_written(tmp_path):
     and they survive the run's config.json (JSON turns the pairs into lists)."""
     import json
 
-    from ftjax.config import config_from_dict
     from ftjax.optim.rules import FROZEN, Rule, parse_spec
+    from ftjax.train.config import config_from_dict
 
     path = _write(tmp_path, "")
     for rules, message in [

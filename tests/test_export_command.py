@@ -6,9 +6,9 @@ import jax
 import numpy as np
 
 from ftjax.cli import main
-from ftjax.config import load_config
 from ftjax.io import load_pretrained
 from ftjax.peft import merge
+from ftjax.train.config import load_config
 from ftjax.train.loop import train
 
 

@@ -17,7 +17,6 @@ from tokenizers import pre_tokenizers
 
 import ftjax
 from ftjax import cli
-from ftjax.config import load_config
 from ftjax.generate import (
     SamplingConfig,
     encode_prompts,
@@ -31,6 +30,7 @@ from ftjax.io import load_pretrained
 from ftjax.io.tokenizer import Tokenizer
 from ftjax.models import Model, init_params, preset
 from ftjax.models.layout import to_layout
+from ftjax.train.config import load_config
 from ftjax.train.experiment import build_experiment
 
 EOS = 2

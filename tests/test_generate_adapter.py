@@ -5,12 +5,12 @@ import jax
 import pytest
 
 from ftjax.cli import main
-from ftjax.config import load_config
 from ftjax.generate import complete
 from ftjax.generate.sampling import SamplingConfig
 from ftjax.io import load_pretrained
+from ftjax.io.peft_format import save_peft
 from ftjax.peft import LoraConfig, add_lora, merge
-from ftjax.peft.peft_format import save_peft
+from ftjax.train.config import load_config
 from ftjax.train.loop import train
 
 PROMPT = "the film was good and"

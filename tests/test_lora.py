@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from ftjax.models import HeadConfig, Model, init_params, logical_axes, param_shapes, preset
-from ftjax.optim.presets import method_spec
 from ftjax.optim.trainability import report, resolve
 from ftjax.peft import (
     LoraConfig,
@@ -25,6 +24,7 @@ from ftjax.peft import (
     unmerge,
     with_lora,
 )
+from ftjax.peft.presets import method_spec
 
 IDS = jnp.array([[5, 9, 17, 3, 40, 2, 11], [7, 1, 8, 30, 4, 0, 0]], jnp.int32)
 MASK = jnp.array([[1] * 7, [1] * 5 + [0] * 2], jnp.int32)
@@ -177,7 +177,7 @@ def _paths(tree):
 
 
 def test_train_lora_through_the_loop(tiny_config_file, tmp_path):
-    from ftjax.config import load_config
+    from ftjax.train.config import load_config
     from ftjax.train.experiment import build_experiment
     from ftjax.train.loop import train
 

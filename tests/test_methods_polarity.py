@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from ftjax.config import load_config
+from ftjax.train.config import load_config
 from ftjax.train.loop import train
 
 TOTAL = 22_713_216 + 770

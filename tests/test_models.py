@@ -7,8 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ftjax.models import HeadConfig, Model, init_cache, init_params, logical_axes, preset
-from ftjax.models import replace_head
+from ftjax.models import (
+    HeadConfig,
+    Model,
+    init_cache,
+    init_params,
+    logical_axes,
+    preset,
+    replace_head,
+)
 from ftjax.models.layout import stack_layers, to_layout, unstack_layers
 
 HEADS = {
@@ -231,7 +238,7 @@ def test_dropout_acts_only_in_training(name):
 
 def test_attention_dropout_path_equals_fused_attention_at_rate_zero():
     """The explicit-softmax path (used when dropping probabilities) computes the same function."""
-    from ftjax.models.layers import attention_mask, dot_product_attention
+    from ftjax.nn.layers import attention_mask, dot_product_attention
 
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(k1, (2, 5, 6, 4))
@@ -258,7 +265,7 @@ def test_attention_dropout_path_equals_fused_attention_at_rate_zero():
 ])
 def test_attention_implementation_choice(backend, dtype, head, q_len, kv_len, requested,
                                          expected):
-    from ftjax.models.layers import attention_implementation
+    from ftjax.nn.layers import attention_implementation
 
     assert attention_implementation(requested, dtype, head, q_len, kv_len,
                                     backend=backend) == expected
@@ -268,7 +275,7 @@ def test_chosen_cudnn_that_jax_declines_runs_on_xla(monkeypatch):
     """Where cuDNN was picked (here: the backend claims to be a GPU) but jax refuses the call
     while tracing it (on this CPU: "cuDNN is not detected"), the layer computes XLA's attention,
     the same numbers; a cuDNN asked for by the config is not second-guessed."""
-    import ftjax.models.layers as layers
+    import ftjax.nn.layers as layers
 
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.normal(size=(2, 16, 4, 64)), jnp.bfloat16)
@@ -286,7 +293,7 @@ def test_chosen_cudnn_that_jax_declines_runs_on_xla(monkeypatch):
 def _record_attention_calls(monkeypatch):
     """Fake a GPU backend and record (implementation, is_causal) of every jax attention call,
     computing each with XLA (this CPU has no cuDNN)."""
-    import ftjax.models.layers as layers
+    import ftjax.nn.layers as layers
 
     real, calls = jax.nn.dot_product_attention, []
 

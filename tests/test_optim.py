@@ -17,12 +17,11 @@ import numpy as np
 import optax
 import pytest
 
-from ftjax.config import load_config
 from ftjax.models import HeadConfig, Model, param_shapes, preset
+from ftjax.models.components import component
 from ftjax.models.layout import stack_layers, unstack_layers
 from ftjax.optim import (
     FROZEN,
-    METHODS,
     TRAIN,
     OptimizerConfig,
     Rule,
@@ -37,7 +36,6 @@ from ftjax.optim import (
     learning_rate_fn,
     make_optimizer,
     make_regularizer,
-    method_spec,
     optimizer_step,
     partition,
     report,
@@ -45,11 +43,12 @@ from ftjax.optim import (
     trainable_mask,
 )
 from ftjax.optim.optimizer import leaf_constants
-from ftjax.optim.paths import group_of, leaf_paths
 from ftjax.optim.rules import lr_multiplier
-from ftjax.optim.selectors import component, layers, top
-from ftjax.peft import PEFT_METHODS, method_config, with_peft
+from ftjax.optim.selectors import layers, top
+from ftjax.peft import METHODS, PEFT_METHODS, method_config, method_spec, with_peft
+from ftjax.train.config import load_config
 from ftjax.train.experiment import build_experiment
+from ftjax.utils.paths import group_of, leaf_paths
 
 SGD = dict(name="sgd", schedule="constant", weight_decay=0.0, grad_clip_norm=None)
 

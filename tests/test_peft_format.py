@@ -11,9 +11,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from ftjax.io import save_hf
+from ftjax.io.peft_format import load_peft, save_peft
 from ftjax.models import HeadConfig, Model, init_params, preset
 from ftjax.peft import LoraConfig, add_lora, insert_lora, lora_only, split_lora
-from ftjax.peft.peft_format import load_peft, save_peft
 
 IDS = np.array([[5, 9, 17, 3, 40, 2, 11], [7, 1, 8, 30, 4, 6, 12]], np.int32)
 

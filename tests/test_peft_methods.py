@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from test_generate import PROMPTS, _full_forward_greedy
 
-from ftjax.config import ConfigError, load_config
 from ftjax.generate import SamplingConfig, generate_ids
 from ftjax.models import HeadConfig, Model, init_cache, init_params, logical_axes, preset
 from ftjax.models.layout import to_layout
-from ftjax.optim import FROZEN, TRAIN, make_optimizer, method_spec, resolve, trainable_mask
-from ftjax.optim.paths import leaf_paths
+from ftjax.nn.prompt import initial_prompt
+from ftjax.objectives.losses import loss_for_task
+from ftjax.optim import FROZEN, TRAIN, make_optimizer, resolve, trainable_mask
 from ftjax.peft import (
     PEFT_LEAVES,
     AdapterConfig,
@@ -35,12 +35,13 @@ from ftjax.peft import (
     fold_prefix,
     insert_leaves,
     merge_peft,
+    method_spec,
     split_leaves,
     with_peft,
 )
-from ftjax.peft.prompt import initial_prompt
-from ftjax.train.losses import loss_for_task
+from ftjax.train.config import ConfigError, load_config
 from ftjax.train.step import create_train_state, jit_train_step, make_train_step
+from ftjax.utils.paths import leaf_paths
 
 IDS = jnp.array([[5, 9, 17, 3, 40, 2, 11], [7, 1, 8, 30, 4, 0, 0]], jnp.int32)
 MASK = jnp.array([[1] * 7, [1] * 5 + [0] * 2], jnp.int32)
@@ -312,7 +313,7 @@ def _lm_batch(vocab, seed=0):
 
 
 def _method_paths(method, paths):
-    from ftjax.peft.tree import canonical_module_path
+    from ftjax.utils.tree import canonical_module_path
 
     return {p for p in paths if re.fullmatch(PEFT_LEAVES[method], canonical_module_path(p))}
 
@@ -419,7 +420,7 @@ def test_train_loop_per_method_and_restore(method, tiny_config_file, tmp_path, c
 
 
 def test_config_blocks_are_strict():
-    from ftjax.train.defaults import base_config, validate
+    from ftjax.train.config import base_config, validate
 
     for method in NEW:
         cfg = base_config()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from ftjax.cli import main
-from ftjax.config import load_config
 from ftjax.data import polarity_splits
 from ftjax.io import load_adapter, load_pretrained, save_hf
+from ftjax.train.config import load_config
 from ftjax.train.loop import train
 
 torch = pytest.importorskip("torch", reason="the reference side runs transformers on torch")

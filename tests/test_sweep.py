@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ftjax.config import ConfigError
-from ftjax.optim.presets import SUGGESTED_LEARNING_RATES
+from ftjax.peft.presets import SUGGESTED_LEARNING_RATES
 from ftjax.sweep import load_sweep, mean_std, summarize, write_report
 from ftjax.sweep import runner as sweep_runner
 from ftjax.sweep.plan import SEARCH, SEED
 from ftjax.sweep.select import choose_lr
+from ftjax.train.config import ConfigError
 
 
 def _sweep_file(tmp_path, experiment, body=""):
@@ -279,8 +279,8 @@ def test_a_run_stays_finished_when_ftjax_grows_a_config_key(tiny_config_file):
     make the run stale; the same key set otherwise, a changed value or a removed key does."""
     import json
 
-    from ftjax.config import load_config
     from ftjax.sweep.plan import config_fingerprint, same_config
+    from ftjax.train.config import load_config
 
     cfg = load_config(tiny_config_file)
     recorded = json.loads(config_fingerprint(cfg))

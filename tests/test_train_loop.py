@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ftjax.config import load_config
 from ftjax.data import MissingFileError
 from ftjax.io.checkpoint import Checkpointer
+from ftjax.train.config import load_config
 from ftjax.train.loop import NonFiniteLossError, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,9 @@ import pytest
 
 from ftjax.models import HeadConfig, Model, init_params, preset
 from ftjax.models.layout import to_layout
-from ftjax.optim import presets, trainability
-from ftjax.optim.paths import leaf_paths
+from ftjax.objectives.losses import loss_for_task
+from ftjax.optim import trainability
 from ftjax.optim.trainability import combine
-from ftjax.train.losses import loss_for_task
 from ftjax.train.step import (
     create_train_state,
     jit_train_step,
@@ -22,6 +21,7 @@ from ftjax.train.step import (
     make_train_step,
     scan_split_view,
 )
+from ftjax.utils.paths import leaf_paths
 
 
 def _batch(cfg, lengths, *, num_labels=2, seed=0, B=None):
@@ -192,7 +192,7 @@ def _weight_grads_in_scans(fn, *args) -> int:
 
 def _layer_rules(arch, trained):
     """Trainability rules of a case: layer index -> "all" or a component name."""
-    from ftjax.optim.selectors import component
+    from ftjax.models.components import component
     spec = [(component(part, arch, layers=[i]) if part != "all" else rf"backbone/layers_{i}/.*",
              trainability.TRAIN) for i, part in trained]
     return spec + [("head/.*", trainability.TRAIN), (".*", trainability.FROZEN)]

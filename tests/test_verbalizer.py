@@ -9,14 +9,13 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from conftest import make_tiny_tokenizer
 
 from ftjax.data import DataError, PromptTemplate, SequenceClassification, TokenizerError
 from ftjax.data.features import IndexedRecord, stack_rows
 from ftjax.io import load_pretrained
 from ftjax.models import HeadConfig
 from ftjax.train.step import model_inputs
-
-from conftest import make_tiny_tokenizer
 
 # Word-level tiny tokenizer: words are separated by spaces, so the label words carry one.
 PROMPT = PromptTemplate("the film was {text} and it was")
@@ -129,8 +128,8 @@ def test_bad_templates_and_label_words_are_clear_errors():
 def test_smollm2_chat_prompt_ends_where_the_label_word_is_one_token():
     """The paper task's real template: the chat turn ends with the assistant prompt, where
     'negative' / 'positive' are each one token, and the pieces encode as the whole string."""
-    from ftjax.config import load_config
     from ftjax.io.tokenizer import load_tokenizer
+    from ftjax.train.config import load_config
     from ftjax.train.experiment import build_task
 
     cfg = load_config("experiments/polarity_smollm2.py")
@@ -152,14 +151,14 @@ def test_methods_train_the_verbalizer_head_like_any_new_head(tiny_llama_dir, tin
                                                             tmp_path):
     """Through the config: a linear probe trains exactly the 2-row head, LoRA its adapters and
     the head (a verbalizer is a new task head, not the frozen pretrained LM head)."""
-    from ftjax.config import load_config
     from ftjax.optim import trainability
-    from ftjax.optim.paths import leaf_paths
+    from ftjax.train.config import load_config
     from ftjax.train.experiment import build_experiment
+    from ftjax.utils.paths import leaf_paths
 
     path = tmp_path / "verbalizer.py"
     path.write_text(f"""
-from ftjax.train.defaults import base_config
+from ftjax.train.config import base_config
 
 
 def get_config():

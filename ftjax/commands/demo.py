@@ -63,7 +63,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    from ftjax.config import load_config
+    from ftjax.train.config import load_config
     from ftjax.train.loop import train
 
     rows = []

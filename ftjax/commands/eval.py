@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if not init_distributed(args):
         return 2
-    from ftjax.config import ConfigError, load_config
+    from ftjax.train.config import ConfigError, load_config
     from ftjax.train.experiment import evaluate, restore_run
 
     try:

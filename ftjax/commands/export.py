@@ -69,7 +69,7 @@ def run(args) -> int:
             print(f"ftjax export: --format peft exports a LoRA adapter; this run's method is "
                   f"{exp.cfg.method!r}")
             return 2
-        from ftjax.peft.peft_format import save_peft
+        from ftjax.io.peft_format import save_peft
 
         save_peft(model, params, out)
         print(f"wrote the LoRA adapter of step {step} to {out}")

@@ -95,9 +95,8 @@ def _load_pretrained(name_or_path: str, dtype: str | None) -> Any:
 
 def _with_adapter(pretrained, adapter_dir: str):
     """(model, params, tokenizer) of the base with the adapter at `adapter_dir` attached."""
-    from ftjax.peft.peft_format import CONFIG_FILE, load_peft
-
     from ftjax.io.adapter import META_FILE, load_adapter
+    from ftjax.io.peft_format import CONFIG_FILE, load_peft
 
     adapter = Path(adapter_dir)
     if (adapter / CONFIG_FILE).is_file():  # HF PEFT format

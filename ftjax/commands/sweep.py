@@ -31,8 +31,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import dataclasses
 
-    from ftjax.config import ConfigError
     from ftjax.sweep.plan import load_sweep
+    from ftjax.train.config import ConfigError
 
     try:
         sweep = load_sweep(args.config, args.set)

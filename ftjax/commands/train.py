@@ -49,7 +49,7 @@ def init_distributed(args) -> bool:
 def run(args) -> int:
     if not init_distributed(args):
         return 2
-    from ftjax.config import ConfigError, load_config
+    from ftjax.train.config import ConfigError, load_config
     from ftjax.train.loop import NonFiniteLossError, train
 
     try:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 from ftjax.data.errors import DataError, TokenizerError
 from ftjax.data.features import SpecialTokenTemplate
 from ftjax.data.types import TokenizerLike
+from ftjax.data.chat import chat_messages
 
 TEXT_FIELD = "{text}"
 
@@ -60,9 +61,6 @@ class PromptTemplate:
         else:
             if not hasattr(tokenizer, "apply_chat_template"):
                 raise TokenizerError("chat prompts need a tokenizer with apply_chat_template")
-            # Lazily: ftjax.generate pulls in the models, the data package must not.
-            from ftjax.generate.prompts import chat_messages
-
             rendered = tokenizer.apply_chat_template(
                 chat_messages(self.template, self.system), add_generation_prompt=True)
             if rendered.count(TEXT_FIELD) != 1:
@@ -77,7 +75,7 @@ class PromptTemplate:
 
         A plain template gets the tokenizer's own special tokens around the whole prompt (BOS,
         or BERT's [CLS] ... [SEP]); a chat template writes every special token itself, so
-        nothing is added (as ftjax.generate.prompts.encode_prompts does). `answer_follows`
+        nothing is added (as ftjax.data.chat.encode_prompts does). `answer_follows`
         (label words are scored after the prompt) drops closing special tokens: the answer must
         directly follow the prompt's last token, not an end-of-text marker.
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ftjax import assets
 from ftjax.data.errors import DataError, EmptySplitError, MissingColumnError, MissingFileError
 from ftjax.data.records import label_field, text_field
 from ftjax.data.types import Record
@@ -55,8 +56,6 @@ def polarity_splits(
     """
     fractions = _check_fractions(fractions)
     if path is None:
-        from ftjax import assets  # resolving may fetch the asset: only when asked for
-
         path = assets.resolve("polarity")
     rows = _read_polarity_rows(Path(path))
     rng = np.random.default_rng(seed)

@@ -9,9 +9,9 @@ package, replacing whatever function was there.
 import sys
 import types
 
+from ftjax.data.chat import chat_messages, encode_prompts
 from ftjax.generate.api import complete, generate
 from ftjax.generate.decode import Generation, generate_ids, run_generation
-from ftjax.generate.prompts import chat_messages, encode_prompts
 from ftjax.generate.sampling import (
     DecodeContext,
     LogitsProcessor,

@@ -6,9 +6,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ftjax.data.chat import encode_prompts
 from ftjax.generate.decode import Generation, run_generation
-from ftjax.generate.prompts import encode_prompts
 from ftjax.generate.sampling import SamplingConfig
+from ftjax.io import load_pretrained
 from ftjax.models import Model
 
 
@@ -38,8 +39,6 @@ def complete(model: Model, params, tokenizer: Any, texts: Sequence[str], *,
 def _resolve(model_or_pretrained: Any, params: Any, tokenizer: Any) -> tuple[Model, Any, Any]:
     """(model, params, tokenizer) from a Pretrained, a name/path, or a Model plus keywords."""
     if isinstance(model_or_pretrained, (str, os.PathLike)):
-        from ftjax.io import load_pretrained  # deferred: loading pulls in the checkpoint readers
-
         model_or_pretrained = load_pretrained(model_or_pretrained)
     if isinstance(model_or_pretrained, Model):
         model = model_or_pretrained

@@ -35,7 +35,7 @@ import numpy as np
 
 from ftjax.generate.sampling import DecodeContext, Sampler, SamplingConfig, SamplingKnobs
 from ftjax.models import Model, init_cache
-from ftjax.peft.prefix import fold_prefix
+from ftjax.peft.fold import fold_prefix
 
 PROMPT_BUCKET = 32
 CACHE_BUCKET = 64

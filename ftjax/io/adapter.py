@@ -45,10 +45,10 @@ from ftjax.io.loading import (
 from ftjax.io.pretrained import Pretrained
 from ftjax.models import HeadConfig, Model, param_shapes
 from ftjax.models.layout import unstack_layers
-from ftjax.optim.config import from_config
 from ftjax.optim.trainability import layer_flags
 from ftjax.parallel.hosts import fetch, is_primary
 from ftjax.peft.fields import peft_to_dict, with_peft
+from ftjax.settings import from_config
 
 logger = logging.getLogger(__name__)
 

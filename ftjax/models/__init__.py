@@ -19,9 +19,10 @@ from ftjax.models.model import (
     replace_head,
     verbalizer_from_lm,
 )
+from ftjax.models.sharding import plan_for_model
 
 __all__ = [
     "PRESETS", "BertConfig", "HeadConfig", "LlamaConfig", "Model", "ModelOutput",
     "default_compute_dtype", "init_cache", "init_params", "lm_head_rows", "logical_axes",
-    "param_shapes", "preset", "replace_head", "verbalizer_from_lm",
+    "param_shapes", "plan_for_model", "preset", "replace_head", "verbalizer_from_lm",
 ]

@@ -15,13 +15,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ftjax.models.config import BertConfig
-from ftjax.models.layers import Dense, Embed, LayerNorm, activation, attention_mask
-from ftjax.models.layers import dot_product_attention
-from ftjax.models.remat import remat_policy
-from ftjax.models.scan import attach_layer_scans, run_layers
-from ftjax.peft.adapters import maybe_adapt
-from ftjax.peft.prefix import PrefixEncoder, layer_prefix, prepend_prefix
-from ftjax.peft.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
+from ftjax.nn.adapters import maybe_adapt
+from ftjax.nn.layers import (
+    Dense,
+    Embed,
+    LayerNorm,
+    activation,
+    attention_mask,
+    dot_product_attention,
+)
+from ftjax.nn.prefix import PrefixEncoder, layer_prefix, prepend_prefix
+from ftjax.nn.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
+from ftjax.nn.remat import remat_policy
+from ftjax.nn.scan import attach_layer_scans, run_layers
 
 
 def _dense(cfg: BertConfig, features, axes, name):
@@ -185,7 +191,7 @@ class BertModel(nn.Module):
             attention_mask_BT, positions = extend_inputs(virtual, attention_mask_BT, positions)
             token_type_ids = jnp.concatenate(
                 [jnp.zeros((B, virtual), token_type_ids.dtype), token_type_ids], axis=1)
-        positions = positions + prefix  # the prefix occupies positions 0..P-1 (ftjax.peft.prefix)
+        positions = positions + prefix  # the prefix occupies positions 0..P-1 (ftjax.nn.prefix)
         x = self.embeddings(input_ids, token_type_ids, positions, deterministic, prompt)
         mask = attention_mask(k_valid_BS=attention_mask_BT, q_len=T + virtual, k_len=T + virtual)
         # Reparameterized prefixes: every layer's (k, v), each (L, P, D), computed once per call.

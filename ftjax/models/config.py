@@ -15,11 +15,12 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from ftjax.peft.adapters import AdapterConfig
-from ftjax.peft.ia3 import IA3Config
-from ftjax.peft.lora import LoraConfig
-from ftjax.peft.prefix import PrefixConfig
-from ftjax.peft.prompt import PromptConfig
+from ftjax.nn.adapters import AdapterConfig
+from ftjax.nn.ia3 import IA3Config
+from ftjax.nn.lora import LoraConfig
+from ftjax.nn.prefix import PrefixConfig
+from ftjax.nn.prompt import PromptConfig
+from ftjax.settings import setting
 
 HeadKind = Literal["lm", "sequence", "verbalizer", "token", "span", "mlm", "none"]
 Pooling = Literal["cls", "mean", "last", "pooler"]
@@ -39,10 +40,11 @@ class HeadConfig:
       tanh pooler over the first token ("pooler").
     """
 
-    kind: HeadKind = "lm"
-    num_labels: int = 0
-    pooling: Pooling = "cls"
-    dropout: float = 0.0
+    kind: HeadKind = setting("lm", "lm | sequence | verbalizer | token | span | mlm | none")
+    num_labels: int = setting(0, "classes of a sequence / verbalizer / token head")
+    pooling: Pooling = setting("cls", "how a sequence head summarizes the tokens: cls | mean | "
+                               "last (decoders; a verbalizer needs it) | pooler (BERT's)")
+    dropout: float = setting(0.0, "dropout before the classifier")
 
     def __post_init__(self):
         if self.kind in ("sequence", "verbalizer", "token") and self.num_labels < 1:
@@ -66,13 +68,13 @@ class PolicyMixin:
     param_dtype: str = "float32"  # storage dtype of parameters
     scan_layers: bool = False  # stack layer params on a leading "layers" axis and lax.scan them
     # With scan_layers: the layer indices where a new scan starts (params `layer_segments_<i>`
-    # instead of `layers`, ftjax.models.scan). The train step sets them where trained and
+    # instead of `layers`, ftjax.nn.scan). The train step sets them where trained and
     # frozen layers of a partly trained stack meet (ftjax.train.step.scan_split_view), so
     # autodiff computes no weight gradient for the frozen ones. (): one scan over every layer.
     scan_breaks: tuple[int, ...] = ()
     remat: str = "none"  # "none" | "full" | "dots" (save only matmul outputs) for training
     # None: cuDNN's fused kernel on GPU for bf16 / fp16 where it applies, else XLA
-    # (ftjax.models.layers.attention_implementation); "xla" or "cudnn" force one.
+    # (ftjax.nn.layers.attention_implementation); "xla" or "cudnn" force one.
     attention_impl: str | None = None
     # PEFT: one field per method, beside each other. Not read from or written to checkpoints.
     lora: LoraConfig | None = None  # adds lora_a / lora_b to the targeted Dense layers

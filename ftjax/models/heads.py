@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ftjax.models.config import HeadConfig
-from ftjax.models.layers import Dense, LayerNorm, activation
+from ftjax.nn.layers import Dense, LayerNorm, activation
 
 
 def pool(hidden_BTD, attention_mask_BT, pooling: str, pooled_BD=None):

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.models.config import LlamaConfig
-from ftjax.models.layers import (
+from ftjax.nn.adapters import maybe_adapt
+from ftjax.nn.layers import (
     Dense,
     Embed,
     RMSNorm,
@@ -34,11 +35,10 @@ from ftjax.models.layers import (
     dot_product_attention,
     rope_cos_sin,
 )
-from ftjax.models.remat import remat_policy
-from ftjax.models.scan import attach_layer_scans, run_layers
-from ftjax.peft.adapters import maybe_adapt
-from ftjax.peft.prefix import PrefixEncoder, layer_prefix, prepend_prefix
-from ftjax.peft.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
+from ftjax.nn.prefix import PrefixEncoder, layer_prefix, prepend_prefix
+from ftjax.nn.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
+from ftjax.nn.remat import remat_policy
+from ftjax.nn.scan import attach_layer_scans, run_layers
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None) -> dict:
@@ -122,7 +122,7 @@ class LlamaBlock(nn.Module):
         drop = lambda y: nn.Dropout(cfg.hidden_dropout)(  # noqa: E731
             y, deterministic=deterministic or not cfg.hidden_dropout
         )
-        # Adapters sit on each branch's output, before its residual add (ftjax.peft.adapters).
+        # Adapters sit on each branch's output, before its residual add (ftjax.nn.adapters).
         adapt = lambda place, y: maybe_adapt(  # noqa: E731
             cfg.adapter, place, y, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
         )
@@ -215,7 +215,7 @@ class LlamaModel(nn.Module):
                 # below makes the prompt part of every segment
                 segment_ids = jnp.concatenate(
                     [jnp.full((x.shape[0], virtual), -1, segment_ids.dtype), segment_ids], axis=1)
-        if cfg.prefix is not None:  # the prefix occupies positions 0..P-1 (ftjax.peft.prefix)
+        if cfg.prefix is not None:  # the prefix occupies positions 0..P-1 (ftjax.nn.prefix)
             positions = positions + cfg.prefix.num_tokens
         B, T = x.shape[:2]
         x = self.embedding_dropout(x, deterministic=deterministic or not cfg.embedding_dropout)

@@ -23,8 +23,8 @@ from ftjax.models.heads import (
     SpanHead,
     TokenClassificationHead,
 )
-from ftjax.models.layers import Dense
 from ftjax.models.llama import LlamaModel
+from ftjax.nn.layers import Dense
 
 
 @flax.struct.dataclass

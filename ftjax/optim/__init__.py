@@ -1,6 +1,6 @@
 """Trainability and optimization: which leaves train, how (optax chain), and what it costs.
 
-    spec = method_spec("llrd", model.config, method_cfg={"decay": 0.8})
+    spec = [("head/.*", TRAIN), ("backbone/layers_(?:4|5)/.*", Rule(lr=0.5)), (".*", FROZEN)]
     resolved = resolve(spec, params)
     trainable, frozen = partition(params, trainable_mask(resolved))
     tx = make_optimizer(cfg.optimizer, resolved, trainable, total_steps)
@@ -8,7 +8,6 @@
 
 from ftjax.optim.config import DEFAULT_NO_DECAY, OptimizerConfig
 from ftjax.optim.optimizer import effective_lrs, make_optimizer, optimizer_step
-from ftjax.optim.presets import METHODS, SUGGESTED_LEARNING_RATES, MethodConfig, method_spec
 from ftjax.optim.regularizers import Regularizer, RegularizerConfig, l1, l2, l2sp, make_regularizer
 from ftjax.optim.schedules import learning_rate_fn
 from ftjax.optim.trainability import (
@@ -27,9 +26,9 @@ from ftjax.optim.trainability import (
 )
 
 __all__ = [
-    "DEFAULT_NO_DECAY", "FROZEN", "METHODS", "MethodConfig", "OptimizerConfig", "Regularizer",
-    "RegularizerConfig", "Rule", "SUGGESTED_LEARNING_RATES", "Spec", "StackedRule", "TRAIN",
+    "DEFAULT_NO_DECAY", "FROZEN", "OptimizerConfig", "Regularizer",
+    "RegularizerConfig", "Rule", "Spec", "StackedRule", "TRAIN",
     "UnmatchedParamsError", "combine", "effective_lrs", "format_report", "l1", "l2", "l2sp",
-    "learning_rate_fn", "make_optimizer", "make_regularizer", "method_spec", "optimizer_step",
+    "learning_rate_fn", "make_optimizer", "make_regularizer", "optimizer_step",
     "partition", "report", "resolve", "trainable_mask",
 ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
 from typing import Any
+
+from ftjax.settings import from_config, setting
 
 OPTIMIZERS = ("adamw", "sgd", "adafactor", "lion")
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt", "step")
@@ -25,55 +27,56 @@ _DEFAULT_BETAS = {"adamw": (0.9, 0.999), "lion": (0.9, 0.99), "adafactor": (None
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """Everything make_optimizer and learning_rate_fn read.
+    """Everything make_optimizer and learning_rate_fn read (the `optimizer` config block).
 
-    name: adamw | sgd | adafactor | lion.
-    learning_rate: the peak rate. The default is a small one suited to full fine-tuning of a
-      pretrained model; linear probes and BitFit usually want 1e-3 or more.
-    b1, b2: moment decays; None takes the optimizer's usual value (adamw 0.9/0.999, lion
-      0.9/0.99, adafactor: no first moment, 0.8 second-moment decay exponent).
-    momentum, nesterov: SGD only (0 = plain SGD).
-    weight_decay: decoupled (AdamW-style: update -= lr * wd * param) for every optimizer; per-leaf
-      multiplier Rule.wd; leaves matching a `no_decay` pattern get none.
-    schedule: constant | linear | cosine | inverse_sqrt | step, after `warmup_steps` of linear
-      warmup from 0. linear/cosine decay to learning_rate * end_factor over `decay_steps` (None:
-      the rest of the run); inverse_sqrt decays as sqrt(max(warmup_steps, 1) / step); step
-      multiplies by `step_factor` at each of `step_boundaries` (absolute optimizer steps).
-    grad_clip_norm: clip the global norm over trainable leaves (None / 0: no clipping).
-    accumulation_steps: micro-batches per optimizer step. The TRAIN STEP accumulates (a scan over
-      micro-batches, normalized by the total real-token count); the optimizer never sees micro-
-      batches, and every step count here (warmup, decay, unfreezing) is in optimizer steps.
+    Every step count here (warmup, decay, boundaries) is in optimizer steps: gradient
+    accumulation (the run's `accumulation_steps`) happens inside the train step, and the
+    optimizer never sees micro-batches.
     """
 
-    name: str = "adamw"
-    learning_rate: float = 2e-5
-    b1: float | None = None
-    b2: float | None = None
-    eps: float = 1e-8
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.01
-    no_decay: tuple[str, ...] = DEFAULT_NO_DECAY
-    schedule: str = "linear"
-    warmup_steps: int = 0
-    decay_steps: int | None = None
-    end_factor: float = 0.0
-    step_boundaries: tuple[int, ...] = ()
-    step_factor: float = 0.1
-    grad_clip_norm: float | None = 1.0
-    accumulation_steps: int = 1
+    name: str = setting("adamw", "adamw | sgd | adafactor | lion", choices=OPTIMIZERS)
+    learning_rate: float = setting(
+        5e-5, "the peak rate; full fine-tuning wants small steps, linear probes and BitFit 1e-3 "
+        "or more (ftjax.peft.SUGGESTED_LEARNING_RATES)")
+    b1: float | None = setting(None, "first-moment decay; None: the optimizer's usual value "
+                               "(adamw 0.9, lion 0.9, adafactor: no first moment)")
+    b2: float | None = setting(None, "second-moment decay; None: the optimizer's usual value "
+                               "(adamw 0.999, lion 0.99, adafactor's decay exponent 0.8)")
+    eps: float = setting(1e-8, "adamw / adafactor epsilon")
+    momentum: float = setting(0.0, "sgd only (0 = plain SGD)")
+    nesterov: bool = setting(False, "sgd only: Nesterov momentum")
+    weight_decay: float = setting(
+        0.01, "decoupled (AdamW-style: update -= lr * wd * param) for every optimizer; per-leaf "
+        "multiplier Rule.wd; leaves matching a no_decay pattern get none")
+    no_decay: tuple[str, ...] = setting(DEFAULT_NO_DECAY, "regexes (fullmatch on canonical "
+                                        "paths) of leaves without weight decay")
+    schedule: str = setting(
+        "linear", "after warmup_steps of linear warmup from 0: constant | linear | cosine (to "
+        "learning_rate * end_factor over decay_steps) | inverse_sqrt | step (x step_factor at "
+        "each of step_boundaries)", choices=SCHEDULES)
+    warmup_steps: int = setting(0, "steps of linear warmup from 0")
+    decay_steps: int | None = setting(None, "linear / cosine decay length; None: the rest of "
+                                      "the run")
+    end_factor: float = setting(0.0, "linear / cosine: the final rate as a fraction of the peak")
+    step_boundaries: tuple[int, ...] = setting((), "schedule='step': the optimizer steps where "
+                                               "the rate is multiplied by step_factor")
+    step_factor: float = setting(0.1, "schedule='step': the factor at each boundary")
+    grad_clip_norm: float | None = setting(1.0, "clip the global gradient norm over trainable "
+                                           "leaves; 0 or None: no clipping")
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.name!r}; expected one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
-        if self.learning_rate < 0 or self.weight_decay < 0:
-            raise ValueError("learning_rate and weight_decay must be >= 0")
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0, got "
+                             f"{self.learning_rate}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got "
+                             f"{self.weight_decay}")
         if self.warmup_steps < 0 or (self.decay_steps is not None and self.decay_steps < 1):
             raise ValueError("warmup_steps must be >= 0 and decay_steps >= 1")
-        if self.accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be >= 1, got {self.accumulation_steps}")
         if self.schedule == "step" and not self.step_boundaries:
             raise ValueError("schedule='step' needs step_boundaries (optimizer steps)")
         if list(self.step_boundaries) != sorted(self.step_boundaries):
@@ -91,23 +94,3 @@ class OptimizerConfig:
     def from_config(cls, cfg: Any) -> "OptimizerConfig":
         """From an ml_collections ConfigDict, a mapping or an OptimizerConfig; unknown keys fail."""
         return from_config(cls, cfg, "optimizer")
-
-
-def from_config(cls: type, cfg: Any, what: str):
-    """A settings dataclass `cls` from a ConfigDict / mapping / instance / None (defaults).
-
-    Unknown keys are an error naming the closest known one: a typo must never fall back to a
-    default silently.
-    """
-    if cfg is None:
-        return cls()
-    if isinstance(cfg, cls):
-        return cfg
-    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
-            raise KeyError(f"unknown {what} setting {key!r}{hint}")
-    return cls(**values)

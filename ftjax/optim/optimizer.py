@@ -25,7 +25,6 @@ import numpy as np
 import optax
 
 from ftjax.optim.config import OptimizerConfig
-from ftjax.optim.paths import group_of, group_order, path_str
 from ftjax.optim.rules import (
     NEVER,
     ResolvedRule,
@@ -47,6 +46,7 @@ from ftjax.optim.transforms import (
     scale_by_lion_from,
     zero_inactive_grads,
 )
+from ftjax.utils.paths import group_of, group_order, path_str
 
 
 def _rules_with_paths(resolved: Any) -> list[tuple[str, ResolvedRule]]:

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.optim.config import from_config
-from ftjax.optim.paths import canonical_layer_paths, is_stacked, path_str
 from ftjax.optim.rules import uniform_as_scalar
 from ftjax.optim.trainability import TrainedLayers
+from ftjax.settings import from_config, setting
+from ftjax.utils.paths import canonical_layer_paths, is_stacked, path_str
 
 _is_none = lambda x: x is None  # noqa: E731
 
@@ -54,18 +54,20 @@ def l2sp(params: Any, anchor: Any) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class RegularizerConfig:
-    """Coefficients of the loss penalties (0 = off).
+    """Coefficients of the loss penalties (the `regularizer` config block; 0 = off).
 
-    l2sp_include: canonical paths (re.fullmatch) pulled toward the anchor: by default the
-      pretrained backbone. Trainable leaves outside it (a new head, which has no pretrained
-      value) get the plain `l2` term instead, as in L2-SP's alpha/2 |w_S - w0|^2 + beta/2 |w_new|^2;
-      `l2` also applies to all trainable leaves when l2sp is 0.
+    L2-SP (Li et al. 2018) pulls the leaves matching l2sp_include toward their pretrained values;
+    trainable leaves outside it (a new head, which has no pretrained value) get the plain l2
+    term instead, as in L2-SP's alpha/2 |w_S - w0|^2 + beta/2 |w_new|^2.
     """
 
-    l1: float = 0.0
-    l2: float = 0.0
-    l2sp: float = 0.0
-    l2sp_include: str = r"backbone/.*"
+    l1: float = setting(0.0, "coefficient of sum |w| over trainable leaves")
+    l2: float = setting(0.0, "coefficient of (1/2) sum w^2 (only over leaves outside "
+                        "l2sp_include when l2sp is on)")
+    l2sp: float = setting(0.0, "coefficient of (1/2) sum (w - w0)^2, pulling toward the "
+                          "pretrained weights w0")
+    l2sp_include: str = setting(r"backbone/.*", "canonical paths (fullmatch) pulled toward "
+                                "their pretrained values")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "RegularizerConfig":

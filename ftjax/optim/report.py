@@ -13,8 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftjax.optim.paths import group_of, group_order, layer_index, layer_runs, leaf_paths
 from ftjax.optim.rules import ResolvedRule, Rule, is_rule, rule_slices
+from ftjax.utils.paths import group_of, group_order, layer_index, layer_runs, leaf_paths
 
 
 def _size(leaf: Any) -> int:

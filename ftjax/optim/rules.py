@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from ftjax.optim.paths import canonical_layer_paths, is_stacked, path_str
+from ftjax.utils.paths import canonical_layer_paths, is_stacked, path_str
 
 # A layer that never trains starts at this step: far beyond any run, and still an int32.
 NEVER = np.iinfo(np.int32).max

@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.optim.paths import is_stacked, layer_runs, path_str
 from ftjax.optim.report import format_report, report, state_bytes
 from ftjax.optim.rules import (
     FROZEN,
@@ -48,6 +47,7 @@ from ftjax.optim.rules import (
     match_rule,
     resolve,
 )
+from ftjax.utils.paths import is_stacked, layer_runs, path_str
 
 __all__ = [
     "FROZEN", "NEVER", "TRAIN", "LayerSplit", "ResolvedRule", "Rule", "Spec", "StackedRule",

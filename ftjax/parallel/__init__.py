@@ -5,6 +5,7 @@ from ftjax.parallel.hosts import fetch, is_primary
 from ftjax.parallel.mesh import (
     AXES,
     BATCH_AXES,
+    MeshConfig,
     MeshError,
     batch_shards,
     distributed_requested,
@@ -14,11 +15,11 @@ from ftjax.parallel.mesh import (
     mesh_shape,
 )
 from ftjax.parallel.placement import like_params, opt_state_shardings, place_batch, put
-from ftjax.parallel.rules import RULES, Fallback, ShardPlan, param_shardings, plan_for_model
+from ftjax.parallel.rules import RULES, Fallback, ShardPlan, param_shardings
 
 __all__ = [
-    "AXES", "BATCH_AXES", "RULES", "Fallback", "MeshError", "ShardPlan", "batch_shards",
+    "AXES", "BATCH_AXES", "RULES", "Fallback", "MeshConfig", "MeshError", "ShardPlan", "batch_shards",
     "distributed_requested", "fetch", "initialize_distributed", "is_primary", "like_params",
     "make_mesh", "mesh_from_config", "mesh_shape", "opt_state_shardings", "param_shardings",
-    "place_batch", "plan_for_model", "put",
+    "place_batch", "put",
 ]

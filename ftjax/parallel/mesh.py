@@ -18,12 +18,15 @@ spans them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
 
 import jax
 from jax.sharding import AxisType, Mesh
+
+from ftjax.settings import setting
 
 AXES = ("data", "fsdp", "tensor")
 # The batch is split over every axis that does not split a parameter's model dimension.
@@ -69,6 +72,24 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, devices=None) -
     sizes = mesh_shape(data, fsdp, tensor, num_devices=len(devices))
     return jax.make_mesh(tuple(sizes[a] for a in AXES), AXES,
                          axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh of a run (the `mesh` config block). The product of the sizes is the
+    device count of all processes together; one size may be -1 to take the rest."""
+
+    data: int = setting(-1, "batch split, params replicated")
+    fsdp: int = setting(1, "batch split, params and optimizer state sharded")
+    tensor: int = setting(1, "Megatron tensor parallelism over heads, MLP and vocabulary")
+
+    def __post_init__(self):
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for axis, size in sizes.items():
+            if size < 1 and size != -1:
+                raise ValueError(f"mesh.{axis} must be >= 1 or -1 (fill), got {size}")
+        if list(sizes.values()).count(-1) > 1:
+            raise ValueError("only one of mesh.data / mesh.fsdp / mesh.tensor may be -1")
 
 
 def mesh_from_config(cfg: Any, devices=None) -> Mesh:

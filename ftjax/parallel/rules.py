@@ -1,6 +1,6 @@
 """The one logical-axis rules table: which model axis is split over which mesh axis.
 
-Model code names the axes of every parameter (ftjax.models.layers lists them); this table maps
+Model code names the axes of every parameter (ftjax.nn.layers lists them); this table maps
 them to the mesh axes of ftjax.parallel.mesh, MaxText style, and flax's logical partitioning
 helpers (`nn.logical_to_mesh`) apply it. One table serves every mesh shape: an axis of size 1
 splits nothing, so data / FSDP / tensor parallelism and their combinations are just mesh shapes.
@@ -154,14 +154,3 @@ def param_shardings(logical: Any, shapes: Any, mesh: Mesh, rules=RULES):
         out.append(NamedSharding(mesh, fitted))
         fallbacks += fell
     return jax.tree.unflatten(shape_def, out), tuple(fallbacks)
-
-
-def plan_for_model(model, shapes: Any, mesh: Mesh, rules=RULES) -> ShardPlan:
-    """The ShardPlan of `model`'s params (`shapes`: its params tree, arrays or shapes)."""
-    from ftjax.models.model import logical_axes  # the models package imports nothing from here
-
-    shardings, fallbacks = param_shardings(logical_axes(model), shapes, mesh, rules)
-    if fallbacks:
-        logger.warning("%d parameter dimension(s) replicated (size not divisible by the mesh):"
-                       "\n  %s", len(fallbacks), "\n  ".join(map(str, fallbacks)))
-    return ShardPlan(mesh=mesh, params=shardings, fallbacks=fallbacks)

@@ -7,7 +7,20 @@ ones into loaded params (`add_lora` for LoRA), `merge_peft` folds the mergeable 
 (IA)^3) into the base weights, `fold_prefix` removes prefix tuning's reparameterization.
 """
 
-from ftjax.peft.adapters import AdapterConfig
+from ftjax.nn.adapters import AdapterConfig
+from ftjax.nn.ia3 import IA3Config
+from ftjax.nn.lora import (
+    DEFAULT_TARGETS,
+    LoraConfig,
+    insert_lora,
+    lora_only,
+    lora_paths,
+    merge,
+    split_lora,
+    unmerge,
+)
+from ftjax.nn.prefix import PrefixConfig
+from ftjax.nn.prompt import PromptConfig
 from ftjax.peft.attach import (
     MERGEABLE,
     PEFT_LEAVES,
@@ -20,23 +33,13 @@ from ftjax.peft.attach import (
     with_lora,
     with_peft,
 )
-from ftjax.peft.ia3 import IA3Config
-from ftjax.peft.lora import (
-    DEFAULT_TARGETS,
-    LoraConfig,
-    insert_lora,
-    lora_only,
-    lora_paths,
-    merge,
-    split_lora,
-    unmerge,
-)
+from ftjax.peft.fold import fold_prefix
 from ftjax.peft.multi import apply_mixed, num_adapters, select_adapter, stack_adapters
-from ftjax.peft.prefix import PrefixConfig, fold_prefix
-from ftjax.peft.prompt import PromptConfig
-from ftjax.peft.tree import insert_leaves, split_leaves
+from ftjax.peft.presets import METHODS, SUGGESTED_LEARNING_RATES, MethodConfig, method_spec
+from ftjax.utils.tree import insert_leaves, split_leaves
 
 __all__ = [
+    "METHODS", "SUGGESTED_LEARNING_RATES", "MethodConfig", "method_spec",
     "DEFAULT_TARGETS", "MERGEABLE", "PEFT_LEAVES", "PEFT_METHODS", "AdapterConfig", "IA3Config",
     "LoraConfig", "PrefixConfig", "PromptConfig", "add_lora", "add_peft", "apply_mixed",
     "dense_module_paths", "fold_prefix", "insert_leaves", "insert_lora", "lora_only",

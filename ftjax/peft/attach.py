@@ -23,14 +23,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ftjax.peft import ia3 as ia3_lib
-from ftjax.peft import lora as lora_lib
-from ftjax.peft.adapters import ADAPTER_LEAVES, AdapterConfig
-from ftjax.peft.ia3 import IA3_LEAVES, IA3Config
-from ftjax.peft.lora import LORA_PATTERN, LoraConfig, lora_only, lora_paths
-from ftjax.peft.prefix import PREFIX_LEAVES, PrefixConfig
-from ftjax.peft.prompt import PROMPT_LEAVES, PromptConfig, initial_prompt
-from ftjax.peft.tree import insert_leaves, leaf_paths, split_leaves
+from ftjax.models.model import init_selected, param_shapes
+from ftjax.nn import ia3 as ia3_lib
+from ftjax.nn import lora as lora_lib
+from ftjax.nn.adapters import ADAPTER_LEAVES, AdapterConfig
+from ftjax.nn.ia3 import IA3_LEAVES, IA3Config
+from ftjax.nn.lora import LORA_PATTERN, LoraConfig, lora_only, lora_paths
+from ftjax.nn.prefix import PREFIX_LEAVES, PrefixConfig
+from ftjax.nn.prompt import PROMPT_LEAVES, PromptConfig, initial_prompt
+from ftjax.utils.tree import insert_leaves, leaf_paths, split_leaves
 
 # method -> (model config field, settings class, regex of the leaves it adds)
 PEFT_METHODS: dict[str, tuple[str, type, str]] = {
@@ -83,7 +84,7 @@ def add_peft(model, params: dict, method: str, config: Any, rng: jax.Array, *,
 
     The base leaves are reused untouched; only the new leaves are initialized. `config` is the
     method's settings (see `method_config`). tokenizer: needed only by prompt tuning's
-    init="text". A soft prompt starts from the pretrained embedding table (ftjax.peft.prompt).
+    init="text". A soft prompt starts from the pretrained embedding table (ftjax.nn.prompt).
     """
     settings = method_config(method, config)
     field, _, leaves = PEFT_METHODS[method]
@@ -100,9 +101,6 @@ def add_peft(model, params: dict, method: str, config: Any, rng: jax.Array, *,
         table = model.apply({"params": params}, method=lambda m: m.backbone.embedding_table())
         prompt = initial_prompt(settings, table, jax.random.fold_in(rng, 1), tokenizer)
     new_model = with_peft(model, **{field: settings})
-    # The models import ftjax.peft (their layers use the methods' math): import them lazily to
-    # keep `import ftjax.peft` and `import ftjax.models` acyclic in either order.
-    from ftjax.models.model import init_selected
 
     fresh = init_selected(new_model, rng, lambda p: split_leaves(p, leaves)[1])
     if method == "prompt":
@@ -145,7 +143,6 @@ def dense_module_paths(model) -> list[str]:
     and an untied LM head (`head`). Task heads (`head/classifier`, ...) are new and train whole."""
     per_layer = dataclasses.replace(
         model, config=model.config.without_peft().with_policy(scan_layers=False))
-    from ftjax.models.model import param_shapes  # lazily, as in add_peft
 
     shapes = param_shapes(per_layer)
     paths = []

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ftjax.optim.config import from_config
+from ftjax.peft.attach import PEFT_METHODS
+from ftjax.settings import from_config
 
 
 def _field_classes() -> dict[str, type]:
     """PEFT config field -> its settings dataclass (houlsby and pfeiffer share one field)."""
-    from ftjax.peft.attach import PEFT_METHODS  # lazily: attach imports the method modules
-
     return {field: cls for field, cls, _ in PEFT_METHODS.values()}
 
 

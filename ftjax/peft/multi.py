@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from ftjax.peft.lora import insert_lora
+from ftjax.nn.lora import insert_lora
 
 
 def stack_adapters(adapters: Sequence[dict]) -> dict:

@@ -4,7 +4,7 @@ A sweep config is an ml_collections file like an experiment's (`get_config()`, o
 `get_config(arg)` for `file.py:arg`), with these keys:
 
   name              results are written as <results_dir>/<name>.{md,csv,json} and two PNGs
-  methods           ftjax.optim.presets.METHODS names, in table order
+  methods           ftjax.peft.presets.METHODS names, in table order
   seeds             runs per method at the chosen learning rate (seed 0 is the search's run)
   lr_factors        the grid of a method without an explicit one: SUGGESTED_LEARNING_RATES[m]
                     times each factor (a task's own lr_factors win over these)
@@ -33,7 +33,7 @@ and test; the rate with the best validation accuracy is chosen (ftjax.sweep.sele
 training keeps its best checkpoint by it). The table reports test accuracy over the `seeds`
 runs at the chosen rate.
 
-Every run's training config is built and checked here (`ftjax.config.load_config`), so a typo
+Every run's training config is built and checked here (`ftjax.train.config.load_config`), so a typo
 in any task, method or override fails before the first run starts.
 """
 
@@ -46,15 +46,15 @@ from typing import Any
 
 import ml_collections
 
-from ftjax.config import (
+from ftjax.peft.presets import METHODS, SUGGESTED_LEARNING_RATES
+from ftjax.settings import (
     ConfigError,
     closest_key,
     import_config_file,
-    load_config,
     parse_override,
     split_config_arg,
 )
-from ftjax.optim.presets import METHODS, SUGGESTED_LEARNING_RATES
+from ftjax.train.config import base_config, load_config
 
 SEARCH, SEED = "search", "seed"  # the two phases of the protocol
 BASELINE = "baseline"  # the untrained row: evaluated, never trained
@@ -398,8 +398,6 @@ def same_config(recorded: str | None, cfg: ml_collections.ConfigDict) -> bool:
     """
     if recorded is None:
         return False
-    from ftjax.train.defaults import base_config
-
     defaults = json.loads(config_fingerprint(base_config()))
     return _same(json.loads(recorded), json.loads(config_fingerprint(cfg)), defaults)
 

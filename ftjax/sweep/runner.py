@@ -39,8 +39,9 @@ from pathlib import Path
 
 import jax
 
-from ftjax.sweep import select
+from ftjax.io import reuse_checkpoints
 from ftjax.optim import trainability
+from ftjax.sweep import select
 from ftjax.sweep.plan import BASELINE, RunSpec, Sweep, config_fingerprint, same_config
 from ftjax.train.experiment import build_experiment, evaluate
 from ftjax.train.loop import train
@@ -257,7 +258,6 @@ class Runner:
 
 
 def _reuse_checkpoints():
-    from ftjax.io import reuse_checkpoints
 
     return reuse_checkpoints()
 

@@ -13,14 +13,15 @@ import json
 import sys
 from pathlib import Path
 
+from ftjax.sweep.plan import RunSpec
+from ftjax.sweep.runner import SweepInterrupted, execute
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m ftjax.sweep.worker RUN_DIR", file=sys.stderr)
         return 2
-    from ftjax.sweep.plan import RunSpec
-    from ftjax.sweep.runner import SweepInterrupted, execute
 
     run_dir = Path(argv[0])
     job = json.loads((run_dir / "run.json").read_text())

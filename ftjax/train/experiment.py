@@ -8,7 +8,9 @@ without the loop.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -17,14 +19,21 @@ import numpy as np
 
 from ftjax import data as ftdata
 from ftjax import parallel
-from ftjax.io.checkpoint import params_shape_hash
+from ftjax.io.checkpoint import Checkpointer, params_shape_hash
 from ftjax.io.pretrained import Pretrained, load_pretrained
-from ftjax.models import HeadConfig
-from ftjax.optim import presets, trainability
-from ftjax.optim import RegularizerConfig, learning_rate_fn, make_optimizer, make_regularizer
+from ftjax.models import HeadConfig, plan_for_model
+from ftjax.objectives.losses import loss_for_task
+from ftjax.optim import (
+    RegularizerConfig,
+    learning_rate_fn,
+    make_optimizer,
+    make_regularizer,
+    trainability,
+)
 from ftjax.optim.rules import check_rules_match, parse_spec
-from ftjax.peft import PEFT_METHODS, add_peft
-from ftjax.train.losses import loss_for_task
+from ftjax.peft import PEFT_METHODS, add_peft, presets
+from ftjax.settings import ConfigError
+from ftjax.train.config import config_from_dict
 from ftjax.train.step import (
     TrainState,
     create_train_state,
@@ -226,7 +235,7 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
     if RegularizerConfig.from_config(cfg.regularizer).active:
         anchor = trainability.trainable_half(params, mask)
         regularizer = make_regularizer(cfg.regularizer, anchor, mask)
-    plan = parallel.plan_for_model(pretrained.model, params, mesh)
+    plan = plan_for_model(pretrained.model, params, mesh)
     # The loaded arrays move into the state (no second copy of the model on any device), so
     # pretrained keeps none: its arrays are donated, and re-combining the halves here would
     # pin a copy of every stack split between them. exp.params combines them on demand.
@@ -248,8 +257,6 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
 
 def build_mesh(cfg):
     """cfg.mesh as a jax Mesh, checking that the batches split evenly over it."""
-    from ftjax.config import ConfigError
-
     try:
         mesh = parallel.mesh_from_config(cfg.mesh)
     except parallel.MeshError as err:
@@ -296,12 +303,6 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
     lower model.frozen_dtype (they are the pretrained weights; checkpoints never hold them), for
     export and generation.
     """
-    import json
-    from pathlib import Path
-
-    from ftjax.config import config_from_dict
-    from ftjax.io.checkpoint import Checkpointer
-
     workdir = Path(workdir)
     if cfg is None:
         config_file = workdir / "config.json"

@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ftjax.models.scan import segment_bounds
+from ftjax.nn.scan import segment_bounds
+from ftjax.objectives.losses import LossFn
 from ftjax.optim.trainability import LayerSplit, combine, partition, scan_breaks
-from ftjax.train.losses import LossFn
+from ftjax.parallel.placement import like_params, opt_state_shardings, put
 
 
 @flax.struct.dataclass
@@ -97,7 +98,6 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
             opt_state=jax.jit(tx.init)(trainable), rng=rng,
             nonfinite_steps=jnp.zeros((), jnp.int32), regularizer=regularizer,
         )
-    from ftjax.parallel.placement import like_params, opt_state_shardings, put
 
     rep = plan.replicated
     trainable_sh, frozen_sh = partition(plan.params, trainable_mask)
@@ -146,7 +146,7 @@ def scan_split_view(model, trainable, frozen):
     Usually `model` and combine(trainable, frozen). When stacks of a scanned model are split
     between the halves (some of their layers train, ftjax.optim.trainability), instead the model
     with config.scan_breaks where training starts and stops along the layers, and params stacked
-    per segment (`layer_segments_<i>`, see ftjax.models.scan): frozen layers as the frozen half
+    per segment (`layer_segments_<i>`, see ftjax.nn.scan): frozen layers as the frozen half
     stores them (runs cut to fit, no copy), trained ones sliced from the trainable half. The
     same function, but autodiff computes no weight gradient for a frozen segment (and no
     backward pass at all below the lowest trained value), where one scan over the combined

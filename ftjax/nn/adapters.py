@@ -17,7 +17,7 @@ hidden states it adds to), the bottleneck is "adapter" (new; replicated by any t
 not name it).
 
 Houlsby et al. also trained the layer norms; that is an option of the trainability spec
-(`method_args.train_norms`, ftjax.optim.presets), on by default for houlsby, off for pfeiffer.
+(`method_args.train_norms`, ftjax.peft.presets), on by default for houlsby, off for pfeiffer.
 Adapters add layers the pretrained architecture lacks, so they cannot be merged into its weights.
 """
 
@@ -29,6 +29,9 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ftjax.nn.layers import Dense, activation
+from ftjax.settings import from_config, setting
+
 AdapterKind = Literal["houlsby", "pfeiffer"]
 # The regex of the leaves this method adds (matched against canonical per-layer paths).
 ADAPTER_LEAVES = r".*/adapter_(?:attn|mlp)/.*"
@@ -38,21 +41,16 @@ PLACES = {"houlsby": ("attn", "mlp"), "pfeiffer": ("mlp",)}
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
-    """Adapter settings (the `adapter` config block; the run's method sets `kind`).
+    """Adapter settings (the `adapter` config block; the run's method sets `kind`)."""
 
-    kind: "houlsby" (after attention and MLP) or "pfeiffer" (after the MLP only).
-    size: the bottleneck width m; None derives it as hidden_size // reduction_factor.
-    reduction_factor: D / m when `size` is None (AdapterHub's default 16).
-    activation: the bottleneck nonlinearity: relu | gelu | gelu_new | silu.
-    init_scale: std of the down projection's Gaussian init (Houlsby's near-identity init used
-      1e-2); the up projection always starts at zero.
-    """
-
-    kind: AdapterKind = "houlsby"
-    size: int | None = None
-    reduction_factor: float = 16.0
-    activation: str = "relu"
-    init_scale: float = 1e-2
+    kind: AdapterKind = setting("houlsby", "houlsby (after attention and MLP) or pfeiffer (after "
+                                "the MLP only); set by the method", config=False)
+    size: int | None = setting(None, "the bottleneck width m; None: hidden_size / "
+                               "reduction_factor")
+    reduction_factor: float = setting(16.0, "D / m when size is None (AdapterHub's default 16)")
+    activation: str = setting("relu", "the bottleneck nonlinearity: relu | gelu | gelu_new | silu")
+    init_scale: float = setting(1e-2, "std of the down projection's Gaussian init; the up "
+                                "projection starts at zero")
 
     def __post_init__(self):
         if self.kind not in PLACES:
@@ -64,7 +62,6 @@ class AdapterConfig:
             raise ValueError(f"adapter reduction_factor must be > 0, got {self.reduction_factor}")
         if self.init_scale < 0:
             raise ValueError(f"adapter init_scale must be >= 0, got {self.init_scale}")
-        from ftjax.models.layers import activation  # lazily: the models import ftjax.peft
 
         try:
             activation(self.activation)
@@ -82,7 +79,6 @@ class AdapterConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "AdapterConfig":
         """From a ConfigDict / mapping / AdapterConfig / None; unknown keys are an error."""
-        from ftjax.optim.config import from_config
 
         return from_config(cls, cfg, "adapter")
 
@@ -96,7 +92,6 @@ class Adapter(nn.Module):
 
     @nn.compact
     def __call__(self, h):
-        from ftjax.models.layers import Dense, activation  # lazily: the models import ftjax.peft
 
         cfg = self.config
         D = h.shape[-1]

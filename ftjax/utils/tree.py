@@ -1,6 +1,6 @@
 """Pure operations on {backbone, head} parameter dicts shared by every PEFT method.
 
-A method's leaves are recognized by one regex over "/"-joined leaf paths (ftjax.optim.presets
+A method's leaves are recognized by one regex over "/"-joined leaf paths (ftjax.peft.presets
 holds them, one per method). Patterns are matched against the canonical per-layer path, so one
 pattern serves both layouts (a stacked `.../layers/block/...` leaf is tested as layer 0's).
 """

@@ -16,7 +16,7 @@ so a prefix shards like the key/value projection output it extends.
 Reparameterization (`projection=True`): as in the paper (and HF's prefix_projection), the
 prefixes of all layers come from an MLP over a (P, D) embedding, which trains more stably:
   `backbone/prefix_encoder/{embedding, in_kernel, in_bias, out_k, out_k_bias, out_v, out_v_bias}`
-It is a training device only: `fold_prefix` computes the prefixes once and returns the model
+It is a training device only: `ftjax.peft.fold_prefix` computes the prefixes once and returns the model
 with plain per-layer leaves and no MLP, computing the same function (ftjax.generate folds
 before decoding, so the MLP never runs per token).
 
@@ -26,14 +26,12 @@ The KV cache of generation holds only real tokens; the prefix joins the keys at 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-from ftjax.peft.tree import insert_leaves, split_leaves
+from ftjax.settings import from_config, setting
 
 PREFIX_LEAVES = r".*/prefix_(?:k|v)|backbone/prefix_encoder/.*"
 PREFIX_AXIS = "prefix"  # virtual tokens (prefix and prompt tuning)
@@ -42,20 +40,15 @@ HIDDEN_AXIS = "prefix_hidden"  # the reparameterization MLP's hidden layer
 
 @dataclasses.dataclass(frozen=True)
 class PrefixConfig:
-    """Prefix-tuning settings (the `prefix` config block).
+    """Prefix-tuning settings (the `prefix` config block)."""
 
-    num_tokens: P, the virtual tokens each attention layer attends to.
-    projection: reparameterize the prefixes through an MLP (embedding (P, D) -> tanh hidden
-      layer -> every layer's keys and values) while training; `fold_prefix` removes it.
-    projection_hidden: the MLP's hidden width.
-    init_scale: std of the Gaussian init of the prefixes (direct), or of the MLP's output
-      layer scaled so that the prefixes start at about that std (projection).
-    """
-
-    num_tokens: int = 20
-    projection: bool = False
-    projection_hidden: int = 512
-    init_scale: float = 0.02
+    num_tokens: int = setting(20, "P, the virtual tokens each attention layer attends to")
+    projection: bool = setting(
+        False, "train the prefixes through an MLP over a (P, D) embedding (the paper's "
+        "reparameterization); ftjax.peft.fold_prefix removes it after training")
+    projection_hidden: int = setting(512, "the reparameterization MLP's hidden width")
+    init_scale: float = setting(0.02, "std of the prefixes at init (through the MLP: its output "
+                                "layer is scaled to give about that std)")
 
     def __post_init__(self):
         if self.num_tokens < 1:
@@ -69,7 +62,6 @@ class PrefixConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "PrefixConfig":
         """From a ConfigDict / mapping / PrefixConfig / None; unknown keys are an error."""
-        from ftjax.optim.config import from_config
 
         return from_config(cls, cfg, "prefix")
 
@@ -141,39 +133,3 @@ def prepend_prefix(k_BSKH, v_BSKH, mask_B1TS, prefix_k_PF, prefix_v_PF):
     mask = jnp.concatenate([jnp.ones((B, 1, T, P), bool), mask], axis=-1)
     return (jnp.concatenate([expand(prefix_k_PF), k_BSKH], axis=1),
             jnp.concatenate([expand(prefix_v_PF), v_BSKH], axis=1), mask)
-
-
-def fold_prefix(model, params: dict) -> tuple[Any, dict]:
-    """Evaluate the reparameterization once: (model without it, params with per-layer leaves).
-
-    The folded model computes the same function (up to float rounding of the MLP, which is now
-    done once) with P x 2 x F parameters per layer and no MLP; use it for inference and export.
-    """
-    from ftjax.models.model import param_shapes  # lazily: the models import ftjax.peft
-
-    cfg = model.config.prefix
-    if cfg is None or not cfg.projection:
-        raise ValueError("fold_prefix needs a model whose config.prefix has projection=True")
-    if "prefix_encoder" not in params.get("backbone", {}):
-        raise ValueError("fold_prefix: params have no backbone/prefix_encoder to fold")
-    k_LPF, v_LPF = model.apply({"params": params}, method=lambda m: m.backbone.prefix_encoder())
-    values = {"k": np.asarray(k_LPF), "v": np.asarray(v_LPF)}
-    folded_cfg = model.config.with_policy(prefix=dataclasses.replace(cfg, projection=False))
-    folded = dataclasses.replace(model, config=folded_cfg)
-    _, wanted = split_leaves(param_shapes(folded), r".*/prefix_(?:k|v)")
-
-    def fill(tree: dict, path: str) -> dict:
-        out = {}
-        for key, leaf in tree.items():
-            where = f"{path}/{key}"
-            if isinstance(leaf, dict):
-                out[key] = fill(leaf, where)
-                continue
-            stacked = values[key[-1]]
-            layer = re.search(r"(?:^|/)layers_(\d+)/", where)
-            value = stacked[int(layer.group(1))] if layer else stacked  # else: scan layout
-            out[key] = jnp.asarray(value.reshape(leaf.shape), leaf.dtype)
-        return out
-
-    backbone = {k: v for k, v in params["backbone"].items() if k != "prefix_encoder"}
-    return folded, insert_leaves({**params, "backbone": backbone}, fill(wanted, ""))

@@ -28,7 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.peft.prefix import PREFIX_AXIS
+from ftjax.nn.prefix import PREFIX_AXIS
+from ftjax.settings import from_config, setting
 
 PROMPT_LEAVES = r"backbone/soft_prompt"
 PromptInit = Literal["vocab", "text", "random"]
@@ -36,17 +37,13 @@ PromptInit = Literal["vocab", "text", "random"]
 
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
-    """Prompt-tuning settings (the `prompt` config block).
+    """Prompt-tuning settings (the `prompt` config block)."""
 
-    num_tokens: P, the soft prompt's length.
-    init: "vocab" (embeddings of P tokens sampled from the vocabulary with the run's seed),
-      "text" (the tokens of `init_text`, repeated or cut to P) or "random".
-    init_text: the text for init="text", e.g. a task description.
-    """
-
-    num_tokens: int = 20
-    init: PromptInit = "vocab"
-    init_text: str | None = None
+    num_tokens: int = setting(20, "P, the soft prompt's length")
+    init: PromptInit = setting(
+        "vocab", "vocab (embeddings of P tokens sampled from the vocabulary with the run's "
+        "seed) | text (the tokens of init_text, repeated or cut to P) | random")
+    init_text: str | None = setting(None, "the text for init='text', e.g. a task description")
 
     def __post_init__(self):
         if self.num_tokens < 1:
@@ -61,7 +58,6 @@ class PromptConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "PromptConfig":
         """From a ConfigDict / mapping / PromptConfig / None; unknown keys are an error."""
-        from ftjax.optim.config import from_config
 
         return from_config(cls, cfg, "prompt")
 

@@ -8,9 +8,6 @@ Key names are the transformers module names (ftjax.io.hf's tables) under peft's 
     base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight   (out, r)  = lora_b.T
 BERT adapters use `BertModel` names (`base_model.model.encoder.layer.3.attention.self.query...`).
 `target_modules` lists the full module names, so peft targets exactly the modules we adapted.
-
-Not exported from ftjax.peft: it imports the checkpoint code, which imports the models, which
-import ftjax.peft.
 """
 
 from __future__ import annotations
@@ -29,8 +26,8 @@ from ftjax.io.hf import BERT_NAMES, LLAMA_NAMES
 from ftjax.io.loading import CheckpointError, flatten, unflatten
 from ftjax.models import LlamaConfig, Model, param_shapes
 from ftjax.models.layout import to_layout
+from ftjax.nn.lora import LoraConfig, insert_lora, lora_only, lora_paths
 from ftjax.peft.attach import with_lora
-from ftjax.peft.lora import LoraConfig, insert_lora, lora_only, lora_paths
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -3,7 +3,7 @@
     k = (x @ Wk + bk) * l_k,   v = (x @ Wv + bv) * l_v,   out = (h * l_ff) @ W_down + b_down
 
 All vectors start at one, so the adapted model is exactly the base model at init. Leaves: every
-targeted `Dense` (ftjax.models.layers) owns `ia3_scale` beside its kernel:
+targeted `Dense` (ftjax.nn.layers) owns `ia3_scale` beside its kernel:
   output-side (keys, values): (out,), the kernel's out-axis ("kv_heads" for Llama, "heads" for
     BERT), scaling the projection's output, bias included;
   input-side ("feedforward" modules: Llama's down_proj, BERT's MLP output dense): (in,), the
@@ -16,7 +16,7 @@ scales the kernel's rows. The merged tree is the base architecture's, so `ftjax 
 hf` writes it like a merged LoRA run.
 
 Targets and feedforward are `re.fullmatch`ed against canonical module paths (the names are
-listed in ftjax.peft.lora's docstring); a scanned model matches as layer 0.
+listed in ftjax.nn.lora's docstring); a scanned model matches as layer 0.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ftjax.peft.tree import canonical_module_path
+from ftjax.settings import from_config, setting
+from ftjax.utils.tree import canonical_module_path
 
 IA3_LEAVES = r".*/ia3_scale"
 # Keys, values and the MLP's down projection (whose input is the intermediate activation).
@@ -39,17 +40,14 @@ DEFAULT_FEEDFORWARD = r".*/(?:mlp/down_proj|layers_\d+/output)"
 
 @dataclasses.dataclass(frozen=True)
 class IA3Config:
-    """(IA)^3 settings (the `ia3` config block).
+    """(IA)^3 settings (the `ia3` config block)."""
 
-    targets: regex over module paths: the Dense layers that get a vector. Default: keys, values
-      and the MLP output projection of every block (Llama k_proj, v_proj, down_proj; BERT
-      attention/key, attention/value and the block's MLP `output`).
-    feedforward: regex over module paths: which targets scale their INPUT (the MLP activation
-      entering the output projection) rather than their output.
-    """
-
-    targets: str = DEFAULT_TARGETS
-    feedforward: str = DEFAULT_FEEDFORWARD
+    targets: str = setting(
+        DEFAULT_TARGETS, "regex over module paths: the Dense layers that get a scaling vector "
+        "(default: keys, values and the MLP output projection of every block)")
+    feedforward: str = setting(
+        DEFAULT_FEEDFORWARD, "regex over module paths: which targets scale their input (the MLP "
+        "activation entering the output projection) rather than their output")
 
     def __post_init__(self):
         for name in ("targets", "feedforward"):
@@ -68,7 +66,6 @@ class IA3Config:
     @classmethod
     def from_config(cls, cfg: Any) -> "IA3Config":
         """From a ConfigDict / mapping / IA3Config / None; unknown keys are an error."""
-        from ftjax.optim.config import from_config
 
         return from_config(cls, cfg, "ia3")
 

@@ -14,10 +14,11 @@ import dataclasses
 import warnings
 from typing import Any
 
-from ftjax.optim.config import from_config
+from ftjax.models.components import component
 from ftjax.optim.rules import FROZEN, TRAIN, Rule, Spec
-from ftjax.optim.selectors import component, layers, top
+from ftjax.optim.selectors import layers, top
 from ftjax.peft.attach import PEFT_LEAVES
+from ftjax.settings import from_config, setting
 
 PEFT = ("lora", "houlsby", "pfeiffer", "prefix", "prompt", "ia3")
 # custom: no preset; the config's own `rules` are the whole spec.
@@ -49,32 +50,35 @@ TRAIN_NORMS_BY_DEFAULT = {"houlsby": True, "pfeiffer": False}
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
-    """Settings of the presets; each reads only its own.
+    """Settings of the presets (the `method_args` config block); each preset reads only its own."""
 
-    top_k: top_layers: how many of the last blocks train (with the head, final norm, pooler).
-    decay: llrd: lr multiplier decay per depth step (block i gets decay**(L - i)).
-    unfreeze_every: gradual_unfreeze: optimizer steps between unfreezing one more block.
-    discriminative_decay: gradual_unfreeze: optional per-depth lr decay as in ULMFiT
-      (1 / 2.6 there); None keeps every group at the full rate.
-    train_head: PEFT methods (lora, houlsby, pfeiffer, prefix, prompt, ia3) and bitfit: whether
-      head/ trains beside the method's leaves. None decides by the head: a new task head trains,
-      the pretrained LM head ("lm") stays frozen.
-    train_norms: adapters (houlsby, pfeiffer): whether every layer norm (scale and bias) trains
-      beside the adapters. None follows the paper: houlsby trains them, pfeiffer does not.
-    """
-
-    top_k: int = 2
-    decay: float = 0.9
-    unfreeze_every: int = 100
-    discriminative_decay: float | None = None
-    train_head: bool | None = None
-    train_norms: bool | None = None
+    top_k: int = setting(2, "top_layers: how many of the last blocks train (with the head, "
+                         "final norm and pooler)")
+    decay: float = setting(0.9, "llrd: lr multiplier decay per depth step (block i gets "
+                           "decay**(L - i))")
+    unfreeze_every: int = setting(100, "gradual_unfreeze: optimizer steps between unfreezing one "
+                                  "more block, from the top")
+    unfreeze_every_epochs: float = setting(
+        0.0, "gradual_unfreeze: > 0 gives unfreeze_every in epochs of the train set instead "
+        "(the run converts it to steps)")
+    discriminative_decay: float | None = setting(
+        None, "gradual_unfreeze: optional per-depth lr decay as in ULMFiT (1 / 2.6 there); "
+        "None keeps every group at the full rate")
+    train_head: bool | None = setting(
+        None, "PEFT methods and bitfit: whether head/ trains beside the method's leaves; None: a "
+        "new task head trains, a pretrained LM head stays frozen")
+    train_norms: bool | None = setting(
+        None, "houlsby / pfeiffer: whether every layer norm trains beside the adapters; None "
+        "follows the papers (houlsby yes, pfeiffer no)")
 
     def __post_init__(self):
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {self.decay}")
         if self.unfreeze_every < 1:
             raise ValueError(f"unfreeze_every must be >= 1, got {self.unfreeze_every}")
+        if self.unfreeze_every_epochs < 0:
+            raise ValueError(f"unfreeze_every_epochs must be >= 0, got "
+                             f"{self.unfreeze_every_epochs}")
         if self.discriminative_decay is not None and not 0 < self.discriminative_decay <= 1:
             raise ValueError(
                 f"discriminative_decay must be in (0, 1], got {self.discriminative_decay}")

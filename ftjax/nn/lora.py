@@ -2,7 +2,7 @@
 
     y = x @ W + (dropout(x) @ A @ B) * scale,   A: (in, r), B: (r, out), B = 0 at init
 
-Leaves: every targeted `Dense` (ftjax.models.layers) owns `lora_a` and `lora_b` next to its
+Leaves: every targeted `Dense` (ftjax.nn.layers) owns `lora_a` and `lora_b` next to its
 `kernel`, e.g. `backbone/layers_3/self_attn/q_proj/lora_a`; under `scan_layers` they are stacked
 like every other block leaf (`backbone/layers/block/self_attn/q_proj/lora_a`, (L, in, r)).
 Their logical axes are (kernel's in-axis, "lora_rank") and ("lora_rank", kernel's out-axis), so
@@ -32,12 +32,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.peft.tree import canonical_module_path, insert_leaves
+from ftjax.settings import from_config, setting
+from ftjax.utils.tree import canonical_module_path, insert_leaves
 
 # Attention query and value projections of both architectures (the LoRA paper's choice).
 DEFAULT_TARGETS = r".*/(?:self_attn/(?:q_proj|v_proj)|attention/(?:query|value))"
 LORA_LEAVES = ("lora_a", "lora_b")
-LORA_PATTERN = r".*/lora_(?:a|b)"  # the same leaves as a path regex (ftjax.optim.presets)
+LORA_PATTERN = r".*/lora_(?:a|b)"  # the same leaves as a path regex (ftjax.peft.presets)
 # Logical name of the rank axis; replicated by any sharding table that does not name it.
 RANK_AXIS = "lora_rank"
 
@@ -46,26 +47,19 @@ LoraInit = Literal["default", "gaussian"]
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """LoRA settings (the `lora` config block; ftjax.train.defaults mirrors these fields).
+    """LoRA settings (the `lora` config block)."""
 
-    rank: r, the inner dimension of A @ B.
-    alpha: the update is scaled by alpha / r (or alpha / sqrt(r) with rslora), so changing r
-      does not change the effective learning rate much.
-    dropout: on the LoRA branch's input only, during training (the frozen path sees x as is).
-    targets: regex over module paths (see the module docstring for the names).
-    rslora: rank-stabilized scaling alpha / sqrt(r) (Kalajdzievski, 2023).
-    init: A's initializer; B is always zero so the model starts as the base model.
-      "default": uniform(+-1/sqrt(in)), peft's default (torch kaiming_uniform with a=sqrt(5)
-        on the (r, in) weight), so ours and peft's start from the same distribution.
-      "gaussian": normal with std 1/r, peft's init_lora_weights="gaussian".
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: str = DEFAULT_TARGETS
-    rslora: bool = False
-    init: LoraInit = "default"
+    rank: int = setting(8, "r, the inner dimension of A @ B")
+    alpha: float = setting(16.0, "the update is scaled by alpha / r (alpha / sqrt(r) with "
+                           "rslora), so changing r barely changes the effective learning rate")
+    dropout: float = setting(0.0, "dropout on the LoRA branch's input while training (the "
+                             "frozen path sees x as is)")
+    targets: str = setting(DEFAULT_TARGETS, "regex over module paths (ftjax.nn.lora names them); "
+                           "default: attention query and value projections")
+    rslora: bool = setting(False, "rank-stabilized scaling alpha / sqrt(r) (Kalajdzievski 2023)")
+    init: LoraInit = setting(
+        "default", "A's initializer (B starts at zero): default = uniform(+-1/sqrt(in)) as peft's "
+        "kaiming-uniform; gaussian = normal with std 1/r, peft's init_lora_weights='gaussian'")
 
     def __post_init__(self):
         if self.rank < 1:
@@ -90,7 +84,6 @@ class LoraConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "LoraConfig":
         """From a ConfigDict / mapping / LoraConfig / None; unknown keys are an error."""
-        from ftjax.optim.config import from_config
 
         return from_config(cls, cfg, "lora")
 

@@ -4,9 +4,9 @@ Every parameter is created with a logical axis name (`nn.with_logical_partitioni
 rules table (ftjax/parallel) maps them to mesh axes. Logical names used:
   vocab, embed, mlp, heads (flattened query heads x head_dim), kv_heads (flattened kv heads x
   head_dim), norm, positions, types, labels, layers (the stacked axis under scan), lora_rank
-  (the inner axis of LoRA's A @ B; ftjax.peft.lora), adapter (a bottleneck adapter's inner
-  width; ftjax.peft.adapters), prefix (virtual tokens of prefix and prompt tuning;
-  ftjax.peft.prefix / prompt), prefix_hidden (the prefix reparameterization MLP's hidden layer).
+  (the inner axis of LoRA's A @ B; ftjax.nn.lora), adapter (a bottleneck adapter's inner
+  width; ftjax.nn.adapters), prefix (virtual tokens of prefix and prompt tuning;
+  ftjax.nn.prefix / prompt), prefix_hidden (the prefix reparameterization MLP's hidden layer).
 Parameter trees handed to users are unboxed (plain arrays); see `ftjax.models.model`.
 
 Shapes in names: B batch, T query length, S key length, D model width, N query heads,
@@ -22,8 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.peft.ia3 import IA3Config, ia3_scale
-from ftjax.peft.lora import LoraConfig, lora_branch
+from ftjax.nn.ia3 import IA3Config, ia3_scale
+from ftjax.nn.lora import LoraConfig, lora_branch
 
 Initializer = Callable[..., jax.Array]
 
@@ -34,10 +34,10 @@ class Dense(nn.Module):
     """y = x @ kernel (+ bias). Kernels are stored (in, out), the transpose of torch's Linear.
 
     lora: when set and this module's path matches `lora.targets`, the module also owns
-      `lora_a` / `lora_b` and adds their low-rank update (ftjax.peft.lora). `deterministic`
+      `lora_a` / `lora_b` and adds their low-rank update (ftjax.nn.lora). `deterministic`
       only matters then (LoRA dropout).
     ia3: when set and this module's path matches `ia3.targets`, the module also owns
-      `ia3_scale` and rescales its input (feedforward modules) or its output (ftjax.peft.ia3).
+      `ia3_scale` and rescales its input (feedforward modules) or its output (ftjax.nn.ia3).
     """
 
     features: int
@@ -177,7 +177,7 @@ def attention_mask(
     or a (B,) array), so query t sees keys s <= offset + t. That covers plain causal attention
     (offset 0) and decoding against a KV cache (offset = number of cached slots).
     Segment ids keep packed documents apart; the first `always_visible` keys (a soft prompt's
-    virtual tokens, ftjax.peft.prompt) belong to every segment. Query rows with no visible key
+    virtual tokens, ftjax.nn.prompt) belong to every segment. Query rows with no visible key
     are not produced by the masks we build (a padding query still sees itself or its segment's
     padding slot) except for fully padded rows; those give finite garbage that the loss masks
     out.

@@ -1,0 +1,1 @@
+"""Loss terms: what the train step minimizes."""
