@@ -24,7 +24,7 @@ def compiled_flops(size: str, mode: str, seq: int, batch: int) -> dict:
 
     from benchmarks.jax_worker import optimizer_for
     from ftjax.models import HeadConfig, LlamaConfig, Model, param_shapes
-    from ftjax.objectives.losses import loss_for_task
+    from ftjax.objectives import loss_for_task
     from ftjax.peft import LoraConfig, with_lora
     from ftjax.train.step import create_train_state, make_train_step
 

@@ -95,7 +95,7 @@ def run(job: Job) -> dict:
     import jax
 
     from ftjax.models import plan_for_model
-    from ftjax.objectives.losses import loss_for_task
+    from ftjax.objectives import loss_for_task
     from ftjax.parallel import make_mesh, place_batch
     from ftjax.train.step import (
         create_train_state,

@@ -30,7 +30,7 @@ from ftjax.models import (
     preset,
 )
 from ftjax.models.layout import to_layout
-from ftjax.objectives.losses import loss_for_task
+from ftjax.objectives import loss_for_task
 from ftjax.optim import make_optimizer, trainability
 from ftjax.parallel import (
     MeshError,

@@ -30,18 +30,15 @@ from ftjax.optim import (
     combine,
     effective_lrs,
     format_report,
-    l1,
-    l2,
-    l2sp,
     learning_rate_fn,
     make_optimizer,
-    make_regularizer,
     optimizer_step,
     partition,
     report,
     resolve,
     trainable_mask,
 )
+from ftjax.objectives import RegularizerConfig, TermContext, TermSetup, l1, l2, l2sp
 from ftjax.optim.optimizer import leaf_constants
 from ftjax.optim.rules import lr_multiplier
 from ftjax.optim.selectors import layers, top
@@ -482,7 +479,32 @@ def test_every_optimizer_steps_and_respects_unfreezing(name):
 
 
 # ---------------------------------------------------------------------------------------------
-# Regularizers
+# Penalty terms (ftjax.objectives.penalties)
+
+
+def make_regularizer(coefficients: dict, anchor, mask=None):
+    """The `regularizer` block's penalty terms on a trainable tree starting at `anchor`, as one
+    function trainable -> weighted penalty (None when no coefficient is on)."""
+    terms = RegularizerConfig(**coefficients).terms()
+    if not terms:
+        return None
+    copy = lambda tree: jax.tree.map(lambda x: x, tree)  # noqa: E731
+    setup = TermSetup(params=anchor, mask=mask, trainable=anchor, place_like_trainable=copy,
+                      place_replicated=copy)
+    constants = {term.name: term.constants(setup) for term in terms}
+
+    def penalty(trainable):
+        def value(term):
+            ctx = TermContext(model=None, params=None, trainable=trainable, batch=None,
+                              output=None, state=None, constants=constants[term.name],
+                              rng=jax.random.key(0), step=jnp.zeros((), jnp.int32),
+                              deterministic=False)
+            return term.config.weight * term(ctx).total
+
+        return sum(value(term) for term in terms)
+
+    penalty.constants = constants
+    return penalty
 
 
 def test_l2sp_pulls_toward_the_anchor_and_l2_toward_zero():
@@ -490,7 +512,7 @@ def test_l2sp_pulls_toward_the_anchor_and_l2_toward_zero():
     anchor = jax.tree.map(lambda w: w + 1.0, params)
     reg = make_regularizer(dict(l2sp=1.0, l2sp_include=".*"), anchor)
 
-    grad = jax.jit(lambda reg, t: jax.grad(reg)(t))
+    grad = lambda reg, t: jax.jit(jax.grad(reg))(t)  # noqa: E731
 
     def sgd(t, reg):
         return jax.tree.map(lambda w, g: w - 0.1 * g, t, grad(reg, t))
@@ -524,12 +546,17 @@ def test_l2sp_through_an_experiment_names_the_layers_of_split_stacks(tiny_config
     exp = build_experiment(load_config(tiny_config_file, [
         "model.scan_layers=True", "method=top_layers", "method_args.top_k=1",
         "regularizer.l2sp=0.5", f"regularizer.l2sp_include=backbone/layers_{top}/.*"]))
-    reg, trainable = exp.state.regularizer, exp.state.trainable
+    constants, trainable = exp.state.constants["l2_sp"], exp.state.trainable
     stack = lambda tree: tree["backbone"]["layers"]["block"]  # noqa: E731
-    assert jax.tree.map(jnp.shape, stack(reg.anchor)) == jax.tree.map(jnp.shape, stack(trainable))
+    assert jax.tree.map(jnp.shape, stack(constants["anchor"])) == jax.tree.map(
+        jnp.shape, stack(trainable))
     assert jax.tree.leaves(stack(trainable))[0].shape[0] == 1
-    assert all(float(w) == 1.0 for w in jax.tree.leaves(stack(reg.sp_weights)))
-    assert float(reg(trainable)) == 0.0  # at the anchor
+    assert all(float(w) == 1.0 for w in jax.tree.leaves(stack(constants["weights"])))
+    term = next(t for t in exp.terms if t.name == "l2_sp")
+    ctx = TermContext(model=None, params=None, trainable=trainable, batch=None, output=None,
+                      state=None, constants=constants, rng=jax.random.key(0),
+                      step=jnp.zeros((), jnp.int32), deterministic=False)
+    assert float(term(ctx).total) == 0.0  # at the anchor
 
 
 def test_config_rules_come_before_the_method_and_a_custom_run_trains_only_them(
@@ -568,7 +595,7 @@ def test_l1_gives_a_sign_step_and_skips_frozen():
     trainable, _ = partition(params, jax.tree.map(lambda _: True, params))
     trainable["backbone"]["layers_0"] = None  # a frozen subtree
     reg = make_regularizer({"l1": 0.3}, trainable)
-    grads = jax.jit(lambda reg, t: jax.grad(reg)(t))(reg, trainable)
+    grads = jax.jit(jax.grad(reg))(trainable)
     stepped = jax.tree.map(lambda w, g: w - 0.1 * g, trainable, grads)
     for w, s in zip(jax.tree.leaves(trainable), jax.tree.leaves(stepped)):
         np.testing.assert_allclose(s, w - 0.1 * 0.3 * jnp.sign(w), rtol=1e-6, atol=1e-8)

@@ -23,7 +23,7 @@ from ftjax.generate import SamplingConfig, generate_ids
 from ftjax.models import HeadConfig, Model, init_cache, init_params, logical_axes, preset
 from ftjax.models.layout import to_layout
 from ftjax.nn.prompt import initial_prompt
-from ftjax.objectives.losses import loss_for_task
+from ftjax.objectives import loss_for_task
 from ftjax.optim import FROZEN, TRAIN, make_optimizer, resolve, trainable_mask
 from ftjax.peft import (
     PEFT_LEAVES,

@@ -11,7 +11,7 @@ import pytest
 
 from ftjax.models import HeadConfig, Model, init_params, preset
 from ftjax.models.layout import to_layout
-from ftjax.objectives.losses import loss_for_task
+from ftjax.objectives import loss_for_task
 from ftjax.optim import trainability
 from ftjax.optim.trainability import combine
 from ftjax.train.step import (
@@ -80,7 +80,7 @@ def test_eval_metrics_match_hand_computation():
     expected_loss = -log_probs[np.arange(3), labels].sum()
     np.testing.assert_allclose(float(sums["loss_sum"]), expected_loss, rtol=1e-5)
     assert float(sums["weight"]) == 3
-    assert float(sums["correct"]) == float((logits.argmax(-1) == labels).sum())
+    assert float(sums["accuracy"]) == float((logits.argmax(-1) == labels).sum())
 
 
 def test_accumulation_equals_one_big_batch():

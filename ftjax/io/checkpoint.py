@@ -1,7 +1,8 @@
 """Training checkpoints on orbax: atomic, exact-resume, trainable delta only.
 
 A checkpoint step directory holds three items in one `ocp.args.Composite`:
-  state  the trainable params, optimizer state, step, rng and skipped-step count (orbax
+  state  the trainable params, optimizer state, step, rng, skipped-step count and the loss
+         terms' states (orbax
          StandardSave: sharded arrays restore onto whatever shardings the abstract target has);
   data   the grain iterator state, one JSON file per process (grain's own orbax handler:
          every host's stream resumes where that host stopped, packed streams included);
@@ -53,7 +54,10 @@ class Restored:
 
 
 def _state_tree(state) -> dict:
-    return {name: getattr(state, name) for name in STATE_FIELDS}
+    tree = {name: getattr(state, name) for name in STATE_FIELDS}
+    if getattr(state, "terms", None):  # the loss terms' states (ftjax.objectives.term)
+        tree["terms"] = state.terms
+    return tree
 
 
 class Checkpointer:

@@ -1,1 +1,23 @@
-"""Loss terms: what the train step minimizes."""
+"""Loss terms: the step minimizes a weighted sum of named terms (ftjax.objectives.term).
+
+Built-in: `ce` / `lm` / `mlm` (the task's cross-entropy, ftjax.objectives.cross_entropy) and the
+penalties `l1`, `l2`, `l2_sp` (ftjax.objectives.penalties).
+"""
+
+from ftjax.objectives.cross_entropy import (
+    TASK_TERMS,
+    CrossEntropy,
+    CrossEntropyConfig,
+    loss_for_task,
+    weighted_cross_entropy,
+)
+from ftjax.objectives.penalties import L1, L2, L2SP, RegularizerConfig, l1, l2, l2sp
+from ftjax.objectives.registry import TERMS, entry_config_class, make_term, term_class
+from ftjax.objectives.term import LossTerm, TermConfig, TermContext, TermSetup, TermValue
+
+__all__ = [
+    "L1", "L2", "L2SP", "TASK_TERMS", "TERMS", "CrossEntropy", "CrossEntropyConfig", "LossTerm",
+    "RegularizerConfig", "TermConfig", "TermContext", "TermSetup", "TermValue",
+    "entry_config_class", "l1", "l2", "l2sp", "loss_for_task", "make_term", "term_class",
+    "weighted_cross_entropy",
+]

@@ -8,7 +8,6 @@
 
 from ftjax.optim.config import DEFAULT_NO_DECAY, OptimizerConfig
 from ftjax.optim.optimizer import effective_lrs, make_optimizer, optimizer_step
-from ftjax.optim.regularizers import Regularizer, RegularizerConfig, l1, l2, l2sp, make_regularizer
 from ftjax.optim.schedules import learning_rate_fn
 from ftjax.optim.trainability import (
     FROZEN,
@@ -26,9 +25,8 @@ from ftjax.optim.trainability import (
 )
 
 __all__ = [
-    "DEFAULT_NO_DECAY", "FROZEN", "OptimizerConfig", "Regularizer",
-    "RegularizerConfig", "Rule", "Spec", "StackedRule", "TRAIN",
-    "UnmatchedParamsError", "combine", "effective_lrs", "format_report", "l1", "l2", "l2sp",
-    "learning_rate_fn", "make_optimizer", "make_regularizer", "optimizer_step",
+    "DEFAULT_NO_DECAY", "FROZEN", "OptimizerConfig", "Rule", "Spec", "StackedRule", "TRAIN",
+    "UnmatchedParamsError", "combine", "effective_lrs", "format_report",
+    "learning_rate_fn", "make_optimizer", "optimizer_step",
     "partition", "report", "resolve", "trainable_mask",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import ml_collections
 
@@ -22,8 +23,8 @@ from ftjax.nn.ia3 import IA3Config
 from ftjax.nn.lora import LoraConfig
 from ftjax.nn.prefix import PrefixConfig
 from ftjax.nn.prompt import PromptConfig
+from ftjax.objectives import RegularizerConfig, TermConfig, entry_config_class
 from ftjax.optim.config import OptimizerConfig
-from ftjax.optim.regularizers import RegularizerConfig
 from ftjax.optim.rules import parse_spec
 from ftjax.parallel.mesh import MeshConfig
 from ftjax.peft import PEFT_METHODS, method_config
@@ -129,6 +130,14 @@ class RunConfig:
     ia3: IA3Config = setting(factory=IA3Config)
     regularizer: RegularizerConfig = setting(factory=RegularizerConfig)
     label_smoothing: float = setting(0.0, "label smoothing of the task's cross-entropy")
+    losses: Mapping[str, TermConfig] = setting(
+        factory=dict, entry=entry_config_class,
+        help="loss terms by name, each a block of its term's settings (kind, weight, weight "
+        "schedule, ...): the task term (ce / lm / mlm) and penalties (l1 / l2 / l2_sp) by "
+        "their names, any other term by kind='module:Class' (ftjax.objectives)")
+    hooks: tuple[str, ...] = setting(
+        (), "extra Trainer hooks, each 'module:Name' of a Hook class (made with no arguments) "
+        "or a function returning a hook (ftjax.train.hooks)")
     mesh: MeshConfig = setting(factory=MeshConfig)
 
     def __post_init__(self):

@@ -22,27 +22,15 @@ from ftjax import parallel
 from ftjax.io.checkpoint import Checkpointer, params_shape_hash
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig, plan_for_model
-from ftjax.objectives.losses import loss_for_task
-from ftjax.optim import (
-    RegularizerConfig,
-    learning_rate_fn,
-    make_optimizer,
-    make_regularizer,
-    trainability,
-)
+from ftjax.objectives import LossTerm
+from ftjax.optim import learning_rate_fn, make_optimizer, trainability
 from ftjax.optim.rules import check_rules_match, parse_spec
 from ftjax.peft import PEFT_METHODS, add_peft, presets
 from ftjax.settings import ConfigError
-from ftjax.train.config import config_from_dict
-from ftjax.train.step import (
-    TrainState,
-    create_train_state,
-    jit_eval_step,
-    jit_train_step,
-    make_eval_step,
-    make_train_step,
-    state_shardings,
-)
+from ftjax.train.config import config_from_dict, typed
+from ftjax.train.state import TrainState, create_train_state, state_shardings
+from ftjax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from ftjax.train.terms import terms_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +42,8 @@ class Experiment:
     task: Any
     splits: dict  # split name -> records
     resolved: Any  # tree of trainability Rules
+    mask: Any  # trainability.trainable_mask(resolved): how the state splits the params
+    terms: tuple  # the loss terms (ftjax.objectives), the task's first
     tx: Any
     state: TrainState
     train_step: Callable  # pure; jit it with jit_train_step()
@@ -193,7 +183,11 @@ def peft_settings(cfg):
     return cfg[field].to_dict()
 
 
-def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
+def build_experiment(cfg: ml_collections.ConfigDict, *,
+                     terms: tuple[LossTerm, ...] = ()) -> Experiment:
+    """Everything a run needs. terms: loss terms of your own beside the config's (instances of
+    ftjax.objectives.LossTerm subclasses)."""
+    loss_terms = terms_from_config(cfg, typed(cfg), terms)
     task = build_task(cfg)
     pretrained = load_pretrained(
         cfg.model.name, head=head_config(cfg), dtype=cfg.model.dtype,
@@ -227,30 +221,26 @@ def build_experiment(cfg: ml_collections.ConfigDict) -> Experiment:
                                            head_kind=cfg.head.kind)
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
-    # Shapes suffice for the optimizer; arrays are sliced (a copy of each split stack's trained
-    # layers) only for a regularizer's anchor, and then once more into the state.
+    # Shapes suffice for the optimizer.
     shapes = trainability.trainable_half(jax.eval_shape(lambda p: p, params), mask)
     tx = make_optimizer(cfg.optimizer, resolved, shapes, total_steps=cfg.steps)
-    regularizer = None
-    if RegularizerConfig.from_config(cfg.regularizer).active:
-        anchor = trainability.trainable_half(params, mask)
-        regularizer = make_regularizer(cfg.regularizer, anchor, mask)
     plan = plan_for_model(pretrained.model, params, mesh)
     # The loaded arrays move into the state (no second copy of the model on any device), so
     # pretrained keeps none: its arrays are donated, and re-combining the halves here would
     # pin a copy of every stack split between them. exp.params combines them on demand.
-    state = create_train_state(params, mask, tx, cfg.seed, regularizer=regularizer, plan=plan,
-                               frozen_dtype=cfg.model.frozen_dtype, donate_params=True)
+    state = create_train_state(params, mask, tx, cfg.seed, terms=loss_terms, plan=plan,
+                               frozen_dtype=cfg.model.frozen_dtype, donate_params=True,
+                               model=pretrained.model, tokenizer=pretrained.tokenizer,
+                               config=cfg)
     pretrained.params = None
-    loss_fn = loss_for_task(cfg.task.kind, cfg.label_smoothing)
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(
         cfg=cfg, pretrained=pretrained, task=task, splits=splits,
-        resolved=resolved, tx=tx, state=state,
-        train_step=make_train_step(pretrained.model, tx, loss_fn,
+        resolved=resolved, mask=mask, terms=tuple(loss_terms), tx=tx, state=state,
+        train_step=make_train_step(pretrained.model, tx, loss_terms,
                                    accumulation_steps=cfg.accumulation_steps,
                                    learning_rate_fn=lr_fn),
-        eval_step=make_eval_step(pretrained.model, loss_fn),
+        eval_step=make_eval_step(pretrained.model, loss_terms),
         learning_rate=lr_fn, plan=plan, base_hash=base_hash,
     )
 
@@ -283,13 +273,29 @@ def evaluate(eval_step_jit, state: TrainState, batches) -> dict:
     """
     totals = None
     for batch in batches:
-        sums = eval_step_jit(state.trainable, state.frozen, batch)
+        sums = eval_step_jit(state.trainable, state.frozen, batch, state.constants)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = jax.device_get(totals)
-    weight = max(float(totals["weight"]), 1.0)
-    return {"loss": float(totals["loss_sum"]) / weight,
-            "accuracy": float(totals["correct"]) / weight,
-            "examples": float(totals["weight"])}
+    return eval_metrics(jax.device_get(totals), eval_step_jit.terms)
+
+
+def eval_metrics(totals: dict, terms) -> dict:
+    """Means from the eval step's sums: `loss` (the evaluated terms weighted as in training,
+    at their final weights), each term's `loss/<name>` when there are several, each stat
+    normalized like its term, and `examples` (the task term's normalizer)."""
+    weights = {t.name: max(float(totals[f"weight/{t.name}"]), 1.0) for t in terms}
+    out = {"loss": sum(t.config.weight * float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
+                       for t in terms)}
+    if len(terms) > 1:
+        out.update({f"loss/{t.name}": float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
+                    for t in terms})
+    first = terms[0].name
+    for key, value in totals.items():
+        if key.startswith(("loss_sum", "weight")):
+            continue
+        owner = key.split("/", 1)[0] if "/" in key else first
+        out[key] = float(value) / weights.get(owner, weights[first])
+    out["examples"] = float(totals["weight"])
+    return out
 
 
 def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool = False):

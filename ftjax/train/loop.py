@@ -157,10 +157,9 @@ def _save_adapter(cfg, exp: Experiment, state, out: Path) -> AdapterInfo | None:
     Skipped when everything trains (full fine-tuning, llrd, gradual unfreezing): that delta is
     the whole model, which the training checkpoint and `ftjax export` (HF format) already hold.
     """
-    mask = trainability.trainable_mask(exp.resolved)
-    if not cfg.save_adapter or all(bool(np.all(m)) for m in jax.tree.leaves(mask)):
+    if not cfg.save_adapter or all(bool(np.all(m)) for m in jax.tree.leaves(exp.mask)):
         return None
-    return save_adapter(out, exp.model, state.params, mask, base_name=cfg.model.name,
+    return save_adapter(out, exp.model, state.params, exp.mask, base_name=cfg.model.name,
                         method=cfg.method, step=int(state.step))
 
 

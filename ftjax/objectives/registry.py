@@ -1,0 +1,69 @@
+"""Which class a term's `kind` names: a built-in (TERMS) or any importable 'module:Class'.
+
+Adding a built-in term is one file and one line in TERMS. A term of your own needs no change
+here: name it in a config as `losses.<name>.kind = "my_module:MyTerm"`, or pass an instance
+from Python (`build_experiment(cfg, terms=[MyTerm("name")])`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+
+from ftjax.objectives.cross_entropy import CrossEntropy
+from ftjax.objectives.penalties import L1, L2, L2SP
+from ftjax.objectives.term import LossTerm
+
+TERMS: Mapping[str, type[LossTerm]] = {
+    "ce": CrossEntropy,
+    "lm": CrossEntropy,
+    "mlm": CrossEntropy,
+    "l1": L1,
+    "l2": L2,
+    "l2_sp": L2SP,
+}
+
+
+def import_object(target: str, what: str):
+    """`module:attr` (dotted attr allowed) imported; ValueError naming `what` if it fails."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{what} {target!r}: expected 'module:Name'")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"{what} {target!r}: cannot import {module_name!r}: {err}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{what} {target!r}: {module_name!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def term_class(kind: str) -> type[LossTerm]:
+    """The LossTerm subclass a kind names."""
+    if ":" in kind:
+        cls = import_object(kind, "loss term")
+    elif kind in TERMS:
+        cls = TERMS[kind]
+    else:
+        raise ValueError(f"unknown loss term {kind!r}; built-in: {', '.join(TERMS)}, or give "
+                         f"'module:Class'")
+    if not (isinstance(cls, type) and issubclass(cls, LossTerm)):
+        raise ValueError(f"loss term {kind!r} is {cls!r}, not a LossTerm subclass")
+    return cls
+
+
+def entry_kind(name: str, values: Mapping) -> str:
+    """A `losses` entry's kind: its own `kind`, else its name."""
+    return values.get("kind") or name
+
+
+def entry_config_class(name: str, values: Mapping) -> type:
+    """The settings block of a `losses` entry (the schema's entry type)."""
+    return term_class(entry_kind(name, values)).Config
+
+
+def make_term(name: str, config) -> LossTerm:
+    """The term of a `losses` entry from its built settings block."""
+    return term_class(config.kind or name)(name, config)

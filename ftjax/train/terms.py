@@ -1,0 +1,47 @@
+"""The loss terms of a run, from its config: the task's cross-entropy, the `regularizer`
+block's penalties and the `losses` block's entries (ftjax.objectives)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from ftjax.objectives import (
+    TASK_TERMS,
+    CrossEntropyConfig,
+    LossTerm,
+    RegularizerConfig,
+    make_term,
+)
+from ftjax.settings import ConfigError
+
+
+def terms_from_config(cfg: ml_collections.ConfigDict, run,
+                      extra: Sequence[LossTerm] = ()) -> list[LossTerm]:
+    """The terms in order: the task term first (its stats are the run's `accuracy`), then the
+    penalties, then every other `losses` entry, then `extra` (terms passed from Python).
+
+    `run` is the typed RunConfig of `cfg` (ftjax.train.config.typed). A `losses` entry named
+    like the task term (ce / lm / mlm) or a penalty (l1 / l2 / l2_sp) configures that term; the
+    same term may not also be set by `label_smoothing` or the `regularizer` block.
+    """
+    entries = dict(run.losses)
+    task_name = TASK_TERMS[run.task.kind]
+    if task_name in entries and run.label_smoothing:
+        raise ConfigError(f"label_smoothing and losses.{task_name} both configure the task "
+                          f"term; set losses.{task_name}.label_smoothing only")
+    task = make_term(task_name, entries.pop(task_name, None) or CrossEntropyConfig(
+        label_smoothing=run.label_smoothing))
+    penalties = RegularizerConfig.from_config(cfg.regularizer).terms()
+    clash = [t.name for t in penalties if t.name in entries]
+    if clash:
+        raise ConfigError(f"{clash} set both in the regularizer block and in losses; use one")
+    terms = [task, *penalties]
+    terms += [make_term(name, config) for name, config in entries.items()]
+    terms += list(extra)
+    names = [t.name for t in terms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"loss terms named twice: {duplicates}")
+    return terms
