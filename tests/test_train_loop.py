@@ -57,7 +57,7 @@ def test_step_time_and_compiled_memory_cost_no_extra_compile(tiny_config_file, t
     import jax
 
     import ftjax.train.experiment as experiment
-    import ftjax.train.loop as loop
+    import ftjax.train.trainer as trainer
 
     compiles, per_call, ahead = [], [], []
 
@@ -83,8 +83,8 @@ def test_step_time_and_compiled_memory_cost_no_extra_compile(tiny_config_file, t
         watched.lower = step.lower
         return watched
 
-    real_memory, real_jit = loop.compiled_memory, experiment.jit_train_step
-    monkeypatch.setattr(loop, "compiled_memory", measure_memory)
+    real_memory, real_jit = trainer.compiled_memory, experiment.jit_train_step
+    monkeypatch.setattr(trainer, "compiled_memory", measure_memory)
     monkeypatch.setattr(experiment, "jit_train_step", watch)  # what Experiment.jit_train_step calls
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:
@@ -179,22 +179,22 @@ def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tm
     import jax
     import numpy as np
 
-    from ftjax.train import loop
+    from ftjax.train import trainer
 
     script = iter([0.50, 0.70, 0.69, 0.70, 0.65, 0.99, 0.99])
-    real_evaluate = loop.evaluate
+    real_evaluate = trainer.evaluate
 
     def scripted(eval_step, state, batches):
         metrics = real_evaluate(eval_step, state, batches)
         return {**metrics, "accuracy": next(script, metrics["accuracy"])}
 
-    monkeypatch.setattr(loop, "evaluate", scripted)
+    monkeypatch.setattr(trainer, "evaluate", scripted)
     overrides = ["steps=20", "eval_every=2", "early_stopping.patience=3",
                  "early_stopping.min_delta=0.005"]
     stopped = train(load_config(tiny_config_file, overrides), tmp_path / "es", quiet=True)
     assert stopped.stopped_early and stopped.final_step == 10 and stopped.best_step == 4
 
-    monkeypatch.setattr(loop, "evaluate", real_evaluate)
+    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
     reference = train(load_config(tiny_config_file, ["steps=4"]), tmp_path / "ref", quiet=True)
     same = [np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(stopped.state.trainable),

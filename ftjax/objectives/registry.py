@@ -7,12 +7,12 @@ from Python (`build_experiment(cfg, terms=[MyTerm("name")])`).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 
 from ftjax.objectives.cross_entropy import CrossEntropy
 from ftjax.objectives.penalties import L1, L2, L2SP
 from ftjax.objectives.term import LossTerm
+from ftjax.utils.imports import import_object
 
 TERMS: Mapping[str, type[LossTerm]] = {
     "ce": CrossEntropy,
@@ -22,22 +22,6 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "l2": L2,
     "l2_sp": L2SP,
 }
-
-
-def import_object(target: str, what: str):
-    """`module:attr` (dotted attr allowed) imported; ValueError naming `what` if it fails."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{what} {target!r}: expected 'module:Name'")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"{what} {target!r}: cannot import {module_name!r}: {err}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{what} {target!r}: {module_name!r} has no {attr!r}")
-        obj = getattr(obj, part)
-    return obj
 
 
 def term_class(kind: str) -> type[LossTerm]:

@@ -7,7 +7,7 @@
 """
 
 from ftjax.optim.config import DEFAULT_NO_DECAY, OptimizerConfig
-from ftjax.optim.optimizer import effective_lrs, make_optimizer, optimizer_step
+from ftjax.optim.optimizer import effective_lrs, make_optimizer, optimizer_step, unfreeze_steps
 from ftjax.optim.schedules import learning_rate_fn
 from ftjax.optim.trainability import (
     FROZEN,
@@ -28,5 +28,5 @@ __all__ = [
     "DEFAULT_NO_DECAY", "FROZEN", "OptimizerConfig", "Rule", "Spec", "StackedRule", "TRAIN",
     "UnmatchedParamsError", "combine", "effective_lrs", "format_report",
     "learning_rate_fn", "make_optimizer", "optimizer_step",
-    "partition", "report", "resolve", "trainable_mask",
+    "partition", "report", "resolve", "trainable_mask", "unfreeze_steps",
 ]

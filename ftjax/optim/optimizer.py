@@ -163,6 +163,13 @@ def optimizer_step(opt_state: Any) -> jax.Array:
     return found[0].count
 
 
+def unfreeze_steps(resolved: Any) -> list[int]:
+    """The steps at which some slice starts training (after step 0), ascending."""
+    return sorted({r.start_step for path, rule in _rules_with_paths(resolved)
+                   for _, r in rule_slices(path, rule)
+                   if r.trains and 0 < r.start_step != NEVER})
+
+
 def effective_lrs(step_or_state: Any, resolved: Any, schedule: Schedule) -> dict[str, float]:
     """Learning rate each group trains with at a step: schedule(step) * Rule.lr, 0 before a
     slice unfreezes. Per group (paths.group_of: embeddings, layers_<i>, norm, pooler, head) the

@@ -45,6 +45,7 @@ from ftjax.sweep import select
 from ftjax.sweep.plan import BASELINE, RunSpec, Sweep, config_fingerprint, same_config
 from ftjax.train.experiment import build_experiment, evaluate
 from ftjax.train.loop import train
+from ftjax.utils.jsonio import write_json
 
 RESULT, SPEC, LOG = "result.json", "run.json", "train.log"
 COMPILED, PEAK = "compiled step memory", "peak device memory"
@@ -68,12 +69,6 @@ def device_description() -> str:
             pass
         return f"CPU, {os.cpu_count()} cores ({name})"
     return f"{device.platform.upper()} {device.device_kind} (x{jax.device_count()})"
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)  # atomic: a killed write never leaves half a result
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -165,7 +160,7 @@ def execute(spec: RunSpec, run_dir: Path, *, keep_checkpoints: bool,
     except Exception as err:  # noqa: BLE001 - any failure of one run is recorded, not fatal
         record = {**spec.to_json(), "status": "failed", "error": f"{type(err).__name__}: {err}",
                   "traceback": traceback.format_exc(), "wall_s": time.perf_counter() - started}
-    _write_json(run_dir / RESULT, record)
+    write_json(run_dir / RESULT, record)
     if record["status"] == "done" and not keep_checkpoints:
         for name in ("checkpoints", "best"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -174,7 +169,7 @@ def execute(spec: RunSpec, run_dir: Path, *, keep_checkpoints: bool,
 
 def _execute_isolated(spec: RunSpec, run_dir: Path, *, keep_checkpoints: bool) -> dict:
     """The same in a fresh `python -m ftjax.sweep.worker` process (its output in train.log)."""
-    _write_json(run_dir / SPEC, {"spec": spec.to_json(), "keep_checkpoints": keep_checkpoints})
+    write_json(run_dir / SPEC, {"spec": spec.to_json(), "keep_checkpoints": keep_checkpoints})
     root = str(Path(__file__).resolve().parents[2])  # ftjax importable without installing
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -188,7 +183,7 @@ def _execute_isolated(spec: RunSpec, run_dir: Path, *, keep_checkpoints: bool) -
         record = {**spec.to_json(), "status": "failed",
                   "error": f"the worker process exited with code {code} without a result; "
                            f"see {run_dir / LOG}"}
-        _write_json(run_dir / RESULT, record)
+        write_json(run_dir / RESULT, record)
     return record
 
 

@@ -1,0 +1,58 @@
+"""Trainer hooks (protocol: ftjax.train.hooks.base) and the default set a config implies."""
+
+from __future__ import annotations
+
+from ftjax.train.hooks.base import NOTHING, Hook, Request, StepMetrics, fetch_all
+from ftjax.train.hooks.metrics_log import MetricsLog, StepClock
+from ftjax.train.hooks.nonfinite import NonFinite, NonFiniteLossError
+from ftjax.train.hooks.results import FinalReport
+from ftjax.train.hooks.schedules import CheckpointEvery, EvalEvery
+from ftjax.train.hooks.selection import BestCheckpoint, EarlyStopping, MetricTracker
+from ftjax.train.hooks.signals import StopOnSignal
+from ftjax.train.hooks.unfreeze import UnfreezeReport
+from ftjax.utils.imports import import_object
+
+__all__ = [
+    "NOTHING", "BestCheckpoint", "CheckpointEvery", "EarlyStopping", "EvalEvery", "FinalReport",
+    "Hook", "MetricTracker", "MetricsLog", "NonFinite", "NonFiniteLossError", "Request",
+    "StepClock", "StepMetrics", "StopOnSignal", "UnfreezeReport", "default_hooks", "fetch_all",
+    "hooks_from_config",
+]
+
+HOOK_METHODS = ("on_start", "on_step_end", "on_eval", "on_checkpoint", "on_end")
+
+
+def default_hooks(cfg) -> list[Hook]:
+    """What a run config asks for, in the order the Trainer calls them: logging first (it
+    fetches the metrics once for the others), then signals and non-finite checks, the
+    schedules, selection (best checkpoint before early stopping), the unfreeze report, and the
+    final report last (it reports the parameters the others kept)."""
+    hooks: list[Hook] = [
+        MetricsLog(cfg.log_every, cfg.steps),
+        StopOnSignal(),
+        NonFinite(cfg.nonfinite, cfg.log_every, cfg.steps),
+        EvalEvery(cfg.eval_every, cfg.steps),
+        CheckpointEvery(cfg.checkpoint_every, cfg.steps),
+    ]
+    if cfg.best_metric:
+        split, mode = cfg.eval_splits[0], cfg.best_mode
+        hooks.append(BestCheckpoint(split, cfg.best_metric, mode, cfg.early_stopping.min_delta))
+        if cfg.early_stopping.patience:
+            hooks.append(EarlyStopping(split, cfg.best_metric, mode, cfg.early_stopping.patience,
+                                       cfg.early_stopping.min_delta))
+    hooks += [UnfreezeReport(), FinalReport(cfg.save_adapter)]
+    return hooks
+
+
+def make_hook(target: str):
+    """A hook named 'module:Name': a Hook class (made with no arguments) or a function that
+    returns one."""
+    hook = import_object(target, "hook")()
+    if not any(hasattr(hook, name) for name in HOOK_METHODS):
+        raise ValueError(f"hook {target!r} made {hook!r}, which has none of {HOOK_METHODS}")
+    return hook
+
+
+def hooks_from_config(cfg) -> list[Hook]:
+    """The config's own hooks (`hooks`), made in order."""
+    return [make_hook(target) for target in cfg.hooks]

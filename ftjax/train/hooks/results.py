@@ -1,0 +1,65 @@
+"""The end of a finished (or early-stopped) run: its reported numbers and its adapter.
+
+Evaluates the kept parameters (the best checkpoint's, when one was restored) on every result
+split (the eval splits, then test), reusing an evaluation of the same step; writes the
+trainable delta as an adapter-only checkpoint (WORKDIR/adapter, skipped when everything trains:
+the delta is the whole model, which the checkpoint and `ftjax export` hold); writes
+WORKDIR/results.json and a final metrics row.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from ftjax.io.adapter import save_adapter
+from ftjax.train.hooks.base import Hook
+from ftjax.utils.jsonio import write_json
+
+
+class FinalReport(Hook):
+    def __init__(self, save_adapter: bool = True):
+        self.save_adapter = save_adapter
+
+    def on_end(self, trainer, outcome):
+        if outcome not in ("finished", "stopped"):
+            return
+        trainer.checkpoints.wait()
+        exp, state, summary = trainer.exp, trainer.state, trainer.summary
+        kept_step, last = int(state.step), summary.get("last_eval", {})
+        result = {}
+        for split in exp.result_splits:
+            if last.get("step") == kept_step and split in last:
+                result[split] = last[split]  # these params were just evaluated
+            else:
+                result[split] = trainer.evaluate([split])[split]
+        summary["eval"] = result
+        adapter = self._adapter(trainer)
+        if adapter is not None:
+            summary["adapter"] = {"path": str(adapter.path), "params": adapter.num_params,
+                                  "bytes": adapter.num_bytes}
+            trainer.say(f"adapter-only checkpoint: {adapter.num_params:,} parameters, "
+                        f"{adapter.num_bytes / 2**20:.2f} MiB in {adapter.path}")
+        summary["wall_s"] = time.perf_counter() - trainer.started
+        if not trainer.primary:
+            return
+        write_json(trainer.workdir / "results.json", {
+            "final_step": summary["final_step"], "best_step": summary.get("best_step"),
+            "eval": result, "stopped_early": outcome == "stopped",
+            "nonfinite_steps": int(state.nonfinite_steps),
+            "train_tokens_per_s": summary.get("train_tokens_per_s", 0.0),
+            "wall_s": summary["wall_s"], **summary["params"],
+            "adapter": summary.get("adapter"), "step_time_s": summary.get("step_time_s"),
+            "step_memory": summary.get("step_memory")})
+        trainer.log.write({"step": summary["final_step"], "split": "final", **{
+            f"{s}_{k}": v for s, r in result.items() for k, v in r.items()}})
+
+    def _adapter(self, trainer):
+        exp = trainer.exp
+        if not self.save_adapter or all(bool(np.all(m)) for m in jax.tree.leaves(exp.mask)):
+            return None
+        return save_adapter(trainer.workdir / "adapter", exp.model, trainer.state.params,
+                            exp.mask, base_name=exp.cfg.model.name, method=exp.cfg.method,
+                            step=int(trainer.state.step))
