@@ -14,9 +14,12 @@ from ftjax.data.errors import (
     DataError,
     EmptySplitError,
     LabelOutOfRangeError,
+    MalformedRowError,
     MissingColumnError,
     MissingFileError,
+    MissingSplitError,
     TokenizerError,
+    UndecodableFileError,
 )
 from ftjax.data.features import IndexedRecord
 from ftjax.data.pipeline import (
@@ -29,6 +32,7 @@ from ftjax.data.pipeline import (
     steps_per_epoch,
 )
 from ftjax.data.prompting import PromptTemplate, label_token_ids
+from ftjax.data.readers import read_rows
 from ftjax.data.sources import PlainRecords, hf_dataset, local_file, polarity_splits, tfds_source
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.types import RecordSource, TokenizerLike
@@ -40,9 +44,11 @@ __all__ = [
     "EvalBatches",
     "IndexedRecord",
     "LabelOutOfRangeError",
+    "MalformedRowError",
     "MaskedLM",
     "MissingColumnError",
     "MissingFileError",
+    "MissingSplitError",
     "PlainRecords",
     "PromptTemplate",
     "RecordSource",
@@ -50,6 +56,7 @@ __all__ = [
     "Task",
     "TokenizerError",
     "TokenizerLike",
+    "UndecodableFileError",
     "batch_shapes",
     "count_loss_weight",
     "count_real_tokens",
@@ -59,6 +66,7 @@ __all__ = [
     "make_eval_batches",
     "make_train_iterator",
     "polarity_splits",
+    "read_rows",
     "steps_per_epoch",
     "tfds_source",
 ]
