@@ -22,12 +22,14 @@ from ftjax.data.errors import (
     UndecodableFileError,
 )
 from ftjax.data.features import IndexedRecord
+from ftjax.data.mixing import TrainSource, mixture_weights
 from ftjax.data.pipeline import (
     EvalBatches,
     batch_shapes,
     count_loss_weight,
     count_real_tokens,
     make_eval_batches,
+    make_mixed_train_iterator,
     make_train_iterator,
     steps_per_epoch,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "Task",
     "TokenizerError",
     "TokenizerLike",
+    "TrainSource",
     "UndecodableFileError",
     "batch_shapes",
     "count_loss_weight",
@@ -64,7 +67,9 @@ __all__ = [
     "label_token_ids",
     "local_file",
     "make_eval_batches",
+    "make_mixed_train_iterator",
     "make_train_iterator",
+    "mixture_weights",
     "polarity_splits",
     "read_rows",
     "steps_per_epoch",
