@@ -7,9 +7,18 @@
     state = train.get_state()                 # JSON-serializable; set_state() resumes exactly
     for batch in make_eval_batches(splits["validation"], task, tokenizer, batch_size=64): ...
 
+Local files and several sources:
+
+    reviews = load_source("reviews", SourceConfig(path="reviews_{split}.csv"))  # checked now
+    train = make_mixed_train_iterator(
+        [TrainSource("reviews", reviews.splits["train"], task, weight=0.8),
+         TrainSource("tweets", tweets.splits["train"], task, weight=0.2)],
+        tokenizer, batch_size=32, seed=0)     # rows carry "source": 0 or 1
+
 ``datasets`` and ``tensorflow_datasets`` are imported only by the sources that use them.
 """
 
+from ftjax.data.config import SourceConfig
 from ftjax.data.errors import (
     DataError,
     EmptySplitError,
@@ -22,6 +31,7 @@ from ftjax.data.errors import (
     UndecodableFileError,
 )
 from ftjax.data.features import IndexedRecord
+from ftjax.data.loading import LoadedSource, load_source
 from ftjax.data.mixing import TrainSource, mixture_weights
 from ftjax.data.pipeline import (
     EvalBatches,
@@ -46,6 +56,7 @@ __all__ = [
     "EvalBatches",
     "IndexedRecord",
     "LabelOutOfRangeError",
+    "LoadedSource",
     "MalformedRowError",
     "MaskedLM",
     "MissingColumnError",
@@ -55,6 +66,7 @@ __all__ = [
     "PromptTemplate",
     "RecordSource",
     "SequenceClassification",
+    "SourceConfig",
     "Task",
     "TokenizerError",
     "TokenizerLike",
@@ -65,6 +77,7 @@ __all__ = [
     "count_real_tokens",
     "hf_dataset",
     "label_token_ids",
+    "load_source",
     "local_file",
     "make_eval_batches",
     "make_mixed_train_iterator",
