@@ -23,6 +23,8 @@ setup(
         "tqdm>=4.66",
         # TensorBoard event files without a TensorFlow dependency.
         "tensorboardX>=2.6",
+        # Suggests the right encoding when a local data file does not decode (ftjax.data.readers).
+        "charset-normalizer>=3",
     ],
     extras_require={
         # Reference implementations for parity tests and fixture scripts. torch is pinned to the

@@ -1,14 +1,21 @@
-"""The data side of a run config: the `task` block (how records become rows) and the `data`
-block (where the records come from)."""
+"""The data side of a run config: the `task` block (how records become rows), the `data` block
+(where the records come from) and the `SourceConfig` block (one data source of several)."""
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import math
+from pathlib import Path
 
+from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
 TASKS = ("classification", "causal_lm", "masked_lm")
 SOURCE_KINDS = ("polarity", "local", "hf", "tfds")
+SPLIT_PLACEHOLDER = "{split}"
+# File extensions the hf kind reads as one local file (ftjax.data.sources.hf_dataset).
+HF_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +85,122 @@ class DataConfig:
         for key in ("max_train_examples", "max_eval_examples"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """One data source of a run: where its records are, how to read them, and its columns
+    (ftjax.data.loading.load_source)."""
+
+    kind: str = setting("local", "polarity (the bundled corpus) | local (csv / tsv / jsonl / "
+                        "json / txt files) | hf (HF datasets) | tfds", choices=SOURCE_KINDS)
+    path: str | None = setting(
+        None, "local / hf files: a file, or a pattern with {split} (one file per split); hf / "
+        "tfds: the dataset's name; polarity: another copy of the corpus (None: the asset)")
+    format: str = setting("auto", "local: auto (by the file's extension) | csv | tsv | jsonl | "
+                          "json | txt", choices=FORMATS)
+    encoding: str = setting("utf-8", "local: the files' text encoding (utf-8 files may start "
+                            "with a byte order mark)")
+    train_split: str = setting("train", "the {split} value (hf / tfds: split name) that trains")
+    validation_split: str | None = setting(
+        "validation", "the split that selects (eval_splits); None: the source has none")
+    test_split: str | None = setting(
+        "test", "the split reported at the end only; None: the source has none")
+    split_fractions: tuple[float, ...] = setting(
+        (), "local / polarity: (train, validation, test) fractions that split ONE file (a path "
+        "without {split}) by a seeded permutation, stratified by label; (): one file per split "
+        "(polarity: (0.8, 0.1, 0.1)); a fraction of 0 means no such split")
+    split_seed: int = setting(0, "the permutation of split_fractions, and the draw of the "
+                              "max_*_examples subsets")
+    text_column: str = setting("text", "the column holding the text")
+    text_pair_column: str | None = setting(None, "a second text (sentence pairs)")
+    label_column: str | None = setting("label", "the column holding the label; None for "
+                                       "language-model data")
+    prompt_column: str | None = setting(None, "a prompt column (causal LM prompt / target "
+                                        "data)")
+    keep_columns: tuple[str, ...] = setting((), "more columns copied into each record as they "
+                                            "are")
+    labels: tuple[str, ...] = setting(
+        (), "the label names in id order; files may hold the names or the ids. (): ids are "
+        "kept if the train labels are all integers, else the names are the sorted distinct "
+        "train labels")
+    txt_unit: str = setting("line", "txt files: what a record is: line (each non-blank line) "
+                            "| paragraph (blank-line separated) | document (the whole file)",
+                            choices=TXT_UNITS)
+    weight: float = setting(1.0, "the source's sampling weight with mixing='fixed' (> 0)")
+    max_train_examples: int = setting(
+        0, "n > 0 keeps a random n of the train split (drawn with split_seed, order kept); 0 "
+        "keeps it whole")
+    max_eval_examples: int = setting(0, "the same for the validation and test splits")
+
+    def __post_init__(self):
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.kind != "polarity" and not self.path:
+            raise ValueError(f"kind={self.kind!r} needs path")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.txt_unit not in TXT_UNITS:
+            raise ValueError(f"txt_unit must be one of {TXT_UNITS}, got {self.txt_unit!r}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {self.encoding!r}") from None
+        if not self.train_split:
+            raise ValueError("train_split must name a split")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"weight must be > 0, got {self.weight}")
+        for key in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        self._check_columns()
+        self._check_splits()
+
+    def _check_columns(self):
+        for key in ("labels", "keep_columns"):
+            values = getattr(self, key)
+            duplicates = sorted({v for v in values if values.count(v) > 1})
+            if duplicates:
+                raise ValueError(f"{key} repeats {duplicates}")
+        clashes = sorted(set(self.keep_columns) & {"text", "text_pair", "prompt", "label"})
+        if clashes:
+            raise ValueError(f"keep_columns {clashes} would overwrite the record's own fields "
+                             f"(text, text_pair, prompt, label)")
+
+    def _check_splits(self):
+        fractions = self.split_fractions
+        if fractions:
+            if len(fractions) != 3 or any(not f >= 0 for f in fractions):
+                raise ValueError(f"split_fractions must be 3 numbers >= 0 (train, validation, "
+                                 f"test), got {fractions}")
+            if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+                raise ValueError(f"split_fractions must sum to 1, got {fractions}")
+            if fractions[0] == 0:
+                raise ValueError(f"split_fractions {fractions} leave nothing to train on")
+            if self.kind in ("hf", "tfds"):
+                raise ValueError(f"split_fractions splits a local file; {self.kind} datasets "
+                                 f"slice their splits by name instead, e.g. 'train[:90%]'")
+            if SPLIT_PLACEHOLDER in (self.path or ""):
+                raise ValueError(f"split_fractions split ONE file, but path {self.path!r} is a "
+                                 f"pattern with {SPLIT_PLACEHOLDER}")
+            for role, fraction in zip(("validation", "test"), fractions[1:]):
+                if fraction > 0 and getattr(self, f"{role}_split") is None:
+                    raise ValueError(f"split_fractions give the {role} split {fraction} of the "
+                                     f"file, but {role}_split is None: make its fraction 0")
+        elif self.one_file():
+            named = [f"{role}_split={getattr(self, f'{role}_split')!r}"
+                     for role in ("validation", "test") if getattr(self, f"{role}_split")]
+            if named:
+                raise ValueError(
+                    f"path {self.path!r} is one file, which can only be the train split, but "
+                    f"{' and '.join(named)}: use a pattern with {SPLIT_PLACEHOLDER} (e.g. "
+                    f"'data_{{split}}.csv'), set split_fractions, or set those splits to None")
+
+    def one_file(self) -> bool:
+        """Whether path is one local file that every split would read (no {split} in it)."""
+        if self.kind == "local":
+            return SPLIT_PLACEHOLDER not in self.path
+        if self.kind == "hf":
+            return (SPLIT_PLACEHOLDER not in self.path
+                    and Path(self.path).suffix.lower() in HF_FILE_SUFFIXES)
+        return False

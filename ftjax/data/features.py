@@ -8,6 +8,8 @@ A batch is a dict of numpy arrays, B rows of length T:
                                   0 on padding
   segment_ids     int32   (B, T)  1.. = document index within the row, 0 on padding
   token_type_ids  int32   (B, T)  sentence A = 0 / sentence B = 1 (encoders); zeros otherwise
+  source          int32   (B,)    which data source the row comes from: its index in the
+                                  train mixture's sources (eval batches: ``source_index``)
 plus, per task, either
   labels          int32   (B,)    class ids            } sequence classification
   example_mask    float32 (B,)    0 on filler rows      }
@@ -28,6 +30,7 @@ Shapes = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 TOKEN_FEATURES = ("input_ids", "attention_mask", "positions", "segment_ids", "token_type_ids")
 MASK_FEATURES = ("example_mask", "loss_mask")
+SOURCE_FEATURE = "source"
 
 
 class IndexedRecord(NamedTuple):
@@ -37,15 +40,29 @@ class IndexedRecord(NamedTuple):
     example_index: position in the example stream (train: across epochs and shards; eval: the
       record index). Randomness inside a task (MLM masking) is seeded by it, so a resumed run
       reproduces it exactly.
+    source: index of the record's source among the train mixture's sources (row feature
+      "source").
     """
 
     record_index: int
     example_index: int
     record: object
+    source: int = 0
 
 
 def token_shapes(max_length: int) -> Shapes:
     return {name: ((max_length,), np.dtype(np.int32)) for name in TOKEN_FEATURES}
+
+
+def source_shapes() -> Shapes:
+    """The row shape of the "source" feature, which every pipeline adds to a task's rows."""
+    return {SOURCE_FEATURE: ((), np.dtype(np.int32))}
+
+
+def with_source(row: Row, source: int) -> Row:
+    """``row`` with its "source" feature set (in place; returned for chaining)."""
+    row[SOURCE_FEATURE] = np.asarray(source, np.int32)
+    return row
 
 
 def single_row(

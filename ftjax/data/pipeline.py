@@ -1,28 +1,41 @@
 """Input pipelines on grain: an infinite, checkpointable train iterator and finite eval batches.
 
 Shapes: every batch a pipeline emits has exactly the shapes of ``batch_shapes(task,
-batch_size)``: (B, T) token features with T = ``task.max_length``, and (B,) or (B, T) labels
-and masks. There is no bucketing, so a train step compiles once for training and once for eval
-(if its batch size differs).
+batch_size)``: (B, T) token features with T = ``task.max_length``, (B,) or (B, T) labels and
+masks, and the (B,) "source" of each row. There is no bucketing, so a train step compiles once
+for training and once for eval (if its batch size differs).
 
 Train order: records are shuffled by index (grain's ``index_shuffle``, a pure function of
 (seed, epoch, index): no buffer, identical on every machine), re-shuffled every epoch, and
 repeated forever; batches cross epoch boundaries, so every batch is full. The iterator's
 ``get_state()`` is a small JSON-serializable dict; ``set_state()`` on a fresh iterator (also in
 a fresh process) continues with exactly the same batches.
+
+Several sources (``make_mixed_train_iterator``): each is shuffled and repeated on its own and
+grain's ``mix`` interleaves them in the mixture's proportions (``ftjax.data.mixing``); one
+source is the plain train stream, so ``make_train_iterator`` is that one-source case.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
 from ftjax.data.errors import DataError, EmptySplitError
-from ftjax.data.features import IndexedRecord, Row, Shapes, filler_like, stack_rows
+from ftjax.data.features import (
+    IndexedRecord,
+    Row,
+    Shapes,
+    filler_like,
+    source_shapes,
+    stack_rows,
+    with_source,
+)
+from ftjax.data.mixing import TrainSource, check_compatible, mixture_weights, num_records
 from ftjax.data.packing import pack_documents
 from ftjax.data.tasks import Task
 from ftjax.data.types import RecordSource, TokenizerLike
@@ -38,7 +51,7 @@ def default_read_options() -> grain.ReadOptions:
 def batch_shapes(task: Task, batch_size: int) -> Shapes:
     """The one set of (shape, dtype) every batch of ``task`` has; e.g. for model init."""
     return {name: ((batch_size, *shape), dtype)
-            for name, (shape, dtype) in task.row_shapes().items()}
+            for name, (shape, dtype) in {**task.row_shapes(), **source_shapes()}.items()}
 
 
 def make_train_iterator(
@@ -55,35 +68,83 @@ def make_train_iterator(
 ) -> grain.DatasetIterator:
     """An infinite iterator of train batches (dicts of numpy arrays of fixed shapes).
 
+    The one-source case of ``make_mixed_train_iterator`` (rows carry source 0).
+
     With ``shard_count`` > 1 (one shard per host), shard ``shard_index`` takes every
     ``shard_count``-th example of the one global shuffled stream, so hosts see disjoint
     examples; ``batch_size`` is then the per-host batch. ``packing_bins`` (packed tasks only,
     default ``batch_size``): rows per first-fit packing round; more rows pack tighter.
     """
+    return make_mixed_train_iterator(
+        [TrainSource("train", records, task)], tokenizer, batch_size=batch_size, seed=seed,
+        shard_index=shard_index, shard_count=shard_count, packing_bins=packing_bins,
+        read_options=read_options)
+
+
+def make_mixed_train_iterator(
+    sources: Sequence[TrainSource],
+    tokenizer: TokenizerLike,
+    *,
+    batch_size: int,
+    seed: int,
+    mixing: str = "fixed",
+    temperature: float = 2.0,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    packing_bins: int | None = None,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DatasetIterator:
+    """An infinite iterator of train batches drawn from several sources (``mixing``
+    weights: ``ftjax.data.mixing``); each row's "source" is its source's index in ``sources``.
+
+    Each source is shuffled and repeated on its own (its own epochs); grain's ``mix``
+    interleaves them deterministically in the weights' proportions. Row tasks mix examples,
+    then shard and featurize the mixed stream. Packed tasks pack each source's documents
+    separately (every packed row comes from one source) and mix the rows, so for them the
+    weights are shares of rows. One source is exactly ``make_train_iterator``'s stream.
+    Sharding and ``get_state`` / ``set_state`` work as for ``make_train_iterator``.
+    """
     _check_batching(batch_size, shard_index, shard_count)
-    n = _num_records(records, "train records")
     if not 0 <= seed < 2**32:
         raise DataError(f"seed must lie in [0, 2**32), got {seed}")
-    stream = (
-        grain.MapDataset.source(records)
-        .map_with_index(_RecordIndex(n))
-        .shuffle(seed=_shuffle_seed(seed))
-        .repeat()
-        .map_with_index(_ExampleIndex())
-    )
-    if shard_count > 1:
-        stream = stream[shard_index::shard_count]
-    featurize = task.featurizer(tokenizer, seed=seed)
+    sources = tuple(sources)
+    weights = mixture_weights(sources, mixing, temperature)
+    check_compatible(sources)
+    streams = [_shuffled_forever(source, index, seed) for index, source in enumerate(sources)]
+    featurizers = [source.task.featurizer(tokenizer, seed=seed) for source in sources]
     read_options = read_options or default_read_options()
-    if task.packed:
-        documents = stream.map(featurize).to_iter_dataset(read_options)
-        rows = pack_documents(documents, length=task.max_length,
-                              num_bins=packing_bins or batch_size, pad_id=tokenizer.pad_id)
-        batches = rows.batch(batch_size, drop_remainder=True)
+    if sources[0].task.packed:
+        rows = []
+        for index, stream in enumerate(streams):
+            examples = stream.map_with_index(_ExampleIndex())
+            if shard_count > 1:
+                examples = examples[shard_index::shard_count]
+            documents = examples.map(featurizers[index]).to_iter_dataset(read_options)
+            packed = pack_documents(documents, length=sources[index].task.max_length,
+                                    num_bins=packing_bins or batch_size,
+                                    pad_id=tokenizer.pad_id)
+            rows.append(packed.map(_AddSource(index)))
+        mixed_rows = rows[0] if len(rows) == 1 else grain.IterDataset.mix(rows, weights)
+        batches = mixed_rows.batch(batch_size, drop_remainder=True)
     else:
-        batches = stream.map(featurize).batch(batch_size, drop_remainder=True)
-        batches = batches.to_iter_dataset(read_options)
+        mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
+        examples = mixed.map_with_index(_ExampleIndex())
+        if shard_count > 1:
+            examples = examples[shard_index::shard_count]
+        batches = examples.map(_FeaturizeWithSource(featurizers))
+        batches = batches.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
     return iter(batches)
+
+
+def _shuffled_forever(source: TrainSource, index: int, seed: int) -> grain.MapDataset:
+    """The source's records as (source, record index, record), reshuffled every epoch."""
+    n = num_records(source)
+    return (
+        grain.MapDataset.source(source.records)
+        .map_with_index(_RecordIndex(n, index))
+        .shuffle(seed=_shuffle_seed(seed, index))
+        .repeat()
+    )
 
 
 class EvalBatches:
@@ -91,14 +152,16 @@ class EvalBatches:
 
     The last batch is filled up to ``batch_size`` with copies of one of its rows whose
     ``example_mask`` / ``loss_mask`` is 0, so summing masked losses counts every example (or
-    target token) exactly once.
+    target token) exactly once. Every row's "source" is ``source_index``.
     """
 
     def __init__(self, records: RecordSource, task: Task, tokenizer: TokenizerLike, *,
-                 batch_size: int, seed: int, read_options: grain.ReadOptions | None):
+                 batch_size: int, seed: int, read_options: grain.ReadOptions | None,
+                 source_index: int = 0):
         _check_batching(batch_size, 0, 1)
         self.num_examples = _num_records(records, "eval records")
         self.batch_size = batch_size
+        self.source_index = source_index
         self._records, self._task, self._tokenizer = records, task, tokenizer
         self._featurize = task.featurizer(tokenizer, seed=seed)  # fail early on a bad setup
         self._read_options = read_options or default_read_options()
@@ -111,12 +174,15 @@ class EvalBatches:
         return -(-self.num_examples // self.batch_size)
 
     def _rows(self) -> grain.IterDataset:
-        examples = grain.MapDataset.source(self._records).map_with_index(_EvalIndex())
-        rows = examples.map(self._featurize).to_iter_dataset(self._read_options)
+        examples = grain.MapDataset.source(self._records).map_with_index(
+            _EvalIndex(self.source_index))
         if self._task.packed:
-            rows = pack_documents(rows, length=self._task.max_length,
+            documents = examples.map(self._featurize).to_iter_dataset(self._read_options)
+            rows = pack_documents(documents, length=self._task.max_length,
                                   num_bins=self.batch_size, pad_id=self._tokenizer.pad_id)
-        return rows
+            return rows.map(_AddSource(self.source_index))
+        featurize = _FeaturizeWithSource({self.source_index: self._featurize})
+        return examples.map(featurize).to_iter_dataset(self._read_options)
 
     def __iter__(self) -> Iterator[Batch]:
         pending: list[Row] = []
@@ -138,13 +204,15 @@ def make_eval_batches(
     batch_size: int,
     seed: int = 0,
     read_options: grain.ReadOptions | None = None,
+    source_index: int = 0,
 ) -> EvalBatches:
     """Every record once, in order, in batches of ``batch_size`` (see ``EvalBatches``).
 
     ``seed`` only matters for random tasks (MLM masking, seeded by (seed, record index)).
+    ``source_index``: the rows' "source" feature (the source's index in the train mixture).
     """
     return EvalBatches(records, task, tokenizer, batch_size=batch_size, seed=seed,
-                       read_options=read_options)
+                       read_options=read_options, source_index=source_index)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, shard_count: int = 1) -> int:
@@ -169,28 +237,53 @@ def count_loss_weight(batch: Batch) -> float:
 
 
 class _RecordIndex:
-    def __init__(self, num_records: int):
-        self.num_records = num_records
+    def __init__(self, num_records: int, source: int = 0):
+        self.num_records, self.source = num_records, source
 
-    def __call__(self, index: int, record: Any) -> tuple[int, Any]:
+    def __call__(self, index: int, record: Any) -> tuple[int, int, Any]:
         # After shuffle + repeat, the source sees index + epoch * n: fold it back.
-        return index % self.num_records, record
+        return self.source, index % self.num_records, record
 
 
 class _ExampleIndex:
-    def __call__(self, index: int, indexed: tuple[int, Any]) -> IndexedRecord:
-        return IndexedRecord(indexed[0], index, indexed[1])
+    def __call__(self, index: int, indexed: tuple[int, int, Any]) -> IndexedRecord:
+        source, record_index, record = indexed
+        return IndexedRecord(record_index, index, record, source)
 
 
 class _EvalIndex:
+    def __init__(self, source: int = 0):
+        self.source = source
+
     def __call__(self, index: int, record: Any) -> IndexedRecord:
-        return IndexedRecord(index, index, record)
+        return IndexedRecord(index, index, record, self.source)
 
 
-def _shuffle_seed(seed: int) -> int:
+class _FeaturizeWithSource:
+    """Featurizes each example with its source's featurizer and records the source."""
+
+    def __init__(self, featurizers: Sequence[Any] | Mapping[int, Any]):
+        self.featurizers = featurizers
+
+    def __call__(self, item: IndexedRecord) -> Row:
+        return with_source(self.featurizers[item.source](item), item.source)
+
+
+class _AddSource:
+    def __init__(self, source: int):
+        self.source = source
+
+    def __call__(self, row: Row) -> Row:
+        return with_source(row, self.source)
+
+
+def _shuffle_seed(seed: int, source: int = 0) -> int:
     # grain reseeds epoch e with (seed + e), so seeds s and s+1 would share all but one epoch's
-    # order; scramble the user seed first so nearby seeds give unrelated orders.
-    return int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])
+    # order; scramble the user seed first so nearby seeds give unrelated orders. Each source
+    # of a mixture gets its own order; source 0 keeps the one-source seed, so one source gives
+    # the stream of make_train_iterator.
+    entropy = [seed, 0x5EED] + ([source] if source else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _num_records(records: RecordSource, what: str) -> int:

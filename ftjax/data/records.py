@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ftjax.data.errors import DataError, LabelOutOfRangeError, MissingColumnError
+from ftjax.data.errors import LabelOutOfRangeError, MalformedRowError, MissingColumnError
 
 
 def require_column(record: Mapping[str, Any], column: str, where: str) -> Any:
@@ -25,7 +25,7 @@ def text_field(record: Mapping[str, Any], column: str, where: str) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if not isinstance(value, str):
-        raise DataError(
+        raise MalformedRowError(
             f"column {column!r} in {where} must hold text, got {type(value).__name__} {value!r:.80}"
         )
     return value

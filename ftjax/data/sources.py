@@ -13,18 +13,15 @@ error from ``ftjax.data.errors`` that names the file, split, column or row at fa
   Split sizes depend only on the fractions, membership only on ``seed``: the permutation is
   drawn by ``numpy.random.default_rng(seed)`` over ids sorted numerically, so every machine and
   Python version gets the same split.
-- ``local_file``: csv / tsv / jsonl (/ json array) without HF ``datasets``.
+- ``local_file``: csv / tsv / jsonl / json / txt without HF ``datasets``.
 - ``hf_dataset``: HF ``datasets`` from local files (by extension) or a hub name.
 - ``tfds_source``: ``tensorflow-datasets`` via ``tfds.data_source`` (array_record, no TensorFlow).
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,9 @@ import numpy as np
 
 from ftjax import assets
 from ftjax.data.errors import DataError, EmptySplitError, MissingColumnError, MissingFileError
+from ftjax.data.readers import read_rows
 from ftjax.data.records import label_field, text_field
+from ftjax.data.splitting import check_fractions, stratified_split
 from ftjax.data.types import Record
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -52,44 +51,25 @@ def polarity_splits(
 
     label 1 = positive (mean rating > 0), 0 = negative; zero ratings are dropped. ``id`` is the
     row id in the source file. Records in each split are ordered by id (the train pipeline
-    shuffles). ``path`` overrides the asset (a ``movieReviewSnippets_GroundTruth.txt`` file).
+    shuffles). A split whose fraction is 0 is empty; any other empty split is an error.
+    ``path`` overrides the asset (a ``movieReviewSnippets_GroundTruth.txt`` file).
     """
-    fractions = _check_fractions(fractions)
+    fractions = check_fractions(fractions)
     if path is None:
         path = assets.resolve("polarity")
     rows = _read_polarity_rows(Path(path))
-    rng = np.random.default_rng(seed)
-    split_ids: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
-    # Stratify: split each label's ids separately with the same fractions.
-    for label in (0, 1):
-        ids = sorted(row_id for row_id, row in rows.items() if row["label"] == label)
-        permuted = [ids[i] for i in rng.permutation(len(ids))]
-        bounds = _split_bounds(len(ids), fractions)
-        for name, (start, stop) in zip(SPLIT_NAMES, bounds):
-            split_ids[name].extend(permuted[start:stop])
+    ordered = [rows[row_id] for row_id in sorted(rows)]
+    # Stratified: each label's rows split separately with the same fractions.
+    parts = stratified_split(len(ordered), fractions, seed, [row["label"] for row in ordered])
     splits = {}
-    for name in SPLIT_NAMES:
-        if not split_ids[name]:
+    for name, part, fraction in zip(SPLIT_NAMES, parts, fractions):
+        if not part and fraction > 0:
             raise EmptySplitError(
                 f"polarity split {name!r} is empty with fractions {tuple(fractions)} "
                 f"(file {path})"
             )
-        splits[name] = [rows[row_id] for row_id in sorted(split_ids[name])]
+        splits[name] = [ordered[i] for i in part]
     return splits
-
-
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    if len(fractions) != 3 or any(f < 0 for f in fractions):
-        raise DataError(f"fractions must be 3 non-negative numbers, got {tuple(fractions)}")
-    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise DataError(f"fractions must sum to 1, got {tuple(fractions)} (sum {sum(fractions)})")
-    return tuple(float(f) for f in fractions)  # type: ignore[return-value]
-
-
-def _split_bounds(n: int, fractions: tuple[float, float, float]) -> list[tuple[int, int]]:
-    n_train = round(fractions[0] * n)
-    n_validation = min(round(fractions[1] * n), n - n_train)
-    return [(0, n_train), (n_train, n_train + n_validation), (n_train + n_validation, n)]
 
 
 def _read_polarity_rows(path: Path) -> dict[int, dict[str, Any]]:
@@ -131,80 +111,20 @@ def local_file(
     label_column: str | None = None,
     num_labels: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Records ``{"text": str[, "label": int]}`` from a .csv, .tsv, .jsonl or .json file.
+    """Records ``{"text": str[, "label": int]}`` from a .csv, .tsv, .jsonl, .json or .txt
+    (one record a line) file in UTF-8, read by ``ftjax.data.readers``.
 
-    csv: RFC 4180 quoting (embedded newlines allowed), a header row, UTF-8 with or without BOM.
-    tsv: a header row, no quoting (fields are split on tabs only). jsonl: one object per line.
-    json: one list of objects. Labels must be integers (or integral strings); with
-    ``num_labels`` each must lie in ``[0, num_labels)``.
+    Labels must be integers (or integral strings); with ``num_labels`` each must lie in
+    ``[0, num_labels)``. ``ftjax.data.loading.load_source`` reads label names, other encodings
+    and split patterns.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"data file not found: {path}")
-    rows = _read_table(path)
     records = []
-    for where, row in rows:
-        where = f"{where} of {path}"
+    for where, row in read_rows(path):
         record = {"text": text_field(row, text_column, where)}
         if label_column is not None:
             record["label"] = label_field(row, label_column, where, num_labels)
         records.append(record)
-    if not records:
-        raise EmptySplitError(f"data file {path} holds no records")
     return records
-
-
-def _read_table(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """Yields (where, row) pairs; ``where`` locates the row for error messages."""
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return _read_delimited(path, tsv=suffix == ".tsv")
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json_array(path)
-    raise DataError(f"unsupported file type {suffix!r} for {path}; use .csv, .tsv, .jsonl or .json")
-
-
-def _read_delimited(path: Path, *, tsv: bool) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        if tsv:
-            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        else:
-            reader = csv.DictReader(f)
-        for row_index, row in enumerate(reader):
-            yield f"row {row_index} (line {reader.line_num})", row
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    with open(path, encoding="utf-8-sig") as f:
-        row_index = 0
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"row {row_index} (line {line_number})"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where} of {path} is not valid JSON: {err}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where} of {path} is a {type(row).__name__}, not an object")
-            yield where, row
-            row_index += 1
-
-
-def _read_json_array(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    with open(path, encoding="utf-8-sig") as f:
-        try:
-            rows = json.load(f)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(rows, list):
-        raise DataError(f"{path} must hold a JSON list of objects, got {type(rows).__name__}")
-    for row_index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DataError(f"row {row_index} of {path} is a {type(row).__name__}, not an object")
-        yield f"row {row_index}", row
 
 
 # --------------------------------------------------------------------------------------------
