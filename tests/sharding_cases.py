@@ -404,7 +404,7 @@ def test_train_end_to_end_on_a_data2_tensor4_mesh(tiny_config_file, tiny_llama_d
     losses = [r["loss"] for r in rows if "split" not in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
     # Export / generate rebuild the frozen base at its stored precision, adapters restored.
-    from ftjax.train.experiment import restore_run
+    from ftjax.train.restore import restore_run
 
     _, restored = restore_run(tmp_path, full_precision=True)
     q_full = restored.state.params["backbone"]["layers_0"]["self_attn"]["q_proj"]

@@ -565,7 +565,7 @@ def test_config_rules_come_before_the_method_and_a_custom_run_trains_only_them(
     them the whole spec: a scanned run training layer 0 and the head (the frozen stack above
     the trained layer) changes exactly those, also as restored from its directory alone; a rule
     that matches nothing is a typo, named with paths it could have meant."""
-    from ftjax.train.experiment import restore_run
+    from ftjax.train.restore import restore_run
     from ftjax.train.loop import train
 
     exp = build_experiment(load_config(tiny_config_file, [

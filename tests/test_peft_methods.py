@@ -367,7 +367,8 @@ def test_train_loop_per_method_and_restore(method, tiny_config_file, tmp_path, c
     from ftjax.cli import main
     from ftjax.io import load_pretrained
     from ftjax.io.checkpoint import Checkpointer
-    from ftjax.train.experiment import build_experiment, restore_run
+    from ftjax.train.experiment import build_experiment
+    from ftjax.train.restore import restore_run
     from ftjax.train.loop import train
 
     # The same 8 sentences every step: the loss on them must come down within 8 steps.

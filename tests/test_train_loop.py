@@ -179,22 +179,22 @@ def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tm
     import jax
     import numpy as np
 
-    from ftjax.train import trainer
+    from ftjax.train import evaluation
 
     script = iter([0.50, 0.70, 0.69, 0.70, 0.65, 0.99, 0.99])
-    real_evaluate = trainer.evaluate
+    real_evaluate = evaluation.evaluate
 
     def scripted(eval_step, state, batches):
         metrics = real_evaluate(eval_step, state, batches)
         return {**metrics, "accuracy": next(script, metrics["accuracy"])}
 
-    monkeypatch.setattr(trainer, "evaluate", scripted)
+    monkeypatch.setattr(evaluation, "evaluate", scripted)
     overrides = ["steps=20", "eval_every=2", "early_stopping.patience=3",
                  "early_stopping.min_delta=0.005"]
     stopped = train(load_config(tiny_config_file, overrides), tmp_path / "es", quiet=True)
     assert stopped.stopped_early and stopped.final_step == 10 and stopped.best_step == 4
 
-    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", real_evaluate)
     reference = train(load_config(tiny_config_file, ["steps=4"]), tmp_path / "ref", quiet=True)
     same = [np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(stopped.state.trainable),

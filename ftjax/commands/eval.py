@@ -21,7 +21,8 @@ def run(args) -> int:
     if not init_distributed(args):
         return 2
     from ftjax.train.config import ConfigError, load_config
-    from ftjax.train.experiment import evaluate, restore_run
+    from ftjax.train.evaluation import evaluate_splits
+    from ftjax.train.restore import restore_run
 
     try:
         cfg = load_config(args.config, args.set)
@@ -35,6 +36,6 @@ def run(args) -> int:
     if unknown:
         print(f"ftjax eval: unknown split(s) {unknown}; have {sorted(exp.splits)}")
         return 2
-    results = {s: evaluate(eval_step, restored.state, exp.placed_eval_batches(s)) for s in splits}
+    results = evaluate_splits(exp, eval_step, restored.state, splits)
     print(json.dumps({"step": restored.step, "eval": results}, indent=2))
     return 0

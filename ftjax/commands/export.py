@@ -46,7 +46,7 @@ def run(args) -> int:
         if refusal:
             print(f"ftjax export: --format hf: {refusal}")
             return 2
-        from ftjax.train.experiment import restore_run
+        from ftjax.train.restore import restore_run
 
         exp, restored = restore_run(args.workdir, best=args.best, full_precision=True)
         params, step = restored.state.params, restored.step

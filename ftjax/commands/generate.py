@@ -88,7 +88,9 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _load_pretrained(name_or_path: str, dtype: str | None) -> Any:
-    from ftjax.io import load_pretrained  # deferred: the loader pulls in the checkpoint readers
+    from ftjax.io import (
+        load_pretrained,  # deferred: the loader pulls in the checkpoint readers
+    )
 
     return load_pretrained(name_or_path, dtype=dtype)
 
@@ -109,7 +111,7 @@ def _with_adapter(pretrained, adapter_dir: str):
         if model.head_config.kind != "lm":
             raise ValueError(f"{adapter} trained a {model.head_config.kind!r} head, not an LM head")
         return model, params, pretrained.tokenizer
-    from ftjax.train.experiment import restore_run
+    from ftjax.train.restore import restore_run
 
     # An ftjax run: its own config names its base; frozen leaves at their stored precision.
     exp, restored = restore_run(adapter, full_precision=True)

@@ -31,7 +31,7 @@ from ftjax.data.errors import (
     UndecodableFileError,
 )
 from ftjax.data.features import IndexedRecord
-from ftjax.data.loading import LoadedSource, load_source
+from ftjax.data.loading import ROLES, LoadedSource, load_source
 from ftjax.data.mixing import TrainSource, mixture_weights
 from ftjax.data.pipeline import (
     EvalBatches,
@@ -45,11 +45,30 @@ from ftjax.data.pipeline import (
 )
 from ftjax.data.prompting import PromptTemplate, label_token_ids
 from ftjax.data.readers import read_rows
-from ftjax.data.sources import PlainRecords, hf_dataset, local_file, polarity_splits, tfds_source
+from ftjax.data.run_data import (
+    RunSource,
+    data_facts,
+    load_run_data,
+    make_task,
+    source_configs,
+)
+from ftjax.data.sources import (
+    PlainRecords,
+    hf_dataset,
+    local_file,
+    polarity_splits,
+    tfds_source,
+)
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.types import RecordSource, TokenizerLike
 
 __all__ = [
+    "ROLES",
+    "RunSource",
+    "data_facts",
+    "load_run_data",
+    "make_task",
+    "source_configs",
     "CausalLM",
     "DataError",
     "EmptySplitError",

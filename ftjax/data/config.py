@@ -78,8 +78,16 @@ class DataConfig:
         0, "quick runs: n > 0 keeps a random n of the train split (drawn with split_seed, so "
         "every run sees the same subset); 0 keeps it whole")
     max_eval_examples: int = setting(0, "the same for the validation and test splits")
+    mixing: str = setting("fixed", "with several sources (the `sources` block): fixed (each "
+                          "source's weight) | proportional (to its train size) | temperature "
+                          "(size ** (1 / temperature))", choices=("fixed", "proportional",
+                                                                   "temperature"))
+    temperature: float = setting(2.0, "mixing='temperature': T (1 = proportional; larger "
+                                 "approaches uniform)")
 
     def __post_init__(self):
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.source != "polarity" and not self.path:
             raise ValueError(f"source={self.source!r} needs path")
         for key in ("max_train_examples", "max_eval_examples"):

@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ftjax.data.config import SPLIT_PLACEHOLDER, SourceConfig
-from ftjax.data.errors import DataError, EmptySplitError, LabelOutOfRangeError, MissingSplitError
+from ftjax.data.errors import (
+    DataError,
+    EmptySplitError,
+    LabelOutOfRangeError,
+    MissingSplitError,
+)
 from ftjax.data.labels import LabelSet, label_text
 from ftjax.data.readers import ParsedRow, read_rows
 from ftjax.data.records import as_int, require_column, text_field

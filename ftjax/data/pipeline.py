@@ -35,7 +35,12 @@ from ftjax.data.features import (
     stack_rows,
     with_source,
 )
-from ftjax.data.mixing import TrainSource, check_compatible, mixture_weights, num_records
+from ftjax.data.mixing import (
+    TrainSource,
+    check_compatible,
+    mixture_weights,
+    num_records,
+)
 from ftjax.data.packing import pack_documents
 from ftjax.data.tasks import Task
 from ftjax.data.types import RecordSource, TokenizerLike

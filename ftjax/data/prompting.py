@@ -20,10 +20,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from ftjax.data.chat import chat_messages
 from ftjax.data.errors import DataError, TokenizerError
 from ftjax.data.features import SpecialTokenTemplate
 from ftjax.data.types import TokenizerLike
-from ftjax.data.chat import chat_messages
 
 TEXT_FIELD = "{text}"
 

@@ -7,7 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from ftjax.data.errors import LabelOutOfRangeError, MalformedRowError, MissingColumnError
+from ftjax.data.errors import (
+    LabelOutOfRangeError,
+    MalformedRowError,
+    MissingColumnError,
+)
 
 
 def require_column(record: Mapping[str, Any], column: str, where: str) -> Any:

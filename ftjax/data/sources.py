@@ -28,7 +28,12 @@ from typing import Any
 import numpy as np
 
 from ftjax import assets
-from ftjax.data.errors import DataError, EmptySplitError, MissingColumnError, MissingFileError
+from ftjax.data.errors import (
+    DataError,
+    EmptySplitError,
+    MissingColumnError,
+    MissingFileError,
+)
 from ftjax.data.readers import read_rows
 from ftjax.data.records import label_field, text_field
 from ftjax.data.splitting import check_fractions, stratified_split

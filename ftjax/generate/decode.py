@@ -33,7 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.generate.sampling import DecodeContext, Sampler, SamplingConfig, SamplingKnobs
+from ftjax.generate.sampling import (
+    DecodeContext,
+    Sampler,
+    SamplingConfig,
+    SamplingKnobs,
+)
 from ftjax.models import Model, init_cache
 from ftjax.peft.fold import fold_prefix
 

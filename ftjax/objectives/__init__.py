@@ -13,7 +13,13 @@ from ftjax.objectives.cross_entropy import (
 )
 from ftjax.objectives.penalties import L1, L2, L2SP, RegularizerConfig, l1, l2, l2sp
 from ftjax.objectives.registry import TERMS, entry_config_class, make_term, term_class
-from ftjax.objectives.term import LossTerm, TermConfig, TermContext, TermSetup, TermValue
+from ftjax.objectives.term import (
+    LossTerm,
+    TermConfig,
+    TermContext,
+    TermSetup,
+    TermValue,
+)
 
 __all__ = [
     "L1", "L2", "L2SP", "TASK_TERMS", "TERMS", "CrossEntropy", "CrossEntropyConfig", "LossTerm",

@@ -29,7 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.objectives.term import LossTerm, TermConfig, TermContext, TermSetup, TermValue
+from ftjax.objectives.term import (
+    LossTerm,
+    TermConfig,
+    TermContext,
+    TermSetup,
+    TermValue,
+)
 from ftjax.optim.rules import uniform_as_scalar
 from ftjax.optim.trainability import TrainedLayers
 from ftjax.settings import from_config, setting

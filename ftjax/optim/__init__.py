@@ -7,7 +7,12 @@
 """
 
 from ftjax.optim.config import DEFAULT_NO_DECAY, OptimizerConfig
-from ftjax.optim.optimizer import effective_lrs, make_optimizer, optimizer_step, unfreeze_steps
+from ftjax.optim.optimizer import (
+    effective_lrs,
+    make_optimizer,
+    optimizer_step,
+    unfreeze_steps,
+)
 from ftjax.optim.schedules import learning_rate_fn
 from ftjax.optim.trainability import (
     FROZEN,

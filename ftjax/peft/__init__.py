@@ -35,7 +35,12 @@ from ftjax.peft.attach import (
 )
 from ftjax.peft.fold import fold_prefix
 from ftjax.peft.multi import apply_mixed, num_adapters, select_adapter, stack_adapters
-from ftjax.peft.presets import METHODS, SUGGESTED_LEARNING_RATES, MethodConfig, method_spec
+from ftjax.peft.presets import (
+    METHODS,
+    SUGGESTED_LEARNING_RATES,
+    MethodConfig,
+    method_spec,
+)
 from ftjax.utils.tree import insert_leaves, split_leaves
 
 __all__ = [

@@ -43,7 +43,8 @@ from ftjax.io import reuse_checkpoints
 from ftjax.optim import trainability
 from ftjax.sweep import select
 from ftjax.sweep.plan import BASELINE, RunSpec, Sweep, config_fingerprint, same_config
-from ftjax.train.experiment import build_experiment, evaluate
+from ftjax.train.evaluation import evaluate_splits
+from ftjax.train.experiment import build_experiment
 from ftjax.train.loop import train
 from ftjax.utils.jsonio import write_json
 
@@ -123,8 +124,7 @@ def measure_untrained(spec: RunSpec, cfg, started: float) -> dict:
     """The baseline's record: the run's model as set up, evaluated on its eval splits and test."""
     exp = build_experiment(cfg)
     eval_step = exp.jit_eval_step()
-    evals = {split: evaluate(eval_step, exp.state, exp.placed_eval_batches(split))
-             for split in exp.result_splits}
+    evals = evaluate_splits(exp, eval_step, exp.state, exp.result_splits)
     report = trainability.report(exp.state.param_shapes(), exp.resolved, exp.state.opt_state)
     return {
         **_evaluated(spec, cfg, evals), "trainable": 0, "total": report["total"],

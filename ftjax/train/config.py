@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from ftjax.data.config import DataConfig, TaskConfig
+from ftjax.data.config import DataConfig, SourceConfig, TaskConfig
 from ftjax.models import HeadConfig
 from ftjax.nn.adapters import AdapterConfig
 from ftjax.nn.ia3 import IA3Config
@@ -121,6 +121,10 @@ class RunConfig:
                                                           pooling="mean"))
     task: TaskConfig = setting(factory=TaskConfig)
     data: DataConfig = setting(factory=DataConfig)
+    sources: Mapping[str, SourceConfig] = setting(
+        factory=dict, help="several data sources by name, each a block of its location, "
+        "columns, label names and weight (ftjax.data.SourceConfig), mixed in the train stream "
+        "by data.mixing; empty: the data block is the one source")
     optimizer: OptimizerConfig = setting(factory=OptimizerConfig)
     method_args: MethodConfig = setting(factory=MethodConfig)
     lora: LoraConfig = setting(factory=LoraConfig)
@@ -173,6 +177,12 @@ def _check_across_blocks(run: RunConfig) -> None:
         except (ValueError, KeyError) as err:
             raise ValueError(f"config block {field!r} (method={run.method!r}): "
                              f"{err.args[0] if err.args else err}") from None
+    if run.sources:
+        legacy = {f.name for f in dataclasses.fields(DataConfig)} - {"mixing", "temperature"}
+        changed = sorted(k for k in legacy if getattr(run.data, k) != getattr(DataConfig(), k))
+        if changed:
+            raise ValueError(f"the sources block names the data; data.{', data.'.join(changed)} "
+                             f"would be ignored: move them into a source")
     task, head = run.task, run.head
     if head.kind == "verbalizer":
         if len(task.label_words) != head.num_labels:

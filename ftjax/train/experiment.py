@@ -8,18 +8,24 @@ without the loop.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 
-from ftjax import data as ftdata
 from ftjax import parallel
-from ftjax.io.checkpoint import Checkpointer, params_shape_hash
+from ftjax.data import (
+    ROLES,
+    data_facts,
+    load_run_data,
+    make_eval_batches,
+    make_mixed_train_iterator,
+    make_task,
+    source_configs,
+    steps_per_epoch,
+)
+from ftjax.io.checkpoint import params_shape_hash
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig, plan_for_model
 from ftjax.objectives import LossTerm
@@ -27,9 +33,14 @@ from ftjax.optim import learning_rate_fn, make_optimizer, trainability
 from ftjax.optim.rules import check_rules_match, parse_spec
 from ftjax.peft import PEFT_METHODS, add_peft, presets
 from ftjax.settings import ConfigError
-from ftjax.train.config import config_from_dict, typed
+from ftjax.train.config import typed
 from ftjax.train.state import TrainState, create_train_state, state_shardings
-from ftjax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from ftjax.train.step import (
+    jit_eval_step,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+)
 from ftjax.train.terms import terms_from_config
 
 logger = logging.getLogger(__name__)
@@ -39,8 +50,7 @@ logger = logging.getLogger(__name__)
 class Experiment:
     cfg: ml_collections.ConfigDict
     pretrained: Pretrained
-    task: Any
-    splits: dict  # split name -> records
+    sources: list  # ftjax.data.RunSource per data source, in the config's order
     resolved: Any  # tree of trainability Rules
     mask: Any  # trainability.trainable_mask(resolved): how the state splits the params
     terms: tuple  # the loss terms (ftjax.objectives), the task's first
@@ -71,31 +81,57 @@ class Experiment:
         return self.plan.mesh
 
     @property
+    def task(self):
+        """The task of the (first) source; every source's task differs only in its columns."""
+        return self.sources[0].task
+
+    @property
+    def splits(self) -> list[str]:
+        """The roles some source has a split for, in order (train, validation, test)."""
+        return [r for r in ROLES if any(r in s.splits for s in self.sources)]
+
+    @property
     def result_splits(self) -> list[str]:
         """What a finished run reports: its eval splits, then test, those the data has."""
         return [s for s in dict.fromkeys((*self.cfg.eval_splits, "test")) if s in self.splits]
 
-    def train_iterator(self):
-        """This process's share of the train stream: with several processes, process i reads
-        every n-th example and batches of batch_size / n rows (place_train_batch joins them)."""
-        count = jax.process_count()
-        return ftdata.make_train_iterator(
-            self.splits["train"], self.task, self.tokenizer,
-            batch_size=self.cfg.batch_size // count, seed=self.cfg.seed,
-            shard_index=jax.process_index(), shard_count=count,
-        )
+    def data_facts(self) -> dict:
+        return data_facts(self.sources)
 
-    def eval_batches(self, split: str):
-        """numpy eval batches (every process reads all of them); see placed_eval_batches."""
-        return ftdata.make_eval_batches(
-            self.splits[split], self.task, self.tokenizer, batch_size=self.cfg.eval_batch_size
-        )
+    def train_iterator(self):
+        """This process's share of the train stream, the sources mixed as configured (with
+        several processes, process i reads every n-th example and batches of
+        batch_size / n rows; place_train_batch joins them)."""
+        count = jax.process_count()
+        return make_mixed_train_iterator(
+            [s.train_source() for s in self.sources], self.tokenizer,
+            batch_size=self.cfg.batch_size // count, seed=self.cfg.seed,
+            mixing=self.cfg.data.mixing, temperature=self.cfg.data.temperature,
+            shard_index=jax.process_index(), shard_count=count)
+
+    def eval_batches(self, split: str, source: str | None = None):
+        """numpy eval batches of one source's split (every process reads all of them); the
+        source may be left out when the run has one."""
+        index = self._source_index(source)
+        s = self.sources[index]
+        return make_eval_batches(s.splits[split], s.task, self.tokenizer,
+                                 batch_size=self.cfg.eval_batch_size, source_index=index)
+
+    def _source_index(self, source: str | None) -> int:
+        names = [s.name for s in self.sources]
+        if source is None:
+            if len(names) > 1:
+                raise ValueError(f"the run has several sources {names}: name one")
+            return 0
+        if source not in names:
+            raise KeyError(f"no source {source!r}; the run has {names}")
+        return names.index(source)
 
     def place_train_batch(self, batch: dict) -> dict:
         return parallel.place_batch(batch, self.plan.batch, per_process=True)
 
-    def placed_eval_batches(self, split: str):
-        for batch in self.eval_batches(split):
+    def placed_eval_batches(self, split: str, source: str | None = None):
+        for batch in self.eval_batches(split, source):
             yield parallel.place_batch(batch, self.plan.batch, per_process=False)
 
     def jit_train_step(self):
@@ -112,59 +148,10 @@ def head_config(cfg) -> HeadConfig:
 
 
 def build_task(cfg):
-    t = cfg.task
-    if t.kind == "classification":
-        prompt = None
-        if t.template is not None:
-            prompt = ftdata.PromptTemplate(t.template, chat=t.chat, system=t.system_prompt)
-        return ftdata.SequenceClassification(
-            t.text_key, t.label_key, num_labels=cfg.head.num_labels, max_length=t.max_length,
-            text_pair_key=t.text_pair_key, prompt=prompt, label_words=tuple(t.label_words),
-        )
-    if t.kind == "causal_lm":
-        return ftdata.CausalLM(t.text_key, t.max_length, packing=t.packing,
-                               prompt_key=t.prompt_key)
-    return ftdata.MaskedLM(t.text_key, t.max_length, mask_prob=t.mask_prob)
-
-
-def load_splits(cfg) -> dict:
-    d = cfg.data
-    names = {"train": d.train_split, "validation": d.validation_split, "test": d.test_split}
-    if d.source == "polarity":
-        splits = ftdata.polarity_splits(seed=d.split_seed)
-    elif d.source == "local":
-        # One file per split: data.path is a pattern with {split}, or a single train file.
-        label = cfg.task.label_key if cfg.task.kind == "classification" else None
-        splits = {}
-        for role, split in names.items():
-            path = d.path.format(split=split)
-            if role != "train" and path == d.path and "{split}" not in d.path:
-                continue
-            splits[role] = ftdata.local_file(path, text_column=cfg.task.text_key,
-                                             label_column=label, num_labels=cfg.head.num_labels)
-    elif d.source == "hf":
-        splits = {role: ftdata.hf_dataset(d.path, split) for role, split in names.items()}
-    else:
-        splits = {role: ftdata.tfds_source(d.path, split) for role, split in names.items()}
-    limits = {"train": d.max_train_examples, "validation": d.max_eval_examples,
-              "test": d.max_eval_examples}
-    for role, limit in limits.items():
-        if limit and role in splits:
-            splits[role] = subsample(splits[role], limit, seed=d.split_seed)
-    return splits
-
-
-def subsample(records, n: int, *, seed: int) -> list:
-    """A random `n` of `records` (all of them if fewer), in their original order.
-
-    Random rather than the first n: sources are often ordered by something that correlates
-    with the label (the polarity splits are ordered by id, positives first). Seeded, so every
-    run with the same seed evaluates on the same subset.
-    """
-    if n >= len(records):
-        return [records[i] for i in range(len(records))]
-    keep = np.sort(np.random.default_rng(seed).permutation(len(records))[:n])
-    return [records[int(i)] for i in keep]
+    """The task of a run config's (first) source, without loading any data."""
+    run = typed(cfg)
+    first = next(iter(source_configs(run.sources, run.data, run.task).values()))
+    return make_task(run.task, first, num_labels=cfg.head.num_labels)
 
 
 def method_args(cfg, num_train_examples: int) -> dict:
@@ -172,7 +159,7 @@ def method_args(cfg, num_train_examples: int) -> dict:
     args = cfg.method_args.to_dict()
     epochs = args.pop("unfreeze_every_epochs")
     if epochs:
-        per_epoch = max(ftdata.steps_per_epoch(num_train_examples, cfg.batch_size), 1)
+        per_epoch = max(steps_per_epoch(num_train_examples, cfg.batch_size), 1)
         args["unfreeze_every"] = max(int(round(epochs * per_epoch)), 1)
     return args
 
@@ -183,12 +170,23 @@ def peft_settings(cfg):
     return cfg[field].to_dict()
 
 
-def build_experiment(cfg: ml_collections.ConfigDict, *,
-                     terms: tuple[LossTerm, ...] = ()) -> Experiment:
-    """Everything a run needs. terms: loss terms of your own beside the config's (instances of
-    ftjax.objectives.LossTerm subclasses)."""
-    loss_terms = terms_from_config(cfg, typed(cfg), terms)
-    task = build_task(cfg)
+def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, ...] = (),
+                     roles: tuple[str, ...] = ROLES, data_facts: dict | None = None) -> Experiment:
+    """Everything a run needs, its data loaded and checked first (a data error costs no model
+    load).
+
+    terms: loss terms of your own beside the config's (ftjax.objectives.LossTerm instances).
+    roles / data_facts: the splits to load, and what the run saved about its data
+    (Experiment.data_facts(): label names, train sizes); a run restored for evaluation loads
+    ("validation", "test") only.
+    """
+    run = typed(cfg)
+    loss_terms = terms_from_config(cfg, run, terms)
+    sources = load_run_data(
+        source_configs(run.sources, run.data, run.task), run.task, roles=roles,
+        num_labels=cfg.head.num_labels if run.task.kind == "classification" else None,
+        facts=data_facts)
+    task = sources[0].task
     pretrained = load_pretrained(
         cfg.model.name, head=head_config(cfg), dtype=cfg.model.dtype,
         param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
@@ -213,11 +211,10 @@ def build_experiment(cfg: ml_collections.ConfigDict, *,
     params = pretrained.params
     base_hash = params_shape_hash(params)
     mesh = build_mesh(cfg)
-    splits = load_splits(cfg)
     own_rules = parse_spec(cfg.rules)
     check_rules_match(own_rules, params)
     spec = own_rules + presets.method_spec(cfg.method, pretrained.model.config,
-                                           method_cfg=method_args(cfg, len(splits["train"])),
+                                           method_cfg=method_args(cfg, sum(s.num_train for s in sources)),
                                            head_kind=cfg.head.kind)
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
@@ -235,11 +232,11 @@ def build_experiment(cfg: ml_collections.ConfigDict, *,
     pretrained.params = None
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(
-        cfg=cfg, pretrained=pretrained, task=task, splits=splits,
+        cfg=cfg, pretrained=pretrained, sources=sources,
         resolved=resolved, mask=mask, terms=tuple(loss_terms), tx=tx, state=state,
         train_step=make_train_step(pretrained.model, tx, loss_terms,
                                    accumulation_steps=cfg.accumulation_steps,
-                                   learning_rate_fn=lr_fn),
+                                   learning_rate_fn=lr_fn, sources=[s.name for s in sources]),
         eval_step=make_eval_step(pretrained.model, loss_terms),
         learning_rate=lr_fn, plan=plan, base_hash=base_hash,
     )
@@ -264,66 +261,3 @@ def build_mesh(cfg):
         logger.warning("micro-batches of %d rows do not split over %d batch shards: XLA will "
                        "reshard each one", cfg.batch_size // cfg.accumulation_steps, shards)
     return mesh
-
-
-def evaluate(eval_step_jit, state: TrainState, batches) -> dict:
-    """Sum the eval step over a finite pass of batches; metrics are exact per-example means.
-
-    batches: Experiment.placed_eval_batches(split) (or numpy batches for an unsharded state).
-    """
-    totals = None
-    for batch in batches:
-        sums = eval_step_jit(state.trainable, state.frozen, batch, state.constants)
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    return eval_metrics(jax.device_get(totals), eval_step_jit.terms)
-
-
-def eval_metrics(totals: dict, terms) -> dict:
-    """Means from the eval step's sums: `loss` (the evaluated terms weighted as in training,
-    at their final weights), each term's `loss/<name>` when there are several, each stat
-    normalized like its term, and `examples` (the task term's normalizer)."""
-    weights = {t.name: max(float(totals[f"weight/{t.name}"]), 1.0) for t in terms}
-    out = {"loss": sum(t.config.weight * float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
-                       for t in terms)}
-    if len(terms) > 1:
-        out.update({f"loss/{t.name}": float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
-                    for t in terms})
-    first = terms[0].name
-    for key, value in totals.items():
-        if key.startswith(("loss_sum", "weight")):
-            continue
-        owner = key.split("/", 1)[0] if "/" in key else first
-        out[key] = float(value) / weights.get(owner, weights[first])
-    out["examples"] = float(totals["weight"])
-    return out
-
-
-def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool = False):
-    """(experiment, Restored) of an `ftjax train` run directory: the experiment rebuilt from
-    `cfg` (default: the run's saved config.json) and its latest (or best) checkpoint.
-
-    The saved config's `mesh` block is not reused: the run may have been trained on another
-    machine's devices, and the checkpoint restores onto any mesh. Without `cfg` the default mesh
-    (data parallel over this machine's devices) is used; pass a cfg to choose one.
-    full_precision: rebuild the frozen leaves at the run's param_dtype even if it trained with a
-    lower model.frozen_dtype (they are the pretrained weights; checkpoints never hold them), for
-    export and generation.
-    """
-    workdir = Path(workdir)
-    if cfg is None:
-        config_file = workdir / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{workdir} has no config.json: is it an `ftjax train` workdir?")
-        values = json.loads(config_file.read_text())
-        values.pop("mesh", None)  # the schema's default mesh: whatever devices are here
-        cfg = config_from_dict(values, str(config_file))
-    if full_precision and cfg.model.frozen_dtype is not None:
-        cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.model.to_dict(),
-                                                           "frozen_dtype": None}}, str(workdir))
-    exp = build_experiment(cfg)
-    ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints)
-    restored = ckpt.restore(exp.state, best=best)
-    ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in {workdir}")
-    return exp, restored

@@ -25,9 +25,17 @@ import jax
 from ftjax import parallel
 from ftjax.io.checkpoint import Checkpointer
 from ftjax.optim import trainability
-from ftjax.train.experiment import Experiment, evaluate
-from ftjax.train.hooks import Hook, Request, StepMetrics, default_hooks, hooks_from_config
+from ftjax.train.evaluation import evaluate_splits
+from ftjax.train.experiment import Experiment
+from ftjax.train.hooks import (
+    Hook,
+    Request,
+    StepMetrics,
+    default_hooks,
+    hooks_from_config,
+)
 from ftjax.train.logging import MetricsWriter, NoMetrics, Progress
+from ftjax.train.restore import DATA_FACTS
 from ftjax.train.step import compiled_memory
 from ftjax.utils.jsonio import write_json
 
@@ -73,9 +81,10 @@ class Trainer:
         self.progress.write(text, every_process=every_process)
 
     def evaluate(self, splits: Sequence[str] | None = None) -> dict:
-        """{split: metrics} of the current parameters (cfg.eval_splits by default)."""
-        return {split: evaluate(self.eval_step, self.state, self.exp.placed_eval_batches(split))
-                for split in (splits or self.cfg.eval_splits)}
+        """{split: metrics} of the current parameters (cfg.eval_splits by default; with
+        several sources also {split/source: metrics}, the split's own entry their average)."""
+        return evaluate_splits(self.exp, self.eval_step, self.state,
+                               splits or self.cfg.eval_splits)
 
     def save(self, *, best: bool = False) -> None:
         meta = {"model": self.cfg.model.name, "base_hash": self.exp.base_hash,
@@ -158,6 +167,7 @@ class Trainer:
         if self.primary:  # with several processes, process 0 alone writes the run's files
             write_json(self.workdir / "params_report.json", report)
             write_json(self.workdir / "config.json", self.cfg.to_dict())
+            write_json(self.workdir / DATA_FACTS, self.exp.data_facts())
             write_json(self.workdir / "sharding.json", self.exp.plan.describe())
         self.log = MetricsWriter(self.workdir, resume_step=self.start_step) if self.primary \
             else NoMetrics()

@@ -1,0 +1,113 @@
+"""The data of a run: its sources, each loaded with its own task, and the facts a saved run keeps.
+
+A run names its sources in the `sources` block (name -> SourceConfig); without one, the `data`
+block and the `task` block's column keys describe a single source named "data", the simple case.
+Every source's records are canonical ("text", "text_pair", "prompt", "label"; ftjax.data.loading),
+so one `task` block (kind, max_length, template ...) makes the task of each, reading the
+canonical names; a source's own columns and label set live in its SourceConfig.
+
+A run saves `data_facts` (each source's label names and train size) beside its checkpoints, and
+a run restored for evaluation, export or generation loads with them: the label names map as in
+training and the train split is never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from ftjax.data.config import DataConfig, SourceConfig, TaskConfig
+from ftjax.data.errors import DataError
+from ftjax.data.loading import ROLES, load_source
+from ftjax.data.mixing import TrainSource
+from ftjax.data.prompting import PromptTemplate
+from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
+from ftjax.data.types import RecordSource
+
+SINGLE_SOURCE = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSource:
+    """One source of a run, loaded: its task, its splits by role, its label names."""
+
+    name: str
+    task: Task
+    splits: Mapping[str, RecordSource]
+    label_names: tuple[str, ...] | None
+    weight: float
+    num_train: int  # train records (the saved count when the train split was not loaded)
+
+    def train_source(self) -> TrainSource:
+        return TrainSource(self.name, self.splits["train"], self.task, self.weight)
+
+
+def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
+    """The `data` block (and the task's column keys) as one SourceConfig: a local path without
+    {split} is the train file alone, as the block always meant."""
+    one_file = data.source == "local" and "{split}" not in (data.path or "")
+    classification = task.kind == "classification"
+    return SourceConfig(
+        kind=data.source, path=data.path, train_split=data.train_split,
+        validation_split=None if one_file else data.validation_split,
+        test_split=None if one_file else data.test_split, split_seed=data.split_seed,
+        text_column=task.text_key, text_pair_column=task.text_pair_key,
+        label_column=task.label_key if classification else None, prompt_column=task.prompt_key,
+        max_train_examples=data.max_train_examples, max_eval_examples=data.max_eval_examples)
+
+
+def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
+                   task: TaskConfig) -> dict[str, SourceConfig]:
+    """The run's sources by name: the `sources` block, or the `data` block as one source."""
+    return dict(sources) if sources else {SINGLE_SOURCE: legacy_source(data, task)}
+
+
+def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None) -> Task:
+    """The task of one source: the run's task block over the source's canonical records."""
+    if task.kind == "classification":
+        prompt = None
+        if task.template is not None:
+            prompt = PromptTemplate(task.template, chat=task.chat, system=task.system_prompt)
+        return SequenceClassification(
+            "text", "label", num_labels=num_labels, max_length=task.max_length,
+            text_pair_key="text_pair" if source.text_pair_column else None, prompt=prompt,
+            label_words=tuple(task.label_words))
+    if task.kind == "causal_lm":
+        return CausalLM("text", task.max_length, packing=task.packing,
+                        prompt_key="prompt" if source.prompt_column else None)
+    return MaskedLM("text", task.max_length, mask_prob=task.mask_prob)
+
+
+def load_run_data(configs: Mapping[str, SourceConfig], task: TaskConfig, *,
+                  num_labels: int | None, roles: Sequence[str] = ROLES,
+                  facts: Mapping | None = None) -> list[RunSource]:
+    """Every source loaded and checked (ftjax.data.loading): the first bad file, column or label
+    raises a DataError naming it, before anything trains.
+
+    roles: the splits to load; a restored run passes ("validation", "test") with `facts`.
+    facts: what `data_facts` saved for the run (label names, train sizes).
+    """
+    known = (facts or {}).get("sources", {})
+    missing = sorted(set(known) - set(configs)) if facts else []
+    if missing:
+        raise DataError(f"the run was trained with source(s) {missing} that its config no "
+                        f"longer names")
+    needs_labels = task.kind == "classification"
+    out = []
+    for name, config in configs.items():
+        saved = known.get(name, {})
+        loaded = load_source(name, config, roles=roles, needs_labels=needs_labels,
+                             label_names=saved.get("labels"),
+                             num_labels=num_labels if needs_labels else None)
+        num_train = len(loaded.splits["train"]) if "train" in loaded.splits else \
+            saved.get("train_examples", 0)
+        out.append(RunSource(name, make_task(task, config, num_labels=num_labels),
+                             loaded.splits, loaded.label_names, config.weight, num_train))
+    return out
+
+
+def data_facts(sources: Sequence[RunSource]) -> dict:
+    """What a restored run needs to load its data as in training (JSON)."""
+    return {"sources": {s.name: {"labels": None if s.label_names is None else
+                                 list(s.label_names), "train_examples": s.num_train}
+                        for s in sources}}

@@ -1,0 +1,73 @@
+"""Evaluation: the eval step summed over a split, per source, and the macro average.
+
+A run with one source reports each split under its name ("validation"); with several, each
+source's split as "<split>/<source>" and the split's name holds the macro average over the
+sources that have it (the mean of each metric), which selection and early stopping follow.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+
+from ftjax.train.state import TrainState
+
+
+def evaluate(eval_step_jit, state: TrainState, batches) -> dict:
+    """Sum the eval step over a finite pass of batches; metrics are exact per-example means.
+
+    batches: Experiment.placed_eval_batches(split) (or numpy batches for an unsharded state).
+    """
+    totals = None
+    for batch in batches:
+        sums = eval_step_jit(state.trainable, state.frozen, batch, state.constants)
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    return eval_metrics(jax.device_get(totals), eval_step_jit.terms)
+
+
+def eval_metrics(totals: dict, terms) -> dict:
+    """Means from the eval step's sums: `loss` (the evaluated terms weighted as in training,
+    at their final weights), each term's `loss/<name>` when there are several, each stat
+    normalized like its term, and `examples` (the task term's normalizer)."""
+    weights = {t.name: max(float(totals[f"weight/{t.name}"]), 1.0) for t in terms}
+    out = {"loss": sum(t.config.weight * float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
+                       for t in terms)}
+    if len(terms) > 1:
+        out.update({f"loss/{t.name}": float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
+                    for t in terms})
+    first = terms[0].name
+    for key, value in totals.items():
+        if key.startswith(("loss_sum", "weight")):
+            continue
+        owner = key.split("/", 1)[0] if "/" in key else first
+        out[key] = float(value) / weights.get(owner, weights[first])
+    out["examples"] = float(totals["weight"])
+    return out
+
+
+def evaluate_splits(exp, eval_step_jit, state: TrainState, splits: Sequence[str]) -> dict:
+    """{split: metrics} (and {split/source: metrics} with several sources) of `state`."""
+    results: dict[str, dict] = {}
+    for split in splits:
+        having = [s.name for s in exp.sources if split in s.splits]
+        if not having:
+            raise KeyError(f"no source has a {split!r} split; the run's splits are "
+                           f"{exp.splits}")
+        if len(exp.sources) == 1:
+            results[split] = evaluate(eval_step_jit, state, exp.placed_eval_batches(split))
+            continue
+        per_source = {name: evaluate(eval_step_jit, state, exp.placed_eval_batches(split, name))
+                      for name in having}
+        results[split] = macro_average(per_source.values())
+        results.update({f"{split}/{name}": metrics for name, metrics in per_source.items()})
+    return results
+
+
+def macro_average(results) -> dict:
+    """The mean of each metric over several sources' results (examples: their sum)."""
+    results = list(results)
+    keys = [k for k in results[0] if all(k in r for r in results)]
+    out = {k: sum(r[k] for r in results) / len(results) for k in keys if k != "examples"}
+    out["examples"] = sum(r.get("examples", 0.0) for r in results)
+    return out

@@ -1,0 +1,49 @@
+"""A finished or interrupted run, rebuilt from its directory (for eval, export, generation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftjax.data import ROLES
+from ftjax.io.checkpoint import Checkpointer
+from ftjax.train.config import config_from_dict
+from ftjax.train.experiment import build_experiment
+
+# What a run saved about its data (ftjax.data.data_facts), beside config.json.
+DATA_FACTS = "data.json"
+
+
+def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool = False):
+    """(experiment, Restored) of an `ftjax train` run directory: the experiment rebuilt from
+    `cfg` (default: the run's saved config.json) and its latest (or best) checkpoint.
+
+    The saved config's `mesh` block is not reused: the run may have been trained on another
+    machine's devices, and the checkpoint restores onto any mesh. Without `cfg` the default mesh
+    (data parallel over this machine's devices) is used; pass a cfg to choose one.
+    full_precision: rebuild the frozen leaves at the run's param_dtype even if it trained with a
+    lower model.frozen_dtype (they are the pretrained weights; checkpoints never hold them), for
+    export and generation.
+    """
+    workdir = Path(workdir)
+    if cfg is None:
+        config_file = workdir / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{workdir} has no config.json: is it an `ftjax train` workdir?")
+        values = json.loads(config_file.read_text())
+        values.pop("mesh", None)  # the schema's default mesh: whatever devices are here
+        cfg = config_from_dict(values, str(config_file))
+    if full_precision and cfg.model.frozen_dtype is not None:
+        cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.model.to_dict(),
+                                                           "frozen_dtype": None}}, str(workdir))
+    facts_file = workdir / DATA_FACTS
+    facts = json.loads(facts_file.read_text()) if facts_file.is_file() else None
+    # With the saved facts (label names, train sizes) the train split need not be read.
+    roles = ("validation", "test") if facts is not None else ROLES
+    exp = build_experiment(cfg, roles=roles, data_facts=facts)
+    ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints)
+    restored = ckpt.restore(exp.state, best=best)
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in {workdir}")
+    return exp, restored
