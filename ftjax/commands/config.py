@@ -3,8 +3,9 @@ each key's help; keys that differ from the schema's default are marked with `*`.
 
 from __future__ import annotations
 
-import sys
 import textwrap
+
+from ftjax.commands.errors import fail, user_errors
 
 
 def add_arguments(parser) -> None:
@@ -33,13 +34,11 @@ def render(cfg, *, with_help: bool = True, width: int = 100) -> str:
 
 
 def run(args) -> int:
-    from ftjax.settings import ConfigError
     from ftjax.train.config import load_config
 
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as err:
-        print(f"ftjax config: {err}", file=sys.stderr)
-        return 2
+    except user_errors() as err:
+        return fail("config", err)
     print(render(cfg, with_help=not args.no_help))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ftjax.commands.errors import USAGE_ERROR, fail, user_errors
 from ftjax.commands.train import add_distributed_argument, init_distributed
 
 
@@ -19,23 +20,21 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if not init_distributed(args):
-        return 2
-    from ftjax.train.config import ConfigError, load_config
+        return USAGE_ERROR
+    from ftjax.train.config import load_config
     from ftjax.train.evaluation import evaluate_splits
     from ftjax.train.restore import restore_run
 
     try:
         cfg = load_config(args.config, args.set)
         exp, restored = restore_run(args.workdir, best=args.best, cfg=cfg)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"ftjax eval: {err}")
-        return 2
+    except user_errors() as err:
+        return fail("eval", err)
     eval_step = exp.jit_eval_step()
     splits = args.split or [s for s in ("validation", "test") if s in exp.splits]
     unknown = [s for s in splits if s not in exp.splits]
     if unknown:
-        print(f"ftjax eval: unknown split(s) {unknown}; have {sorted(exp.splits)}")
-        return 2
+        return fail("eval", ValueError(f"unknown split(s) {unknown}; have {exp.splits}"))
     results = evaluate_splits(exp, eval_step, restored.state, splits)
     print(json.dumps({"step": restored.step, "eval": results}, indent=2))
     return 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
+
+from ftjax.commands.errors import USAGE_ERROR, fail, user_errors
 
 
 def add_arguments(parser) -> None:
@@ -41,29 +44,24 @@ def init_distributed(args) -> bool:
         try:
             initialize_distributed(**explicit)
         except ValueError as err:  # jax's "Number of processes must be defined", a bad id
-            print(f"ftjax {args.command}: multi-host set-up: {err}")
+            print(f"ftjax {args.command}: multi-host set-up: {err}", file=sys.stderr)
             return False
     return True
 
 
 def run(args) -> int:
     if not init_distributed(args):
-        return 2
-    from ftjax.train.config import ConfigError, load_config
+        return USAGE_ERROR
+    from ftjax.train.config import load_config
     from ftjax.train.loop import NonFiniteLossError, train
 
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as err:
-        print(f"ftjax train: {err}")
-        return 2
-    try:
         result = train(cfg, args.workdir, quiet=args.quiet)
-    except ConfigError as err:  # e.g. a mesh that does not fit the devices or the batch
-        print(f"ftjax train: {err}")
-        return 2
+    except user_errors() as err:
+        return fail("train", err)
     except NonFiniteLossError as err:
-        print(f"ftjax train: {err}")
+        print(f"ftjax train: {err}", file=sys.stderr)
         return 1
     if result.interrupted:
         return 130

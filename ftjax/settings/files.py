@@ -94,6 +94,7 @@ def load_config(path: str | os.PathLike, overrides: list[str], schema: Schema,
     schema.fill(cfg)
     merged = apply_overrides(cfg, list(overrides), schema)
     schema.check(merged, f"{path} (after overrides)")
+    schema.fill(merged)  # keys of map entries the overrides created
     validate(merged)
     merged.lock()
     return merged

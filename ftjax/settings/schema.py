@@ -221,10 +221,9 @@ class Schema:
             if name not in entries and i + 2 < len(parts):
                 with entries.unlocked():
                     entries[name] = ml_collections.ConfigDict()
-                _fill(entries[name], _entry_type(spec, name, {}))
             if name not in entries:
                 return
-            node, cls = entries[name], _entry_type(spec, name, entries[name])
+            node, cls = entries[name], _entry_type_or_base(spec, name, entries[name])
             parts_left = parts[i + 2:]
             if len(parts_left) <= 1:
                 return
@@ -246,6 +245,15 @@ class Schema:
 def _entry_type(key: Key, name: str, values: Any) -> type:
     values = values.to_dict() if hasattr(values, "to_dict") else dict(values or {})
     return key.entry(name, values) if key.entry is not None else key.type
+
+
+def _entry_type_or_base(key: Key, name: str, values: Any) -> type:
+    """The entry's type, or the map's own value type while the entry does not say yet (an
+    override creating `losses.new` sets its `kind` first); `check` reports a bad entry."""
+    try:
+        return _entry_type(key, name, values)
+    except (ValueError, KeyError, ImportError):
+        return key.type
 
 
 def _placeholder(key: Key) -> Any:
@@ -285,7 +293,7 @@ def _fill(cfg: ml_collections.ConfigDict, cls: type) -> None:
                 for name in list(cfg[key.name].keys()):
                     entry = cfg[key.name][name]
                     if isinstance(entry, ml_collections.ConfigDict):
-                        _fill(entry, _entry_type(key, name, entry))
+                        _fill(entry, _entry_type_or_base(key, name, entry))
 
 
 def _check(cfg: Any, cls: type, prefix: str, errors: list[str]) -> None:
@@ -334,7 +342,7 @@ def _collect(cls: type, prefix: str, cfg: Any, out: dict[str, Key]) -> None:
         elif key.kind == "map":
             entries = cfg[key.name] if cfg is not None and key.name in cfg else {}
             for name in entries.keys():
-                _collect(_entry_type(key, name, entries[name]), f"{path}.{name}.",
+                _collect(_entry_type_or_base(key, name, entries[name]), f"{path}.{name}.",
                          entries[name], out)
         else:
             out[path] = key

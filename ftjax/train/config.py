@@ -31,6 +31,7 @@ from ftjax.peft import PEFT_METHODS, method_config
 from ftjax.peft.presets import METHODS, MethodConfig
 from ftjax.settings import ConfigError, Schema, files, setting
 from ftjax.settings.schema import block_keys
+from ftjax.utils.imports import import_object
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -166,6 +167,9 @@ def base_config() -> ml_collections.ConfigDict:
 def _check_across_blocks(run: RunConfig) -> None:
     """Checks that involve several blocks (each block checks its own values)."""
     parse_spec(run.rules)
+    for i, target in enumerate(run.hooks):
+        if not callable(import_object(target, f"hooks[{i}]")):
+            raise ValueError(f"hooks[{i}] {target!r} is not a class or function")
     if run.method == "custom" and not run.rules:
         raise ValueError("method='custom' trains what config key 'rules' says; it is empty")
     if run.method in PEFT_METHODS:  # the method's block builds its settings object
