@@ -160,8 +160,9 @@ def _save_adapter(cfg, exp: Experiment, state, out: Path) -> AdapterInfo | None:
     mask = trainability.trainable_mask(exp.resolved)
     if not cfg.save_adapter or all(bool(np.all(m)) for m in jax.tree.leaves(mask)):
         return None
+    # The run owns WORKDIR/adapter: resuming or re-running it replaces the directory (atomically).
     return save_adapter(out, exp.model, state.params, mask, base_name=cfg.model.name,
-                        method=cfg.method, step=int(state.step))
+                        method=cfg.method, step=int(state.step), overwrite=True)
 
 
 def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = None) -> RunResult:
