@@ -20,13 +20,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if not init_distributed(args):
         return 2
+    from ftjax.io import CheckpointError
     from ftjax.train.config import ConfigError, load_config
     from ftjax.train.experiment import evaluate, restore_run
 
     try:
         cfg = load_config(args.config, args.set)
         exp, restored = restore_run(args.workdir, best=args.best, cfg=cfg)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, CheckpointError) as err:
         print(f"ftjax eval: {err}")
         return 2
     eval_step = exp.jit_eval_step()

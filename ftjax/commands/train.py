@@ -49,6 +49,7 @@ def init_distributed(args) -> bool:
 def run(args) -> int:
     if not init_distributed(args):
         return 2
+    from ftjax.io import CheckpointError
     from ftjax.train.config import ConfigError, load_config
     from ftjax.train.loop import NonFiniteLossError, train
 
@@ -60,6 +61,9 @@ def run(args) -> int:
     try:
         result = train(cfg, args.workdir, quiet=args.quiet)
     except ConfigError as err:  # e.g. a mesh that does not fit the devices or the batch
+        print(f"ftjax train: {err}")
+        return 2
+    except CheckpointError as err:  # an unwritable workdir, a checkpoint of another config
         print(f"ftjax train: {err}")
         return 2
     except NonFiniteLossError as err:
