@@ -15,6 +15,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from ftjax.io import CheckpointError, load_pretrained, save_hf
+from ftjax.io.atomic_dir import OutputExistsError
 from ftjax.io.testing import random_params, tiny_tokenizer, write_llama_gguf
 from ftjax.models import HeadConfig, Model, preset
 
@@ -151,10 +152,15 @@ def test_sharded_index_naming_a_missing_shard(llama_dir):
 def test_single_file_beside_a_sharded_index_is_ambiguous(llama_dir, llama_params):
     (llama_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
     assert "holds both model.safetensors and model.safetensors.index.json" in _load_error(llama_dir)
+    # An export never writes beside what is there: refused, or with overwrite the directory
+    # is replaced whole (no stale index left for a reader to prefer).
     config_before = (llama_dir / "config.json").read_bytes()
-    with pytest.raises(CheckpointError, match="already holds a sharded checkpoint"):
+    with pytest.raises(OutputExistsError, match="not empty"):
         save_hf(preset("tiny-llama", rope_theta=5.0), llama_params, llama_dir)
     assert (llama_dir / "config.json").read_bytes() == config_before
+    save_hf(LLAMA, llama_params, llama_dir, tokenizer=tiny_tokenizer(LLAMA), overwrite=True)
+    assert not (llama_dir / "model.safetensors.index.json").exists()
+    assert load_pretrained(llama_dir).params["head"]["kernel"].shape == (31, 97)
 
 
 def test_no_weights_file(llama_dir):

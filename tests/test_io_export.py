@@ -240,3 +240,38 @@ def test_transformers_loads_our_exports(tiny, tmp_path, subtests):
         # Row scale ~27: see test_io_parity's tolerance note (fp32 rounding at this scale).
         allowed = max(1e-4, 1e-5 * np.abs(their_last).max())
         assert np.abs(their_last - our_last).max() <= allowed
+
+
+# -- output directories: whole or not at all (ftjax.io.atomic_dir) -------------------------------
+
+
+def test_atomic_dir_replaces_the_target_only_when_complete(tmp_path):
+    from ftjax.io.atomic_dir import OutputExistsError, atomic_dir
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:  # a missing target
+        (tmp / "a").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(OutputExistsError, match=r"out is not empty.*--overwrite"):
+        with atomic_dir(out):
+            pass
+    for failure in (OSError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(failure)):
+            with atomic_dir(out, overwrite=True) as tmp:
+                (tmp / "b").write_text("half")
+                raise failure
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+        assert sorted(p.name for p in out.iterdir()) == ["a"]
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    (tmp_path / "empty").mkdir()
+    with atomic_dir(tmp_path / "empty") as tmp:  # an empty directory is no one's files
+        (tmp / "c").write_text("3")
+    assert (tmp_path / "empty" / "c").read_text() == "3"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputExistsError, match="not a directory"):
+        with atomic_dir(tmp_path / "file", overwrite=True):
+            pass

@@ -6,21 +6,36 @@
   ftjax export --workdir RUN --format adapter --out DIR    the run's trainable delta (+ new head)
                                                            as an ftjax adapter-only checkpoint
 
+An export never writes over existing files: a non-empty --out is refused unless --overwrite is
+given, and every format is written into a temporary sibling directory that replaces --out only
+when complete (ftjax.io.atomic_dir), so a failed or killed export leaves --out as it was.
+
 Format hf writes the pretrained architecture, so a run's PEFT leaves must fold into its weights:
 LoRA and (IA)^3 do (ftjax.peft.merge_peft); adapters, prefix and prompt tuning add computation
-that architecture lacks, and exporting such a run is refused with a message saying so.
+that architecture lacks, and exporting such a run is refused with a message saying so. Format
+peft writes the LoRA leaves and a new task head (as peft's `modules_to_save`, where a transformers
+class has the head: ftjax.io.peft_format); a head or trained leaf it cannot hold is refused.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+# Where a head or leaf cannot go into the format asked for, these two can hold the run.
+_ALTERNATIVES = ("--format adapter keeps it (an ftjax adapter-only checkpoint), --format hf "
+                 "--backbone-only exports the fine-tuned backbone without it")
 
 
 def add_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="asset name or path of a pretrained model")
     source.add_argument("--workdir", help="a training run directory (its config.json + checkpoints)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True,
+                        help="output directory: missing or empty (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out; the old contents go only once the new "
+                             "export is complete")
     parser.add_argument("--format", choices=("hf", "peft", "adapter"), default="hf")
     parser.add_argument("--best", action="store_true", help="the best checkpoint, not the latest")
     parser.add_argument("--dtype", default=None, help="storage dtype of the written tensors")
@@ -28,50 +43,70 @@ def add_arguments(parser) -> None:
                         help="drop a task head HF format cannot hold (e.g. a new classifier)")
 
 
+def _refuse(message: str) -> int:
+    print(f"ftjax export: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args) -> int:
-    from ftjax.io import CheckpointError, load_pretrained, save_hf
+    from ftjax.assets import AssetError
+    from ftjax.io import CheckpointError
+    from ftjax.io.atomic_dir import OutputExistsError, check_target
 
-    out = Path(args.out)
+    # Input errors (a bad path, a non-empty --out, a head the format cannot hold, a directory
+    # that is not a run) are one line on stderr and exit status 2; nothing is written.
     try:
-        if args.model:
-            if args.format != "hf":
-                print(f"ftjax export: --format {args.format} needs the --workdir of a run")
-                return 2
+        return _export(args, check_target(args.out, overwrite=args.overwrite))
+    except (FileNotFoundError, NotADirectoryError, OutputExistsError, CheckpointError,
+            AssetError) as err:
+        return _refuse(str(err))
+
+
+def _export(args, out: Path) -> int:
+    from ftjax.io import load_pretrained, save_hf
+
+    if args.model:
+        if args.format != "hf":
+            return _refuse(f"--format {args.format} needs the --workdir of a run")
+        try:
             pretrained = load_pretrained(args.model, param_dtype="float32")
-            save_hf(pretrained.model, pretrained.params, out, tokenizer=pretrained.tokenizer,
-                    dtype=args.dtype)
-            print(f"wrote {args.model} to {out}")
-            return 0
-        refusal = _unmergeable_method(Path(args.workdir)) if args.format == "hf" else None
-        if refusal:
-            print(f"ftjax export: --format hf: {refusal}")
-            return 2
-        from ftjax.train.restore import restore_run
+        except ValueError as err:  # an unsupported or inconsistent checkpoint
+            return _refuse(str(err))
+        save_hf(pretrained.model, pretrained.params, out, tokenizer=pretrained.tokenizer,
+                dtype=args.dtype, overwrite=args.overwrite)
+        print(f"wrote {args.model} to {out}")
+        return 0
+    workdir = Path(args.workdir)
+    if not workdir.is_dir():
+        return _refuse(f"--workdir {workdir} is not a directory")
+    refusal = _unmergeable_method(workdir) if args.format == "hf" else None
+    if refusal:
+        return _refuse(f"--format hf: {refusal}")
+    from ftjax.train.restore import restore_run
 
-        exp, restored = restore_run(args.workdir, best=args.best, full_precision=True)
-        params, step = restored.state.params, restored.step
-    except (FileNotFoundError, CheckpointError, ValueError) as err:
-        print(f"ftjax export: {err}")
-        return 2
-
-    model, lora = exp.model, exp.model.config.lora
+    try:
+        exp, restored = restore_run(workdir, best=args.best, full_precision=True)
+    except ValueError as err:  # a config that no longer builds (ConfigError, DataError, ...)
+        return _refuse(str(err))
+    params, step = restored.state.params, restored.step
+    model = exp.model
+    mask = exp.mask
     if args.format == "adapter":
         from ftjax.io.adapter import save_adapter
-        from ftjax.optim import trainability
 
-        info = save_adapter(out, model, params, trainability.trainable_mask(exp.resolved),
-                            base_name=exp.cfg.model.name, method=exp.cfg.method, step=step)
+        info = save_adapter(out, model, params, mask, base_name=exp.cfg.model.name,
+                            method=exp.cfg.method, step=step, overwrite=args.overwrite)
         print(f"wrote the delta of step {step} ({info.num_params:,} parameters, "
               f"{info.num_bytes / 2**20:.2f} MiB) to {out}")
         return 0
     if args.format == "peft":
-        if lora is None or model.config.peft_methods != ("lora",):
-            print(f"ftjax export: --format peft exports a LoRA adapter; this run's method is "
-                  f"{exp.cfg.method!r}")
-            return 2
-        from ftjax.io.peft_format import save_peft
+        from ftjax.io.peft_format import peft_refusal, save_peft
 
-        save_peft(model, params, out)
+        refusal = peft_refusal(model, params, mask)
+        if refusal:
+            return _refuse(f"--format peft: {refusal}; {_ALTERNATIVES}")
+        save_peft(model, params, out, base_model_name_or_path=exp.cfg.model.name,
+                  trainable_mask=mask, overwrite=args.overwrite)
         print(f"wrote the LoRA adapter of step {step} to {out}")
         return 0
     merged = model.config.peft_methods
@@ -81,19 +116,14 @@ def run(args) -> int:
         try:
             model, params = merge_peft(model, params)
         except ValueError as err:
-            print(f"ftjax export: --format hf: {err}")
-            return 2
+            return _refuse(f"--format hf: {err}")
     if model.head_config.kind not in ("lm", "none"):
         if not args.backbone_only:
-            print(f"ftjax export: HF format holds no {model.head_config.kind!r} head of ours; "
-                  f"pass --backbone-only to export the fine-tuned backbone without it")
-            return 2
+            return _refuse(f"HF format holds no {model.head_config.kind!r} head of ours; pass "
+                           f"--backbone-only to export the fine-tuned backbone without it")
         params = {"backbone": params["backbone"]}
-    try:
-        save_hf(model, params, out, tokenizer=exp.tokenizer, dtype=args.dtype)
-    except CheckpointError as err:
-        print(f"ftjax export: {err}")
-        return 2
+    save_hf(model, params, out, tokenizer=exp.tokenizer, dtype=args.dtype,
+            overwrite=args.overwrite)
     print(f"wrote step {step} of {args.workdir} to {out}"
           + (f" ({', '.join(merged)} merged)" if merged else ""))
     return 0

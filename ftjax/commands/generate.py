@@ -103,6 +103,8 @@ def _with_adapter(pretrained, adapter_dir: str):
     adapter = Path(adapter_dir)
     if (adapter / CONFIG_FILE).is_file():  # HF PEFT format
         model, params = load_peft(pretrained.model, pretrained.params, adapter)
+        if model.head_config.kind != "lm":  # a classifier saved as peft's modules_to_save
+            raise ValueError(f"{adapter} holds a {model.head_config.kind!r} head, not an LM head")
         return model, params, pretrained.tokenizer
     if (adapter / "adapter" / META_FILE).is_file():  # a run that wrote its adapter-only file
         adapter = adapter / "adapter"

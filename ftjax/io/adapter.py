@@ -34,6 +34,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from ftjax.io.atomic_dir import atomic_dir
 from ftjax.io.loading import (
     CheckpointError,
     Conversion,
@@ -110,8 +111,11 @@ def delta_tree(model: Model, params: dict, trainable_mask: dict) -> dict:
 
 
 def save_adapter(out_dir: str | os.PathLike, model: Model, params: dict, trainable_mask: dict, *,
-                 base_name: str, method: str, step: int | None = None) -> AdapterInfo | None:
-    """Write the delta of `params` (see delta_tree) for `model` to `out_dir`, atomically.
+                 base_name: str, method: str, step: int | None = None,
+                 overwrite: bool = False) -> AdapterInfo | None:
+    """Write the delta of `params` (see delta_tree) for `model` to `out_dir`, atomically
+    (ftjax.io.atomic_dir): a non-empty `out_dir` is refused (OutputExistsError) unless
+    `overwrite`, and then replaced only once the new adapter is complete.
 
     With several processes every one must call this (the delta may be spread over all hosts'
     devices and is gathered); process 0 writes and gets the AdapterInfo, the others None.
@@ -135,16 +139,10 @@ def save_adapter(out_dir: str | os.PathLike, model: Model, params: dict, trainab
         "num_params": num_params,
         "step": step,
     }
-    # Write into a sibling temp dir and rename: a killed save never leaves half an adapter.
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        for child in out.iterdir():
-            child.unlink()
-        out.rmdir()
-    tmp.rename(out)
+    # Whole or not at all: a failed or killed save leaves `out` as it was.
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     return AdapterInfo(path=out, num_params=num_params,
                        num_bytes=(out / WEIGHTS_FILE).stat().st_size, leaves=len(tensors))
 

@@ -20,10 +20,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from ftjax.io.atomic_dir import atomic_dir
 from ftjax.io.hf_config import config_from_hf, config_to_hf, read_config_json
 from ftjax.io.loading import Checkpoint, CheckpointError, flatten
 from ftjax.io.names import NameMap, Rule, convert, transpose
-from ftjax.io.safetensors_io import check_writable, read_tensors, write_tensors
+from ftjax.io.safetensors_io import read_tensors, write_tensors
 from ftjax.io.tokenizer import Tokenizer
 from ftjax.models import BertConfig, LlamaConfig, Model
 from ftjax.models.config import BackboneConfig
@@ -119,6 +120,8 @@ def save_hf(
     out_dir: str | os.PathLike,
     tokenizer: Tokenizer | None = None,
     dtype: str | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write `params` as an HF checkpoint directory: config.json, model.safetensors, tokenizer.
 
@@ -126,6 +129,8 @@ def save_hf(
     params: {"backbone": ..., "head": ...} in either layer layout.
     dtype: storage dtype of the written tensors ("float32", "bfloat16", ...); None keeps the
       parameters' own dtype.
+    overwrite: replace a non-empty `out_dir` (only once the new directory is complete); without
+      it a non-empty `out_dir` is refused with OutputExistsError (ftjax.io.atomic_dir).
     Exports a Llama with its LM head (untied: `lm_head.weight`; tied: none) or a BERT encoder
     (`BertModel` names, no `bert.` prefix). Other heads are an error, not silently dropped.
     """
@@ -150,14 +155,14 @@ def save_hf(
             f"(PEFT leaves must be merged into the base weights before exporting)")
 
     out = Path(out_dir)
-    check_writable(out)  # before anything is written: a refused export changes nothing
-    out.mkdir(parents=True, exist_ok=True)
     stored_dtype = np.dtype(next(iter(tensors.values())).dtype).name
     hf_config = config_to_hf(config, dtype=stored_dtype)
-    (out / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
-    write_tensors(tensors, out)
-    if tokenizer is not None:
-        tokenizer.save(out)
+    # Whole or not at all: a refused or failed export leaves `out` as it was.
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        write_tensors(tensors, tmp)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
     return out
 
 

@@ -73,13 +73,6 @@ def _read_sharded(index: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def check_writable(model_dir: Path) -> None:
-    """Refuse to write a single file beside a sharded index that readers might prefer."""
-    if (model_dir / INDEX_FILE).exists():
-        raise CheckpointError(f"{model_dir} already holds a sharded checkpoint ({INDEX_FILE}); "
-                              f"write the export to an empty directory")
-
-
 def write_tensors(tensors: dict[str, np.ndarray], model_dir: Path) -> Path:
     """Write one `model.safetensors`; metadata format "pt" is what transformers expects."""
     path = model_dir / SINGLE_FILE

@@ -24,6 +24,9 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
     full_precision: rebuild the frozen leaves at the run's param_dtype even if it trained with a
     lower model.frozen_dtype (they are the pretrained weights; checkpoints never hold them), for
     export and generation.
+    A newer checkpoint that is corrupt or incomplete is skipped with a warning (see
+    Checkpointer.restore and Restored.skipped); one that does not fit the rebuilt state raises
+    IncompatibleCheckpointError.
     """
     workdir = Path(workdir)
     if cfg is None:
@@ -41,9 +44,12 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
     # With the saved facts (label names, train sizes) the train split need not be read.
     roles = ("validation", "test") if facts is not None else ROLES
     exp = build_experiment(cfg, roles=roles, data_facts=facts)
-    ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints)
-    restored = ckpt.restore(exp.state, best=best)
-    ckpt.close()
+    # Read only: a run directory may be read-only (shared, archived); nothing is written to it.
+    ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints, read_only=True)
+    try:
+        restored = ckpt.restore(exp.state, best=best)
+    finally:
+        ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in {workdir}")
     return exp, restored

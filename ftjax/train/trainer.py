@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import jax
 
 from ftjax import parallel
-from ftjax.io.checkpoint import Checkpointer
+from ftjax.io.checkpoint import Checkpointer, IncompatibleCheckpointError
 from ftjax.optim import trainability
 from ftjax.train.evaluation import evaluate_splits
 from ftjax.train.experiment import Experiment
@@ -153,7 +153,7 @@ class Trainer:
         restored = self.checkpoints.restore(self.state, iterator=self.data)
         if restored is not None:
             if restored.meta.get("base_hash") not in (None, self.exp.base_hash):
-                raise RuntimeError(
+                raise IncompatibleCheckpointError(
                     f"{self.workdir}: the checkpoint was trained on a different base model "
                     f"({restored.meta.get('model')}); use a fresh --workdir")
             self.state = restored.state

@@ -60,6 +60,7 @@ class FinalReport(Hook):
         exp = trainer.exp
         if not self.save_adapter or all(bool(np.all(m)) for m in jax.tree.leaves(exp.mask)):
             return None
+        # The run owns WORKDIR/adapter: resuming or re-running it replaces the directory.
         return save_adapter(trainer.workdir / "adapter", exp.model, trainer.state.params,
                             exp.mask, base_name=exp.cfg.model.name, method=exp.cfg.method,
-                            step=int(trainer.state.step))
+                            step=int(trainer.state.step), overwrite=True)
