@@ -21,7 +21,8 @@ from ftjax.io.checkpoint import (
     UnusableCheckpointError,
 )
 from ftjax.train.config import load_config
-from ftjax.train.experiment import build_experiment, restore_run
+from ftjax.train.experiment import build_experiment
+from ftjax.train.restore import restore_run
 from ftjax.train.loop import train
 
 OVERRIDES = ["method=lora", "eval_every=100"]  # checkpoints at steps 6 and 12
@@ -119,8 +120,9 @@ def test_resuming_with_another_config_is_a_clear_command_error(run, capsys):
     config, run_dir = run
     overrides = [arg for o in [*OVERRIDES, "lora.rank=4"] for arg in ("--set", o)]
     assert main(["train", str(config), "--workdir", str(run_dir), "--quiet", *overrides]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith("ftjax train: checkpoint ") and "this run (30, 4) float32" in out
+    err = capsys.readouterr().err
+    assert err.startswith("ftjax train: checkpoint ") and "this run (30, 4) float32" in err
+    assert err.count("\n") == 1
 
 
 def test_checkpoint_directory_under_a_file_fails_at_once(tmp_path):

@@ -118,10 +118,12 @@ def test_train_rewrites_its_own_adapter_directory(lora_run, tiny_bert_dir, tiny_
                                                   tmp_path):
     """WORKDIR/adapter belongs to the run: running the same command again replaces it."""
     config = write_tiny_config(tmp_path / "experiment.py", tiny_bert_dir, tiny_text_data)
-    cfg = load_config(config, ["method=lora", "steps=2", "checkpoint_every=1"])
+    # best_metric="": the adapter holds the last state (not a best one from the first run).
+    keep_last = ["method=lora", "checkpoint_every=1", "best_metric="]
+    cfg = load_config(config, ["steps=2", *keep_last])
     train(cfg, tmp_path / "run", quiet=True)
     first = (tmp_path / "run" / "adapter" / "adapter.json").read_text()
-    cfg = load_config(config, ["method=lora", "steps=3", "checkpoint_every=1"])
+    cfg = load_config(config, ["steps=3", *keep_last])
     train(cfg, tmp_path / "run", quiet=True)
     second = json.loads((tmp_path / "run" / "adapter" / "adapter.json").read_text())
     assert json.loads(first)["step"] == 2 and second["step"] == 3
