@@ -58,8 +58,11 @@ def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
 
 def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
                    task: TaskConfig) -> dict[str, SourceConfig]:
-    """The run's sources by name: the `sources` block, or the `data` block as one source."""
-    return dict(sources) if sources else {SINGLE_SOURCE: legacy_source(data, task)}
+    """The run's sources in name order (a source's index in batches is its place here): the
+    `sources` block, or the `data` block as one source."""
+    if not sources:
+        return {SINGLE_SOURCE: legacy_source(data, task)}
+    return {name: sources[name] for name in sorted(sources)}
 
 
 def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None) -> Task:

@@ -28,13 +28,13 @@ class FinalReport(Hook):
             return
         trainer.checkpoints.wait()
         exp, state, summary = trainer.exp, trainer.state, trainer.summary
-        kept_step, last = int(state.step), summary.get("last_eval", {})
-        result = {}
-        for split in exp.result_splits:
-            if last.get("step") == kept_step and split in last:
-                result[split] = last[split]  # these params were just evaluated
-            else:
-                result[split] = trainer.evaluate([split])[split]
+        last = summary.get("last_eval", {})
+        # An evaluation of these very parameters is reused (with its per-source entries).
+        reused = last if last.get("step") == int(state.step) else {}
+        missing = [split for split in exp.result_splits if split not in reused]
+        every = {**reused, **(trainer.evaluate(missing) if missing else {})}
+        result = {key: every[key] for key in every
+                  if key != "step" and key.split("/")[0] in exp.result_splits}
         summary["eval"] = result
         adapter = self._adapter(trainer)
         if adapter is not None:
