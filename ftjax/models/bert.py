@@ -33,7 +33,7 @@ from ftjax.nn.scan import attach_layer_scans, run_layers
 def _dense(cfg: BertConfig, features, axes, name):
     return Dense(
         features, axes, use_bias=True, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        lora=cfg.lora, ia3=cfg.ia3, name=name,
+        lora=cfg.lora, ia3=cfg.ia3, methods=cfg.dense_methods, name=name,
     )
 
 

@@ -82,6 +82,8 @@ class PolicyMixin:
     prefix: PrefixConfig | None = None  # trainable key/value prefixes in every attention layer
     prompt: PromptConfig | None = None  # a soft prompt prepended to the token embeddings
     ia3: IA3Config | None = None  # (IA)^3 scales on keys, values and the MLP activation
+    # Methods of ftjax.nn.dense_methods (each a DenseMethod): the extension point for new ones.
+    dense_methods: tuple = ()
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -96,7 +98,8 @@ class PolicyMixin:
 
     def without_peft(self):
         """The same config with every PEFT field cleared: the pretrained architecture."""
-        return dataclasses.replace(self, **{name: None for name in PEFT_FIELDS})
+        return dataclasses.replace(self, dense_methods=(),
+                                   **{name: None for name in PEFT_FIELDS})
 
     @property
     def peft_methods(self) -> tuple[str, ...]:

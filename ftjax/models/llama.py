@@ -64,7 +64,7 @@ class LlamaAttention(nn.Module):
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
         dense = lambda features, axes, name: Dense(  # noqa: E731
             features, axes, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-            lora=cfg.lora, ia3=cfg.ia3, name=name,
+            lora=cfg.lora, ia3=cfg.ia3, methods=cfg.dense_methods, name=name,
         )
         q = dense(N * H, ("embed", "heads"), "q_proj")(x_BTD, deterministic).reshape(B, T, N, H)
         k = dense(K * H, ("embed", "kv_heads"), "k_proj")(x_BTD, deterministic).reshape(B, T, K, H)
@@ -101,7 +101,7 @@ class LlamaMLP(nn.Module):
         cfg = self.config
         dense = lambda features, axes, name: Dense(  # noqa: E731
             features, axes, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-            lora=cfg.lora, ia3=cfg.ia3, name=name,
+            lora=cfg.lora, ia3=cfg.ia3, methods=cfg.dense_methods, name=name,
         )
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x_BTD, deterministic)
         up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x_BTD, deterministic)

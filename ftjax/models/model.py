@@ -65,7 +65,7 @@ class Model(nn.Module):
             if not cfg.tie_word_embeddings:
                 # The pretrained LM head is a LoRA candidate like any backbone projection.
                 self.head = Dense(cfg.vocab_size, ("embed", "vocab"), lora=cfg.lora, ia3=cfg.ia3,
-                                  **dtypes)
+                                  methods=cfg.dense_methods, **dtypes)
         elif head.kind in ("sequence", "verbalizer"):
             # A verbalizer is a sequence head; only its initial values differ (verbalizer_from_lm).
             self.head = SequenceClassificationHead(head, **dtypes)

@@ -38,6 +38,8 @@ class Dense(nn.Module):
       only matters then (LoRA dropout).
     ia3: when set and this module's path matches `ia3.targets`, the module also owns
       `ia3_scale` and rescales its input (feedforward modules) or its output (ftjax.nn.ia3).
+    methods: further PEFT methods (ftjax.nn.dense_methods.DenseMethod); each that targets this
+      module's path changes its output, in order, before (IA)^3's output scaling.
     """
 
     features: int
@@ -48,6 +50,7 @@ class Dense(nn.Module):
     kernel_init: Initializer = default_kernel_init
     lora: LoraConfig | None = None
     ia3: IA3Config | None = None
+    methods: tuple = ()
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
@@ -73,6 +76,9 @@ class Dense(nn.Module):
                 self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
+        for method in self.methods:
+            if method.targets_module(path):
+                y = method(self, x, y, deterministic)
         if ia3 and not ia3_input:
             y = y * ia3_scale(self, self.features, self.axes[1])
         return y

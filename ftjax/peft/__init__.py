@@ -25,6 +25,7 @@ from ftjax.peft.attach import (
     MERGEABLE,
     PEFT_LEAVES,
     PEFT_METHODS,
+    add_dense_method,
     add_lora,
     add_peft,
     dense_module_paths,
@@ -46,7 +47,7 @@ from ftjax.utils.tree import insert_leaves, split_leaves
 __all__ = [
     "METHODS", "SUGGESTED_LEARNING_RATES", "MethodConfig", "method_spec",
     "DEFAULT_TARGETS", "MERGEABLE", "PEFT_LEAVES", "PEFT_METHODS", "AdapterConfig", "IA3Config",
-    "LoraConfig", "PrefixConfig", "PromptConfig", "add_lora", "add_peft", "apply_mixed",
+    "LoraConfig", "PrefixConfig", "PromptConfig", "add_dense_method", "add_lora", "add_peft", "apply_mixed",
     "dense_module_paths", "fold_prefix", "insert_leaves", "insert_lora", "lora_only",
     "lora_paths", "merge", "merge_peft", "method_config", "num_adapters", "select_adapter",
     "split_leaves", "split_lora", "stack_adapters", "unmerge", "with_lora", "with_peft",

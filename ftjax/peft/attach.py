@@ -27,6 +27,7 @@ from ftjax.models.model import init_selected, param_shapes
 from ftjax.nn import ia3 as ia3_lib
 from ftjax.nn import lora as lora_lib
 from ftjax.nn.adapters import ADAPTER_LEAVES, AdapterConfig
+from ftjax.nn.dense_methods import DenseMethod
 from ftjax.nn.ia3 import IA3_LEAVES, IA3Config
 from ftjax.nn.lora import LORA_PATTERN, LoraConfig, lora_only, lora_paths
 from ftjax.nn.prefix import PREFIX_LEAVES, PrefixConfig
@@ -109,6 +110,27 @@ def add_peft(model, params: dict, method: str, config: Any, rng: jax.Array, *,
     return new_model, insert_leaves(params, fresh)
 
 
+def add_dense_method(model, params: dict, method: DenseMethod,
+                     rng: jax.Array) -> tuple[Any, dict]:
+    """Returns (model whose Dense layers also run `method`, params with its fresh leaves).
+
+    The extension point for a new PEFT method (ftjax.nn.dense_methods): only the leaves matching
+    `method.leaves` are initialized; a method that targets nothing is an error."""
+    if not any(method.targets_module(p) for p in dense_module_paths(model)):
+        raise ValueError(f"{type(method).__name__} targets {method.targets!r} match no module; "
+                         f"modules with a kernel are:\n  " + "\n  ".join(
+                             dense_module_paths(model)))
+    present = leaf_paths(split_leaves(params, method.leaves)[1])
+    if present:
+        raise ValueError(f"params already carry {type(method).__name__} leaves: {present[:4]}")
+    new_model = with_peft(model, dense_methods=(*model.config.dense_methods, method))
+    fresh = init_selected(new_model, rng, lambda p: split_leaves(p, method.leaves)[1])
+    if not leaf_paths(fresh):
+        raise ValueError(f"{type(method).__name__} added no leaf matching its `leaves` "
+                         f"{method.leaves!r}")
+    return new_model, insert_leaves(params, fresh)
+
+
 def add_lora(model, params: dict, config: LoraConfig, rng: jax.Array) -> tuple[Any, dict]:
     """Returns (model with LoRA, params with freshly initialized lora_a / lora_b leaves)."""
     if lora_only(params):
@@ -123,9 +145,10 @@ def merge_peft(model, params: dict) -> tuple[Any, dict]:
     architecture lacks cannot be merged: a ValueError names them."""
     cfg = model.config
     unmergeable = [m for m in cfg.peft_methods if m not in MERGEABLE]
+    unmergeable += [type(m).__name__ for m in cfg.dense_methods]
     if unmergeable:
-        names = [f"{cfg.adapter.kind} adapters" if m == "adapter" else f"{m} tuning"
-                 for m in unmergeable]
+        names = [f"{cfg.adapter.kind} adapters" if m == "adapter" else
+                 m if m not in cfg.peft_methods else f"{m} tuning" for m in unmergeable]
         raise ValueError(
             f"{', '.join(names)} cannot be merged into the pretrained architecture's weights "
             "(adapters add layers, prefix and prompt tuning add attention inputs), so no "

@@ -140,6 +140,10 @@ class RunConfig:
         help="loss terms by name, each a block of its term's settings (kind, weight, weight "
         "schedule, ...): the task term (ce / lm / mlm) and penalties (l1 / l2 / l2_sp) by "
         "their names, any other term by kind='module:Class' (ftjax.objectives)")
+    dense_methods: tuple[str, ...] = setting(
+        (), "PEFT methods of your own that live in Dense layers, each 'module:Name' of a "
+        "ftjax.nn.dense_methods.DenseMethod subclass (made with no arguments) or a function "
+        "returning one; their leaves are added to the model, and rules say what trains")
     hooks: tuple[str, ...] = setting(
         (), "extra Trainer hooks, each 'module:Name' of a Hook class (made with no arguments) "
         "or a function returning a hook (ftjax.train.hooks)")
@@ -167,9 +171,10 @@ def base_config() -> ml_collections.ConfigDict:
 def _check_across_blocks(run: RunConfig) -> None:
     """Checks that involve several blocks (each block checks its own values)."""
     parse_spec(run.rules)
-    for i, target in enumerate(run.hooks):
-        if not callable(import_object(target, f"hooks[{i}]")):
-            raise ValueError(f"hooks[{i}] {target!r} is not a class or function")
+    for key in ("hooks", "dense_methods"):
+        for i, target in enumerate(getattr(run, key)):
+            if not callable(import_object(target, f"{key}[{i}]")):
+                raise ValueError(f"{key}[{i}] {target!r} is not a class or function")
     if run.method == "custom" and not run.rules:
         raise ValueError("method='custom' trains what config key 'rules' says; it is empty")
     if run.method in PEFT_METHODS:  # the method's block builds its settings object

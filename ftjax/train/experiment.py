@@ -28,10 +28,11 @@ from ftjax.data import (
 from ftjax.io.checkpoint import params_shape_hash
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig, plan_for_model
+from ftjax.nn.dense_methods import DenseMethod
 from ftjax.objectives import LossTerm
 from ftjax.optim import learning_rate_fn, make_optimizer, trainability
 from ftjax.optim.rules import check_rules_match, parse_spec
-from ftjax.peft import PEFT_METHODS, add_peft, presets
+from ftjax.peft import PEFT_METHODS, add_dense_method, add_peft, presets
 from ftjax.settings import ConfigError
 from ftjax.train.config import typed
 from ftjax.train.state import TrainState, create_train_state, state_shardings
@@ -42,6 +43,7 @@ from ftjax.train.step import (
     make_train_step,
 )
 from ftjax.train.terms import terms_from_config
+from ftjax.utils.imports import import_object
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +166,18 @@ def method_args(cfg, num_train_examples: int) -> dict:
     return args
 
 
+def dense_methods(cfg) -> list[DenseMethod]:
+    """The config's `dense_methods`, each 'module:Name' of a DenseMethod subclass (made with no
+    arguments) or of a function returning one."""
+    methods = []
+    for target in cfg.dense_methods:
+        method = import_object(target, "dense method")()
+        if not isinstance(method, DenseMethod):
+            raise ConfigError(f"dense method {target!r} made {method!r}, not a DenseMethod")
+        methods.append(method)
+    return methods
+
+
 def peft_settings(cfg):
     """The config block of a PEFT method (`cfg.lora`, `cfg.adapter`, ...), as a dict."""
     field = PEFT_METHODS[cfg.method][0]
@@ -208,6 +222,10 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
             pretrained.model, pretrained.params, cfg.method, peft_settings(cfg),
             jax.random.key(cfg.seed), tokenizer=pretrained.tokenizer,
         )
+    for i, method in enumerate(dense_methods(cfg)):
+        pretrained.model, pretrained.params = add_dense_method(
+            pretrained.model, pretrained.params, method,
+            jax.random.fold_in(jax.random.key(cfg.seed), i + 1))
     params = pretrained.params
     base_hash = params_shape_hash(params)
     mesh = build_mesh(cfg)

@@ -124,7 +124,8 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
     model, tokenizer, config: handed to the terms (TermSetup) for their constants and states.
     """
     trainable, frozen = partition(params, trainable_mask)
-    trainable_sh = None if plan is None else partition(plan.params, trainable_mask)[0]
+    trainable_sh, frozen_sh = (None, None) if plan is None else partition(plan.params,
+                                                                          trainable_mask)
     like_trainable, replicated = _placers(plan, trainable_sh, trainable)
     # Before the params move into the state (donation): the terms copy what they keep.
     setup = TermSetup(params=params, mask=trainable_mask, trainable=trainable,
@@ -148,7 +149,6 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
         )
 
     rep = plan.replicated
-    frozen_sh = partition(plan.params, trainable_mask)[1]
     trainable = put(trainable, trainable_sh, donate=donate_params)
     frozen = put(frozen, frozen_sh, donate=donate_params)
     opt_sh = opt_state_shardings(tx, jax.eval_shape(tx.init, trainable), trainable,
