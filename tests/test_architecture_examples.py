@@ -77,3 +77,15 @@ def test_worked_example_runs(index, tmp_path, tiny_config_file, two_sources, mon
     for file_name, code in blocks:
         if file_name is None:
             exec(compile(code, f"ARCHITECTURE.md example {index + 1}", "exec"), dict(names))
+
+
+def test_the_readme_s_own_data_example_is_a_valid_config(tmp_path):
+    """The README's copy-paste experiment for a user's csv loads and checks as written."""
+    from ftjax.train.config import load_config
+
+    readme = (REPO / "README.md").read_text().split("## Your own data", 1)[1]
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "reviews_experiment.py").write_text(code)
+    cfg = load_config(tmp_path / "reviews_experiment.py")
+    assert cfg.sources.reviews.split_fractions == (0.8, 0.1, 0.1)
+    assert cfg.sources.reviews.labels == ("negative", "positive")

@@ -106,3 +106,24 @@ def test_trainability_rules_in_a_config_are_checked_where_written(tmp_path):
     assert parse_spec(cfg.rules) == spec
     again = config_from_dict(json.loads(json.dumps(cfg.to_dict())), "config.json")
     assert parse_spec(again.rules) == spec
+
+
+def test_config_show_prints_every_key_with_its_help_and_marks_changes(tmp_path, capsys):
+    from ftjax.cli import main
+    from ftjax.train.config import SCHEMA, base_config
+
+    path = _write(tmp_path, "    c.steps = 7\n")
+    assert main(["config", "show", str(path), "--set", "lora.rank=4"]) == 0
+    out = capsys.readouterr().out
+    assert "* steps = 7\n      # optimizer steps" in out
+    assert "* lora.rank = 4\n      # r, the inner dimension of A @ B" in out
+    assert "  seed = 0" in out  # unchanged keys are not marked
+    keys = [line.split(" = ")[0][2:] for line in out.splitlines() if " = " in line
+            and not line.startswith("      #")]
+    assert keys == list(SCHEMA.keys(base_config()))  # every key, in schema order
+    assert all(k.help for k in SCHEMA.keys().values()), [
+        name for name, k in SCHEMA.keys().items() if not k.help]
+    assert main(["config", "show", str(path), "--set", "lora.rnk=4"]) == 2
+    err = capsys.readouterr().err
+    assert err == "ftjax config: --set lora.rnk=4: unknown key 'lora.rnk'; did you mean " \
+                  "'lora.rank'?\n"
