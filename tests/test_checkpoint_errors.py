@@ -119,7 +119,11 @@ def test_resuming_with_another_config_is_a_clear_command_error(run, capsys):
 
     config, run_dir = run
     overrides = [arg for o in [*OVERRIDES, "lora.rank=4"] for arg in ("--set", o)]
-    assert main(["train", str(config), "--workdir", str(run_dir), "--quiet", *overrides]) == 2
+    args = ["train", str(config), "--workdir", str(run_dir), "--quiet", *overrides]
+    assert main(args) == 2  # the config change is refused first, by what differs
+    err = capsys.readouterr().err
+    assert "lora.rank: 8 -> 4" in err and err.count("\n") == 1
+    assert main([*args, "--allow-config-change"]) == 2  # allowed, the leaves still do not fit
     err = capsys.readouterr().err
     assert err.startswith("ftjax train: checkpoint ") and "this run (30, 4) float32" in err
     assert err.count("\n") == 1

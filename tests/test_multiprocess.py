@@ -212,4 +212,4 @@ def test_incomplete_multi_host_arguments_are_a_clear_error(command, args, messag
          str(tmp_path), *args], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"ftjax {command}: multi-host set-up:" in proc.stdout and message in proc.stdout
+    assert f"ftjax {command}: multi-host set-up:" in proc.stderr and message in proc.stderr

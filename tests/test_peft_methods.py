@@ -417,7 +417,7 @@ def test_train_loop_per_method_and_restore(method, tiny_config_file, tmp_path, c
             np.testing.assert_array_equal(dict(leaf_paths(exported))[path], value, err_msg=path)
     else:
         assert code == 2 and not out.exists()
-        assert "'houlsby' cannot be merged" in capsys.readouterr().out
+        assert "'houlsby' cannot be merged" in capsys.readouterr().err
 
 
 def test_config_blocks_are_strict():

@@ -15,6 +15,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set optimizer.learning_rate=1e-4")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even though the config changes what is trained (method, "
+                             "model, data, optimizer ...); by default such a resume is refused")
+    parser.add_argument("--allow-inexact-resume", action="store_true",
+                        help="resume from a checkpoint without this process's data position "
+                             "(the input stream restarts)")
     add_distributed_argument(parser)
 
 
@@ -57,7 +63,9 @@ def run(args) -> int:
 
     try:
         cfg = load_config(args.config, args.set)
-        result = train(cfg, args.workdir, quiet=args.quiet)
+        result = train(cfg, args.workdir, quiet=args.quiet,
+                       allow_config_change=args.allow_config_change,
+                       allow_inexact_resume=args.allow_inexact_resume)
     except user_errors() as err:
         return fail("train", err)
     except NonFiniteLossError as err:

@@ -171,6 +171,17 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    def saved_meta(self) -> dict | None:
+        """The meta item (config, base model) of the newest latest-checkpoint whose meta reads,
+        without restoring any array: what a resume checks before it restores."""
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                return json.loads((Path(self.latest.directory) / str(step) / "meta" /
+                                   "metadata").read_text())
+            except (OSError, UnicodeDecodeError, ValueError):
+                continue
+        return None
+
     def best_step(self) -> int | None:
         return self.best.latest_step()
 

@@ -16,8 +16,13 @@ __all__ = ["NonFiniteLossError", "RunResult", "train"]
 
 
 def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = None,
-          hooks: Sequence[Hook] = ()) -> RunResult:
+          hooks: Sequence[Hook] = (), allow_config_change: bool = False,
+          allow_inexact_resume: bool = False) -> RunResult:
     """Train (or resume) `cfg` in `workdir`. The experiment is built, and its data checked,
-    before anything is written to the workdir."""
+    before anything is written to the workdir. Resuming with a config that changes what is
+    trained, or from a checkpoint without this process's data position, is refused unless
+    allowed (ftjax.train.workdir)."""
     exp = experiment or build_experiment(cfg)
-    return Trainer(exp, Path(workdir), hooks=hooks, quiet=quiet).fit()
+    return Trainer(exp, Path(workdir), hooks=hooks, quiet=quiet,
+                   allow_config_change=allow_config_change,
+                   allow_inexact_resume=allow_inexact_resume).fit()

@@ -36,6 +36,7 @@ from ftjax.train.hooks import (
 )
 from ftjax.train.logging import MetricsWriter, NoMetrics, Progress
 from ftjax.train.restore import DATA_FACTS
+from ftjax.train.workdir import ResumeError, WorkdirLock, check_fresh_start, check_resume
 from ftjax.train.step import compiled_memory
 from ftjax.utils.jsonio import write_json
 
@@ -64,12 +65,17 @@ class Trainer:
     at the end: hooks fill it), and the methods `say`, `evaluate`, `save`."""
 
     def __init__(self, experiment: Experiment, workdir, *, hooks: Sequence[Hook] = (),
-                 quiet: bool = False, defaults: bool = True):
+                 quiet: bool = False, defaults: bool = True, allow_config_change: bool = False,
+                 allow_inexact_resume: bool = False):
         self.exp, self.cfg = experiment, experiment.cfg
         self.workdir = Path(workdir)
         self.hooks = [*(default_hooks(self.cfg) if defaults else ()),
                       *hooks_from_config(self.cfg), *hooks]
         self.quiet = quiet
+        # Resuming a workdir: a config that changes what trains, or a checkpoint without this
+        # process's data position, is refused unless allowed (ftjax.train.workdir).
+        self.allow_config_change = allow_config_change
+        self.allow_inexact_resume = allow_inexact_resume
         self.state = experiment.state
         self.primary = parallel.is_primary()
         self.summary: dict[str, Any] = {}
@@ -147,41 +153,84 @@ class Trainer:
     # Set-up and clean-up
 
     def _set_up(self) -> None:
+        """Lock the workdir, restore its checkpoint (guarded: the same run, an exact data
+        position), write the run's files and open its logs. The lock is released on failure."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints = Checkpointer(self.workdir, keep=self.cfg.keep_checkpoints)
-        self.data = self.exp.train_iterator()
-        restored = self.checkpoints.restore(self.state, iterator=self.data)
-        if restored is not None:
-            if restored.meta.get("base_hash") not in (None, self.exp.base_hash):
-                raise IncompatibleCheckpointError(
-                    f"{self.workdir}: the checkpoint was trained on a different base model "
-                    f"({restored.meta.get('model')}); use a fresh --workdir")
-            self.state = restored.state
-            self._load_hook_states(restored.meta.get("hooks", {}))
-        self.start_step = int(self.state.step)
-        self.step = self.exp.jit_train_step()
-        self.eval_step = self.exp.jit_eval_step()
-        report = trainability.report(self.state.param_shapes(), self.exp.resolved,
-                                     self.state.opt_state)
-        self.summary["params"] = {"trainable": report["trainable"], "total": report["total"]}
-        if self.primary:  # with several processes, process 0 alone writes the run's files
-            write_json(self.workdir / "params_report.json", report)
-            write_json(self.workdir / "config.json", self.cfg.to_dict())
-            write_json(self.workdir / DATA_FACTS, self.exp.data_facts())
-            write_json(self.workdir / "sharding.json", self.exp.plan.describe())
+        # With several processes, process 0 alone writes the run's files (and holds the lock).
+        self.lock = WorkdirLock(self.workdir).acquire() if self.primary else None
+        try:
+            notes = self._restore()
+            report = self._write_run_files()
+        except BaseException:
+            self._release()
+            raise
         self.log = MetricsWriter(self.workdir, resume_step=self.start_step) if self.primary \
             else NoMetrics()
         self.progress = Progress(self.cfg.steps, self.start_step, quiet=self.quiet,
                                  process=jax.process_index() if jax.process_count() > 1
                                  else None)
-        if restored is None:
+        if self.start_step == 0:
             self.say(trainability.format_report(report))
-            return
-        self.say(f"resumed from step {self.start_step} in {self.workdir}", every_process=True)
+        for note, every_process in notes:
+            self.say(note, every_process=every_process)
+
+    def _restore(self) -> list[tuple[str, bool]]:
+        """The latest checkpoint into the state; what to say about it."""
+        notes = []
+        if self.lock is not None and self.lock.taken_over:
+            owner = self.lock.taken_over
+            notes.append((f"took over the lock of pid {owner.get('pid')} on {owner.get('host')} "
+                          f"(that process is gone)", False))
+        self.checkpoints = Checkpointer(self.workdir, keep=self.cfg.keep_checkpoints)
+        # The saved config and base are compared before any array is restored: a run that
+        # would train something else is refused by what differs, not by a leaf that no longer
+        # fits.
+        meta = self.checkpoints.saved_meta() or {}
+        changes = check_resume(self.workdir, meta.get("config"), self.cfg.to_dict(),
+                               allow=self.allow_config_change)
+        if meta.get("base_hash") not in (None, self.exp.base_hash) and not changes:
+            raise IncompatibleCheckpointError(
+                f"{self.workdir}: the checkpoint was trained on a different base model "
+                f"({meta.get('model')}); use a fresh --workdir")
+        self.data = self.exp.train_iterator()
+        restored = self.checkpoints.restore(self.state, iterator=self.data)
+        if restored is None:
+            if self.primary:
+                check_fresh_start(self.workdir)
+            self.start_step = 0
+            return notes
+        if not restored.iterator_restored and not self.allow_inexact_resume:
+            raise ResumeError(
+                f"{self.workdir}: checkpoint {restored.step} holds no data position for process "
+                f"{jax.process_index()} (saved by another number of processes?), so the resumed "
+                f"run would not see the data it would have; pass --allow-inexact-resume to "
+                f"restart the input stream")
+        self.state = restored.state
+        self._load_hook_states(restored.meta.get("hooks", {}))
+        self.start_step = int(self.state.step)
+        notes.append((f"resumed from step {self.start_step} in {self.workdir}", True))
+        notes += [(f"config changed since the checkpoint: {c}", False) for c in changes]
         if not restored.iterator_restored:
-            self.say("the checkpoint holds no data position for this process (saved by "
-                     "another number of processes?): the input stream starts afresh",
-                     every_process=True)
+            notes.append(("the input stream starts afresh (--allow-inexact-resume)", True))
+        return notes
+
+    def _write_run_files(self) -> dict:
+        """Compile handles, the parameter report (returned) and the run's JSON files."""
+        self.step = self.exp.jit_train_step()
+        self.eval_step = self.exp.jit_eval_step()
+        report = trainability.report(self.state.param_shapes(), self.exp.resolved,
+                                     self.state.opt_state)
+        self.summary["params"] = {"trainable": report["trainable"], "total": report["total"]}
+        if self.primary:
+            write_json(self.workdir / "params_report.json", report)
+            write_json(self.workdir / "config.json", self.cfg.to_dict())
+            write_json(self.workdir / DATA_FACTS, self.exp.data_facts())
+            write_json(self.workdir / "sharding.json", self.exp.plan.describe())
+        return report
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def _hook_states(self) -> dict:
         return {type(h).__name__: h.state_dict() for h in self.hooks if hasattr(h, "state_dict")}
@@ -192,10 +241,13 @@ class Trainer:
                 hook.load_state_dict(states[type(hook).__name__])
 
     def _close(self) -> None:
-        self.checkpoints.wait()
-        self.checkpoints.close()
-        self.progress.close()
-        self.log.close()
+        try:
+            self.checkpoints.wait()
+            self.checkpoints.close()
+            self.progress.close()
+            self.log.close()
+        finally:
+            self._release()
 
     def _result(self, outcome: str) -> RunResult:
         s = self.summary
