@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import write_tiny_config
 
 from ftjax.objectives import LossTerm, TermConfig, TermValue
 from ftjax.settings import ConfigError, setting
@@ -66,9 +67,25 @@ def _predicted_share(result, target=1):
     return float(np.mean(np.asarray(preds) == target))
 
 
-def test_a_term_of_our_own_changes_training_and_is_logged(tiny_config_file, tmp_path):
-    base = ["steps=6", "eval_every=6", "checkpoint_every=6"]
-    plain = train(load_config(tiny_config_file, base), tmp_path / "plain", quiet=True)
+BASE = ["steps=6", "eval_every=6", "checkpoint_every=6"]
+
+
+@pytest.fixture(scope="module")
+def module_config(tmp_path_factory, tiny_bert_dir, tiny_text_data):
+    return write_tiny_config(tmp_path_factory.mktemp("cfg") / "tiny.py", tiny_bert_dir,
+                             tiny_text_data)
+
+
+@pytest.fixture(scope="module")
+def plain(module_config, tmp_path_factory):
+    """The run without any term of ours, shared by the comparisons."""
+    workdir = tmp_path_factory.mktemp("plain")
+    return train(load_config(module_config, BASE), workdir, quiet=True), workdir
+
+
+def test_a_term_of_our_own_changes_training_and_is_logged(module_config, plain, tmp_path):
+    tiny_config_file, base = module_config, BASE
+    plain = plain[0]
     pushed = train(load_config(tiny_config_file, base + [
         "losses.push.kind=test_loss_terms:PushClass", "losses.push.weight=5.0",
         "losses.push.target=1"]), tmp_path / "push", quiet=True)
@@ -80,16 +97,15 @@ def test_a_term_of_our_own_changes_training_and_is_logged(tiny_config_file, tmp_
     assert [t.name for t in pushed.experiment.terms] == ["ce", "push"]
 
 
-def test_a_term_at_weight_zero_changes_nothing(tiny_config_file, tmp_path):
-    base = ["steps=4", "eval_every=4", "checkpoint_every=4"]
-    plain = train(load_config(tiny_config_file, base), tmp_path / "plain", quiet=True)
-    zero = train(load_config(tiny_config_file, base + [
+def test_a_term_at_weight_zero_changes_nothing(module_config, plain, tmp_path):
+    plain, plain_dir = plain
+    zero = train(load_config(module_config, BASE + [
         "losses.push.kind=test_loss_terms:PushClass", "losses.push.weight=0.0"]),
         tmp_path / "zero", quiet=True)
     for a, b in zip(jax.tree.leaves(plain.state.trainable), jax.tree.leaves(zero.state.trainable)):
         np.testing.assert_array_equal(a, b)
     losses = lambda w: [r["loss"] for r in _rows(w) if "split" not in r]  # noqa: E731
-    assert losses(tmp_path / "plain") == losses(tmp_path / "zero")
+    assert losses(plain_dir) == losses(tmp_path / "zero")
 
 
 def test_a_scheduled_weight_ramps_without_recompiling(tiny_config_file, tmp_path):

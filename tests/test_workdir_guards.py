@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_config
 
 from ftjax.cli import main
 from ftjax.train.config import load_config
@@ -28,11 +29,20 @@ def _digest(directory: Path) -> dict:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def pristine_run(tmp_path_factory, tiny_bert_dir, tiny_text_data):
+    root = tmp_path_factory.mktemp("pristine")
+    config = write_tiny_config(root / "tiny.py", tiny_bert_dir, tiny_text_data)
+    train(load_config(config, SHORT), root / "run", quiet=True)
+    return config, root / "run"
+
+
 @pytest.fixture
-def finished_run(tiny_config_file, tmp_path):
-    workdir = tmp_path / "run"
-    train(load_config(tiny_config_file, SHORT), workdir, quiet=True)
-    return tiny_config_file, workdir
+def finished_run(pristine_run, tmp_path):
+    """A copy of one finished 4-step run, for each test to change."""
+    config, source = pristine_run
+    shutil.copytree(source, tmp_path / "run")
+    return config, tmp_path / "run"
 
 
 def test_a_changed_method_is_refused_and_the_checkpoints_are_untouched(finished_run, capsys):
