@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ftjax.commands.errors import fail, user_errors
+
 # method -> overrides. The fewer parameters a method trains, the larger its step: a linear probe
 # trains only a fresh head. Gradual unfreezing opens one more block every 30 of the 300 steps
 # (head first, embeddings last), so everything trains for the last ~90 steps.
@@ -68,9 +70,11 @@ def run(args) -> int:
 
     rows = []
     for method in args.methods:
-        cfg = load_config(experiment_path(), DEMO_RUNS[method] + args.set)
         workdir = Path(args.workdir) / method
-        result = train(cfg, workdir, quiet=False)
+        try:
+            result = train(load_config(experiment_path(), DEMO_RUNS[method] + args.set), workdir)
+        except user_errors() as err:
+            return fail("demo", err)
         if result.interrupted:
             return 130
         report = json.loads((workdir / "params_report.json").read_text())

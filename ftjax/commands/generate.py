@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-USAGE_ERROR = 2
+from ftjax.commands.errors import fail
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,8 +130,7 @@ def run(args: argparse.Namespace) -> int:
         _check(args)
         sampling = _sampling(args)
     except UsageError as err:
-        print(f"ftjax generate: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+        return fail("generate", err)
 
     start = time.perf_counter()
     try:
@@ -141,8 +140,7 @@ def run(args: argparse.Namespace) -> int:
             model, params, tokenizer = _with_adapter(pretrained, args.adapter)
     except (OSError, ValueError, KeyError) as err:  # unreadable / unsupported checkpoint
         what = f"{args.model!r}" + (f" with adapter {args.adapter!r}" if args.adapter else "")
-        print(f"ftjax generate: error: cannot load {what}: {err}", file=sys.stderr)
-        return USAGE_ERROR
+        return fail("generate", ValueError(f"cannot load {what}: {err}"))
     load_seconds = time.perf_counter() - start
 
     from ftjax.generate import complete
@@ -153,8 +151,7 @@ def run(args: argparse.Namespace) -> int:
             sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat,
             system=args.system, warmup=args.stats)
     except ValueError as err:  # e.g. prompt + max-new-tokens longer than the model's context
-        print(f"ftjax generate: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+        return fail("generate", err)
 
     for text in texts:
         print(text)

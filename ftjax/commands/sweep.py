@@ -6,7 +6,10 @@ then writes its table (Markdown, CSV, JSON) and plots (PNG). Rerunning skips fin
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+from ftjax.commands.errors import fail, user_errors
 
 
 def add_arguments(parser) -> None:
@@ -32,13 +35,11 @@ def run(args) -> int:
     import dataclasses
 
     from ftjax.sweep.plan import load_sweep
-    from ftjax.train.config import ConfigError
 
     try:
         sweep = load_sweep(args.config, args.set)
-    except ConfigError as err:
-        print(f"ftjax sweep: {err}")
-        return 2
+    except user_errors() as err:
+        return fail("sweep", err)
     if args.workdir:
         sweep = dataclasses.replace(sweep, workdir=Path(args.workdir))
     out = Path(args.out) if args.out else sweep.results_dir
@@ -68,11 +69,11 @@ def run(args) -> int:
         try:
             records = run_all.run_all()
         except runner.SweepInterrupted as err:
-            print(f"ftjax sweep: {err}; run the same command to continue")
+            print(f"ftjax sweep: {err}; run the same command to continue", file=sys.stderr)
             return 130
         except KeyboardInterrupt:  # outside a train step (setup, evaluation): nothing to save
             print("ftjax sweep: interrupted; run the same command to continue (the current run "
-                  "starts again)")
+                  "starts again)", file=sys.stderr)
             return 130
         print(f"{run_all.ran} runs trained, {run_all.skipped} finished before", flush=True)
     rows = select.summarize(records, [t.name for t in sweep.tasks], sweep.methods, sweep.seeds)

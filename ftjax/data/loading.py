@@ -222,6 +222,9 @@ def _split_path(config: SourceConfig, split: str) -> str:
 
 def _split_file(name: str, config: SourceConfig, role: str, split: str) -> Path:
     path = Path(_split_path(config, split))
+    if path.is_dir():
+        raise MissingSplitError(f"source {name!r}: the {role} split {split!r} reads {path}, a "
+                                f"directory: give a file, or a pattern with {SPLIT_PLACEHOLDER}")
     if not path.is_file():
         hint = "" if role == "train" else (
             f"; set {role}_split=None if the source has no {role} split")

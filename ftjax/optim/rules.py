@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from ftjax.settings import ConfigError
 from ftjax.utils.paths import canonical_layer_paths, is_stacked, path_str
 
 # A layer that never trains starts at this step: far beyond any run, and still an int32.
@@ -99,13 +100,12 @@ class UnmatchedParamsError(ValueError):
 
     def __init__(self, paths: list[str], num_rules: int):
         self.paths = paths
-        listing = "\n  ".join(paths)
+        shown = ", ".join(paths)
         super().__init__(
             f"{len(paths)} parameter path(s) match none of the {num_rules} trainability rule(s) "
-            f"(patterns use re.fullmatch, first match wins):\n  {listing}\n"
-            "Add a rule for them, or end the spec with a catch-all: "
-            "('.*', Rule(frozen=True)) to freeze the rest, or ('.*', Rule()) to train it."
-        )
+            f"(patterns use re.fullmatch, first match wins): {shown}. Add a rule for them, or "
+            f"end the spec with a catch-all: ('.*', 'frozen') to freeze the rest, or "
+            f"('.*', 'train') to train it")
 
 
 def _compile(spec: Sequence[tuple[str, Rule]]) -> list[tuple[re.Pattern, Rule]]:
@@ -192,7 +192,7 @@ def check_rules_match(spec: Spec, params: Any, where: str = "rules") -> None:
         compiled = re.compile(pattern)
         if not any(compiled.fullmatch(p) for p in paths):
             close = difflib.get_close_matches(pattern, paths, n=3, cutoff=0.0)
-            raise ValueError(
+            raise ConfigError(
                 f"{where}[{i}]: pattern {pattern!r} matches no parameter (patterns use "
                 f"re.fullmatch over paths like {', '.join(repr(p) for p in close)})")
 

@@ -118,8 +118,7 @@ def add_dense_method(model, params: dict, method: DenseMethod,
     `method.leaves` are initialized; a method that targets nothing is an error."""
     if not any(method.targets_module(p) for p in dense_module_paths(model)):
         raise ValueError(f"{type(method).__name__} targets {method.targets!r} match no module; "
-                         f"modules with a kernel are:\n  " + "\n  ".join(
-                             dense_module_paths(model)))
+                         f"modules with a kernel: {module_names(dense_module_paths(model))}")
     present = leaf_paths(split_leaves(params, method.leaves)[1])
     if present:
         raise ValueError(f"params already carry {type(method).__name__} leaves: {present[:4]}")
@@ -176,13 +175,18 @@ def dense_module_paths(model) -> list[str]:
     return paths
 
 
+def module_names(paths: list[str]) -> str:
+    """Module paths on one line, every block's modules shown once as layers_N."""
+    return ", ".join(dict.fromkeys(re.sub(r"layers_\d+/", "layers_N/", p) for p in paths))
+
+
 def _check_targets(model, config, method: str) -> None:
     """Fail loudly on a regex that targets nothing, or that a scanned model cannot honour."""
     candidates = dense_module_paths(model)
     targeted = [p for p in candidates if config.targets_module(p)]
     if not targeted:
         raise ValueError(f"{method} targets {config.targets!r} match no module; modules with a "
-                         f"kernel are:\n  " + "\n  ".join(candidates))
+                         f"kernel: {module_names(candidates)}")
     if model.config.scan_layers:
         # Stacked layers share one structure: either every layer gets the leaves (of the same
         # shape: (IA)^3's feedforward choice too) or none does.

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import jax
 
+from ftjax.data import batch_shapes
 from ftjax.train.state import TrainState
 
 
@@ -44,6 +45,16 @@ def eval_metrics(totals: dict, terms) -> dict:
         out[key] = float(value) / weights.get(owner, weights[first])
     out["examples"] = float(totals["weight"])
     return out
+
+
+def eval_metric_names(exp) -> list[str]:
+    """The metrics an evaluation of `exp` reports (from the eval step's shapes; no data read)."""
+    batch = {name: jax.ShapeDtypeStruct(shape, dtype) for name, (shape, dtype)
+             in batch_shapes(exp.task, exp.cfg.eval_batch_size).items()}
+    sums = jax.eval_shape(exp.eval_step, exp.state.trainable, exp.state.frozen, batch,
+                          exp.state.constants)
+    totals = {k: 1.0 for k in sums}
+    return sorted(eval_metrics(totals, exp.eval_step.terms))
 
 
 def evaluate_splits(exp, eval_step_jit, state: TrainState, splits: Sequence[str]) -> dict:

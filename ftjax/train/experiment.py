@@ -200,6 +200,12 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
         source_configs(run.sources, run.data, run.task), run.task, roles=roles,
         num_labels=cfg.head.num_labels if run.task.kind == "classification" else None,
         facts=data_facts)
+    available = {role for s in sources for role in s.splits} | set(
+        role for role in ROLES if role not in roles)
+    unknown = [s for s in cfg.eval_splits if s not in available]
+    if unknown:
+        raise ConfigError(f"eval_splits {unknown}: no source has such a split (the run's "
+                          f"splits: {sorted(available)})")
     task = sources[0].task
     pretrained = load_pretrained(
         cfg.model.name, head=head_config(cfg), dtype=cfg.model.dtype,
@@ -216,16 +222,19 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     pretrained.model = dataclasses.replace(
         pretrained.model, config=dataclasses.replace(pretrained.model.config, **changes)
     )
-    if cfg.method in PEFT_METHODS:
-        # The base comes from the checkpoint; the method's leaves are new, seeded like the head.
-        pretrained.model, pretrained.params = add_peft(
-            pretrained.model, pretrained.params, cfg.method, peft_settings(cfg),
-            jax.random.key(cfg.seed), tokenizer=pretrained.tokenizer,
-        )
-    for i, method in enumerate(dense_methods(cfg)):
-        pretrained.model, pretrained.params = add_dense_method(
-            pretrained.model, pretrained.params, method,
-            jax.random.fold_in(jax.random.key(cfg.seed), i + 1))
+    try:
+        if cfg.method in PEFT_METHODS:
+            # The base comes from the checkpoint; the method's leaves are new, seeded like the
+            # head.
+            pretrained.model, pretrained.params = add_peft(
+                pretrained.model, pretrained.params, cfg.method, peft_settings(cfg),
+                jax.random.key(cfg.seed), tokenizer=pretrained.tokenizer)
+        for i, method in enumerate(dense_methods(cfg)):
+            pretrained.model, pretrained.params = add_dense_method(
+                pretrained.model, pretrained.params, method,
+                jax.random.fold_in(jax.random.key(cfg.seed), i + 1))
+    except ValueError as err:  # settings that do not fit this model (targets, sizes)
+        raise ConfigError(f"method {cfg.method!r} on {cfg.model.name}: {err}") from None
     params = pretrained.params
     base_hash = params_shape_hash(params)
     mesh = build_mesh(cfg)

@@ -25,7 +25,8 @@ import jax
 from ftjax import parallel
 from ftjax.io.checkpoint import Checkpointer, IncompatibleCheckpointError
 from ftjax.optim import trainability
-from ftjax.train.evaluation import evaluate_splits
+from ftjax.settings import ConfigError
+from ftjax.train.evaluation import eval_metric_names, evaluate_splits
 from ftjax.train.experiment import Experiment
 from ftjax.train.hooks import (
     Hook,
@@ -36,8 +37,13 @@ from ftjax.train.hooks import (
 )
 from ftjax.train.logging import MetricsWriter, NoMetrics, Progress
 from ftjax.train.restore import DATA_FACTS
-from ftjax.train.workdir import ResumeError, WorkdirLock, check_fresh_start, check_resume
 from ftjax.train.step import compiled_memory
+from ftjax.train.workdir import (
+    ResumeError,
+    WorkdirLock,
+    check_fresh_start,
+    check_resume,
+)
 from ftjax.utils.jsonio import write_json
 
 
@@ -155,6 +161,14 @@ class Trainer:
     def _set_up(self) -> None:
         """Lock the workdir, restore its checkpoint (guarded: the same run, an exact data
         position), write the run's files and open its logs. The lock is released on failure."""
+        metric = self.cfg.best_metric  # checked before anything is written
+        if metric and metric not in ("loss", "accuracy", "examples"):
+            known = eval_metric_names(self.exp)
+            if metric not in known:
+                raise ConfigError(f"best_metric {metric!r} is not a metric the evaluation "
+                                  f"reports: {known}")
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise ConfigError(f"--workdir {self.workdir} is a file, not a directory")
         self.workdir.mkdir(parents=True, exist_ok=True)
         # With several processes, process 0 alone writes the run's files (and holds the lock).
         self.lock = WorkdirLock(self.workdir).acquire() if self.primary else None
