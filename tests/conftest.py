@@ -129,3 +129,24 @@ def get_config():
 @pytest.fixture
 def tiny_config_file(tmp_path, tiny_bert_dir, tiny_text_data):
     return write_tiny_config(tmp_path / "tiny_experiment.py", tiny_bert_dir, tiny_text_data)
+
+
+def finished_run(tmp_path_factory, tiny_bert_dir, tiny_text_data, overrides):
+    """(config, workdir) of one tiny run trained with `overrides`, for a module's tests to copy
+    (copy_run) and change."""
+    from ftjax.train.config import load_config
+    from ftjax.train.loop import train
+
+    root = tmp_path_factory.mktemp("finished")
+    config = write_tiny_config(root / "experiment.py", tiny_bert_dir, tiny_text_data)
+    train(load_config(config, overrides), root / "run", quiet=True)
+    return config, root / "run"
+
+
+def copy_run(run, tmp_path):
+    """A copy of a finished_run's directory for one test to change."""
+    import shutil
+
+    config, source = run
+    shutil.copytree(source, tmp_path / "run")
+    return config, tmp_path / "run"

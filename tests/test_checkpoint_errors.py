@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import write_tiny_config
+from conftest import copy_run, finished_run
 
 from ftjax.io.checkpoint import (
     CheckpointDirectoryError,
@@ -22,26 +22,21 @@ from ftjax.io.checkpoint import (
 )
 from ftjax.train.config import load_config
 from ftjax.train.experiment import build_experiment
-from ftjax.train.restore import restore_run
 from ftjax.train.loop import train
+from ftjax.train.restore import restore_run
 
 OVERRIDES = ["method=lora", "eval_every=100"]  # checkpoints at steps 6 and 12
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_bert_dir, tiny_text_data):
-    root = tmp_path_factory.mktemp("finished")
-    config = write_tiny_config(root / "experiment.py", tiny_bert_dir, tiny_text_data)
-    train(load_config(config, OVERRIDES), root / "run", quiet=True)
-    return config, root / "run"
+def pristine(tmp_path_factory, tiny_bert_dir, tiny_text_data):
+    return finished_run(tmp_path_factory, tiny_bert_dir, tiny_text_data, OVERRIDES)
 
 
 @pytest.fixture
-def run(finished_run, tmp_path):
+def run(pristine, tmp_path):
     """A copy of the finished run (checkpoints 6 and 12) to damage."""
-    config, source = finished_run
-    shutil.copytree(source, tmp_path / "run")
-    return config, tmp_path / "run"
+    return copy_run(pristine, tmp_path)
 
 
 def _truncate_arrays(run_dir, step):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_config
+from conftest import copy_run, finished_run
 
 from ftjax.cli import main
 from ftjax.train.config import load_config
@@ -30,19 +30,14 @@ def _digest(directory: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pristine_run(tmp_path_factory, tiny_bert_dir, tiny_text_data):
-    root = tmp_path_factory.mktemp("pristine")
-    config = write_tiny_config(root / "tiny.py", tiny_bert_dir, tiny_text_data)
-    train(load_config(config, SHORT), root / "run", quiet=True)
-    return config, root / "run"
+def pristine(tmp_path_factory, tiny_bert_dir, tiny_text_data):
+    return finished_run(tmp_path_factory, tiny_bert_dir, tiny_text_data, SHORT)
 
 
-@pytest.fixture
-def finished_run(pristine_run, tmp_path):
+@pytest.fixture(name="finished_run")
+def a_finished_run(pristine, tmp_path):
     """A copy of one finished 4-step run, for each test to change."""
-    config, source = pristine_run
-    shutil.copytree(source, tmp_path / "run")
-    return config, tmp_path / "run"
+    return copy_run(pristine, tmp_path)
 
 
 def test_a_changed_method_is_refused_and_the_checkpoints_are_untouched(finished_run, capsys):

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from ftjax.train.hooks.base import NOTHING, Hook, Request, StepMetrics, fetch_all
+from ftjax.train.hooks.base import NOTHING, Gathering, Hook, Request, StepMetrics, fetch_all
 from ftjax.train.hooks.metrics_log import MetricsLog, StepClock
 from ftjax.train.hooks.nonfinite import NonFinite, NonFiniteLossError
 from ftjax.train.hooks.results import FinalReport
-from ftjax.train.hooks.schedules import CheckpointEvery, EvalEvery
+from ftjax.train.hooks.schedules import CheckpointEvery, EvalEvery, Every
 from ftjax.train.hooks.selection import BestCheckpoint, EarlyStopping, MetricTracker
 from ftjax.train.hooks.signals import StopOnSignal
 from ftjax.train.hooks.unfreeze import UnfreezeReport
 from ftjax.utils.imports import import_object
 
 __all__ = [
-    "NOTHING", "BestCheckpoint", "CheckpointEvery", "EarlyStopping", "EvalEvery", "FinalReport",
+    "NOTHING", "BestCheckpoint", "CheckpointEvery", "EarlyStopping", "EvalEvery", "Every",
+    "FinalReport", "Gathering",
     "Hook", "MetricTracker", "MetricsLog", "NonFinite", "NonFiniteLossError", "Request",
     "StepClock", "StepMetrics", "StopOnSignal", "UnfreezeReport", "default_hooks", "fetch_all",
     "hooks_from_config",

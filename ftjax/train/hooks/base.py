@@ -97,3 +97,29 @@ class Hook:
 
     def on_end(self, trainer: Any, outcome: str) -> None:
         pass
+
+
+class Gathering(Hook):
+    """A hook that gathers each step's metrics and handles them every `every` steps and at the
+    last step (`steps`), when the log fetches them anyway: `handle(trainer)` reads and clears
+    `pending`, a list of (step, StepMetrics)."""
+
+    def __init__(self, every: int, steps: int):
+        self.every, self.steps = every, steps
+        self.pending: list[tuple[int, StepMetrics]] = []
+
+    def on_step_end(self, trainer, step, metrics):
+        self.pending.append((step, metrics))
+        if step % self.every == 0 or step == self.steps:
+            self.handle(trainer)
+        return None
+
+    def take(self) -> tuple[list[int], list[dict[str, float]]]:
+        """The gathered steps and their host metrics (one fetch for all); clears them."""
+        steps = [s for s, _ in self.pending]
+        rows = fetch_all([m for _, m in self.pending])
+        self.pending.clear()
+        return steps, rows
+
+    def handle(self, trainer) -> None:
+        """Override: what to do with the gathered metrics."""

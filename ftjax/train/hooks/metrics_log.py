@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from ftjax.optim import effective_lrs
-from ftjax.train.hooks.base import Hook, StepMetrics, fetch_all
+from ftjax.train.hooks.base import Gathering
 
 
 class StepClock:
@@ -44,28 +44,19 @@ class StepClock:
         return float(np.median(self.per_step)) if self.per_step else None
 
 
-class MetricsLog(Hook):
+class MetricsLog(Gathering):
     def __init__(self, log_every: int, steps: int):
-        self.log_every, self.steps = log_every, steps
-        self.pending: list[tuple[int, StepMetrics]] = []
+        super().__init__(log_every, steps)
         self.clock = StepClock()
         self.tokens_seen = self.token_time = 0.0
 
     def on_start(self, trainer):
         self.clock.restart()
 
-    def on_step_end(self, trainer, step, metrics):
-        self.pending.append((step, metrics))
-        if step % self.log_every == 0 or step == self.steps:
-            self.flush(trainer)
-        return None
-
-    def flush(self, trainer) -> None:
+    def handle(self, trainer) -> None:
         if not self.pending:
             return
-        steps = [s for s, _ in self.pending]
-        rows = fetch_all([m for _, m in self.pending])
-        self.pending.clear()
+        steps, rows = self.take()
         self.clock.lap(len(rows))
         last = rows[-1]
         tokens = float(sum(r["tokens"] for r in rows))
@@ -80,7 +71,7 @@ class MetricsLog(Hook):
         trainer.log.write(row)
 
     def on_eval(self, trainer, step, results):
-        self.flush(trainer)
+        self.handle(trainer)
         for split, metrics in results.items():
             trainer.log.write({"step": step, "split": split, **metrics}, prefix=f"eval_{split}")
         summary = "  ".join(f"{split}: loss {r['loss']:.4f} acc {r.get('accuracy', float('nan')):.4f}"
@@ -93,7 +84,7 @@ class MetricsLog(Hook):
         self.clock.restart()
 
     def on_end(self, trainer, outcome):
-        self.flush(trainer)
+        self.handle(trainer)
         trainer.summary["train_tokens_per_s"] = (self.tokens_seen / self.token_time
                                                  if self.token_time else 0.0)
         trainer.summary["step_time_s"] = self.clock.median()

@@ -7,31 +7,22 @@ metrics are fetched anyway.
 
 from __future__ import annotations
 
-from ftjax.train.hooks.base import Hook, StepMetrics, fetch_all
+from ftjax.train.hooks.base import Gathering
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised with nonfinite="stop" when a step's loss or gradient is not finite."""
 
 
-class NonFinite(Hook):
+class NonFinite(Gathering):
     def __init__(self, mode: str, every: int, steps: int):
         if mode not in ("skip", "stop"):
             raise ValueError(f"nonfinite mode must be skip or stop, got {mode!r}")
-        self.mode, self.every, self.steps = mode, every, steps
-        self.pending: list[tuple[int, StepMetrics]] = []
+        super().__init__(every, steps)
+        self.mode = mode
 
-    def on_step_end(self, trainer, step, metrics):
-        self.pending.append((step, metrics))
-        if step % self.every == 0 or step == self.steps:
-            self.check(trainer)
-        return None
-
-    def check(self, trainer) -> None:
-        steps = [s for s, _ in self.pending]
-        rows = fetch_all([m for _, m in self.pending])
-        self.pending.clear()
-        for step, row in zip(steps, rows):
+    def handle(self, trainer) -> None:
+        for step, row in zip(*self.take()):
             if not row["nonfinite"]:
                 continue
             message = f"non-finite loss or gradient at step {step} (update skipped)"
@@ -46,4 +37,4 @@ class NonFinite(Hook):
 
     def on_end(self, trainer, outcome):
         if outcome != "failed":
-            self.check(trainer)
+            self.handle(trainer)
