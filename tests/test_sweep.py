@@ -218,6 +218,8 @@ def test_tiny_sweep_end_to_end_writes_tables_and_plots_and_resumes(
     assert [(r["method"], r["n"]) for r in csv_rows] == [("linear_probe", "1"), ("bitfit", "2")]
     saved = json.loads(paths["json"].read_text())
     assert len(saved["runs"]) == 6 and saved["rows"][1]["lr"] == rows[1]["lr"]
+    assert str(tmp_path) not in paths["json"].read_text()  # no path of the machine that ran it
+    assert saved["runs"][0]["experiment"] == "tiny_experiment.py"
     for key in ("share_png", "wall_png"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -173,6 +173,14 @@ def _plot(path: Path, rows: list[dict], x_key: str, x_label: str, title: str, *,
     fig.savefig(path, dpi=120)
 
 
+def _relative(path: str, base: Path) -> str:
+    """`path` relative to `base` where it lies below it, else its file name alone."""
+    try:
+        return str(Path(path).resolve().relative_to(base))
+    except ValueError:
+        return Path(path).name
+
+
 def write_report(sweep: Sweep, rows: list[dict], records: list[dict],
                  out_dir: Path) -> dict[str, Path]:
     paths = output_paths(out_dir, sweep.name)
@@ -180,9 +188,14 @@ def write_report(sweep: Sweep, rows: list[dict], records: list[dict],
     devices = sorted({r["device"] for r in records if r.get("device")})
     paths["md"].write_text(markdown(sweep, rows, devices))
     write_csv(paths["csv"], rows)
-    runs = [{k: v for k, v in r.items() if k not in ("config", "traceback")} for r in records]
+    # Paths as the sweep file names them (relative to its directory), never the absolute
+    # paths of the machine that ran it.
+    base = Path(sweep.source.split(":")[0]).resolve().parent
+    runs = [{k: _relative(v, base) if k == "experiment" else v for k, v in r.items()
+             if k not in ("config", "traceback")} for r in records]
     paths["json"].write_text(json.dumps({
-        "name": sweep.name, "source": sweep.source, "devices": devices, "seeds": sweep.seeds,
+        "name": sweep.name, "source": Path(sweep.source).name, "devices": devices,
+        "seeds": sweep.seeds,
         "grids": {f"{t}/{m}": list(g) for (t, m), g in sweep.grids.items()},
         "rows": rows, "runs": runs}, indent=2, default=str) + "\n")
     _plot(paths["share_png"], rows, "trainable_share", "trainable parameters (share of all)",
