@@ -180,23 +180,10 @@ def make_train_step(
         )
         metrics = {"loss": loss, "grad_norm": grad_norm,
                    "tokens": jnp.sum(batch["attention_mask"]),
-                   "nonfinite": (~finite).astype(jnp.int32)}
-        if example_terms:
-            metrics["examples"] = normalizers[example_terms[0].name]
-        for term in example_terms:
-            denom = normalizers[term.name]
-            term_sums = dict(sums[term.name])
-            metrics[f"loss/{term.name}"] = term_sums.pop("total") / denom
-            by_source = term_sums.pop("by_source", None)
-            if by_source is not None:
-                source_weights = _per_source(row_weights[term.name], batch["source"],
-                                             len(sources))
-                for s, name in enumerate(sources):
-                    metrics[f"loss/{term.name}/{name}"] = by_source[s] / jnp.maximum(
-                        source_weights[s], 1.0)
-            metrics.update({k: v / denom for k, v in term_sums.items()})
-        for name, value in step_values.items():
-            metrics[f"loss/{name}"] = value
+                   "nonfinite": (~finite).astype(jnp.int32),
+                   **_term_metrics(example_terms, sums, normalizers, row_weights, batch,
+                                   sources)}
+        metrics.update({f"loss/{name}": value for name, value in step_values.items()})
         for term in terms:
             if term.config.scheduled:
                 metrics[f"weight/{term.name}"] = term.config.weight_at(state.step)
@@ -205,6 +192,23 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def _term_metrics(terms, sums, normalizers, row_weights, batch, sources) -> dict:
+    """The per-example terms' metrics: `examples` (the first term's normalizer), each term's
+    `loss/<name>` and stats, and `loss/<name>/<source>` where sums hold per-source totals."""
+    out = {"examples": normalizers[terms[0].name]} if terms else {}
+    for term in terms:
+        denom = normalizers[term.name]
+        term_sums = dict(sums[term.name])
+        out[f"loss/{term.name}"] = term_sums.pop("total") / denom
+        by_source = term_sums.pop("by_source", None)
+        if by_source is not None:
+            weights = _per_source(row_weights[term.name], batch["source"], len(sources))
+            for s, name in enumerate(sources):
+                out[f"loss/{term.name}/{name}"] = by_source[s] / jnp.maximum(weights[s], 1.0)
+        out.update({k: v / denom for k, v in term_sums.items()})
+    return out
 
 
 def _replicated_like(sharding):
