@@ -175,7 +175,8 @@ def test_peft_export_keeps_the_trained_sequence_head(lora_run, tiny_bert_dir, tm
     with torch.no_grad():
         without = hf(**inputs).logits.numpy()  # the class's own fresh classifier
         theirs = peft.PeftModel.from_pretrained(hf, out).eval()(**inputs).logits.numpy()
-    assert np.abs(without - ours).max() > 1e-2  # the saved head matters
+    # The saved head matters: without it, logits differ by far more than the parity tolerance.
+    assert np.abs(without - ours).max() > 100 * 1e-5
     np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
 
     base = load_pretrained(tiny_bert_dir, dtype="float32")
