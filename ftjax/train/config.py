@@ -90,6 +90,9 @@ class RunConfig:
     seed: int = setting(0, "seed of the new parameters, dropout and the data order")
     steps: int = setting(1000, "optimizer steps")
     eval_every: int = setting(200, "steps between evaluations of eval_splits")
+    eval_at_start: bool = setting(
+        False, "evaluate before the first step too (step 0: the model as set up), so "
+        "best-checkpoint selection may keep it when no step improves on it")
     checkpoint_every: int = setting(500, "steps between checkpoints")
     log_every: int = setting(10, "steps between metric rows (each one a host sync)")
     keep_checkpoints: int = setting(2, "the latest checkpoints kept for resuming")

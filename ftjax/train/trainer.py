@@ -112,7 +112,7 @@ class Trainer:
         self._set_up()
         outcome = "failed"
         try:
-            self._dispatch("on_start")
+            self._carry_out(self.start_step, self._dispatch("on_start"))
             outcome = self._loop()
             self.summary["final_step"] = int(self.state.step)
             self._dispatch("on_end", outcome)

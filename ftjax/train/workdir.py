@@ -25,7 +25,7 @@ from ftjax.settings import ConfigError
 
 # Keys that may differ on resume: they schedule, log or place the run, not what it trains.
 RESUMABLE = (
-    "steps", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "eval_splits",
+    "steps", "eval_every", "eval_at_start", "checkpoint_every", "log_every", "keep_checkpoints", "eval_splits",
     "eval_batch_size", "best_metric", "best_mode", "early_stopping.", "save_adapter", "hooks",
     "nonfinite", "mesh.", "model.attention_impl", "model.frozen_dtype",
 )

@@ -32,7 +32,7 @@ def default_hooks(cfg) -> list[Hook]:
         MetricsLog(cfg.log_every, cfg.steps),
         StopOnSignal(),
         NonFinite(cfg.nonfinite, cfg.log_every, cfg.steps),
-        EvalEvery(cfg.eval_every, cfg.steps),
+        EvalEvery(cfg.eval_every, cfg.steps, at_start=cfg.eval_at_start),
         CheckpointEvery(cfg.checkpoint_every, cfg.steps),
     ]
     if cfg.best_metric:

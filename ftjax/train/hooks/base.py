@@ -11,12 +11,12 @@ A hook is an object with any of these methods (the Hook base class gives no-op d
                                              "interrupted" (a signal; the run resumes later)
                                              or "failed" (an exception is on its way out)
 
-on_step_end and on_eval may return a Request: an evaluation, a checkpoint, or a stop (with its
-reason; a stop saves a checkpoint too, and `interrupt=True` marks a run to be resumed, which
-gets no final evaluation); the Trainer ORs the requests of all hooks and carries them out, in that order, after
-the hooks of that event ran. A hook that keeps state across a resume (the best value so far,
-evaluations without improvement) gives `state_dict()` / `load_state_dict(d)` (JSON values);
-the Trainer saves them with every checkpoint.
+on_start, on_step_end and on_eval may return a Request: an evaluation, a checkpoint, or a
+stop (with its reason; a stop saves a checkpoint too, and `interrupt=True` marks a run to be
+resumed, which gets no final evaluation); the Trainer ORs the requests of all hooks and
+carries them out, in that order, after the hooks of that event ran. A hook that keeps state
+across a resume (the best value so far, evaluations without improvement) gives `state_dict()`
+/ `load_state_dict(d)` (JSON values); the Trainer saves them with every checkpoint.
 
 Metrics stay on the device until a hook asks: `metrics.get()` fetches them (one host sync,
 cached), so a hook that only counts steps costs nothing.
@@ -83,8 +83,8 @@ def fetch_all(pending: list[StepMetrics]) -> list[dict[str, float]]:
 class Hook:
     """Base class with no-op methods; override what you need (see the module docstring)."""
 
-    def on_start(self, trainer: Any) -> None:
-        pass
+    def on_start(self, trainer: Any) -> Request | None:
+        return None
 
     def on_step_end(self, trainer: Any, step: int, metrics: StepMetrics) -> Request | None:
         return None

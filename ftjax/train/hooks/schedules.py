@@ -21,7 +21,17 @@ class Every(Hook):
 
 
 class EvalEvery(Every):
+    """Evaluations every `every` steps and at the last one; with `at_start`, also before the
+    first step of a fresh run (step 0: the model as set up, which selection may then keep)."""
+
     request = Request(eval=True)
+
+    def __init__(self, every: int, steps: int, at_start: bool = False):
+        super().__init__(every, steps)
+        self.at_start = at_start
+
+    def on_start(self, trainer):
+        return self.request if self.at_start and trainer.start_step == 0 else None
 
 
 class CheckpointEvery(Every):
