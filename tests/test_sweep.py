@@ -295,3 +295,66 @@ def test_a_run_stays_finished_when_ftjax_grows_a_config_key(tiny_config_file):
     recorded["model"]["retired_key"] = 1
     assert not same_config(json.dumps(recorded), cfg)
     assert not same_config(None, cfg)
+
+
+def test_a_rate_at_the_end_of_the_grid_extends_the_search_until_bracketed(tmp_path,
+                                                                          tiny_config_file):
+    """Validation accuracy peaks at lr 0.3 (outside the grid 0.01, 0.03, 0.1): the search
+    steps past the grid's end until a worse rate brackets the best, at most extend_grid times;
+    --report-only replays the same walk from the records on disk."""
+    from ftjax.sweep.select import beyond
+
+    assert beyond([0.01, 0.03, 0.1], 0.1) == pytest.approx(0.1 * 0.1 / 0.03)
+    assert beyond([0.01, 0.03, 0.1], 0.01) == pytest.approx(0.01 * 0.01 / 0.03)
+    assert beyond([0.01, 0.03, 0.1], 0.03) is None and beyond([0.1], 0.1) is None
+    sweep = load_sweep(str(_sweep_file(tmp_path, tiny_config_file, body=(
+        "    c.learning_rates = ml_collections.ConfigDict({'bitfit': (0.01, 0.03, 0.1)})\n"
+        "    c.extend_grid = 3"))))
+
+    def accuracy(lr):
+        return 0.9 - abs(math.log(lr / 0.3))  # best at 0.3
+
+    asked = []
+
+    def fake_run(spec):
+        asked.append(spec.lr)
+        return {"status": "done", "phase": SEARCH, "lr": spec.lr, "seed": 0,
+                "validation_accuracy": accuracy(spec.lr), "validation_loss": 1.0}
+
+    records, lr = sweep_runner.search_cell(sweep, "bert", "bitfit", fake_run)
+    assert [round(r, 4) for r in asked] == [0.01, 0.03, 0.1, 0.3333, 1.1111]
+    assert lr == pytest.approx(0.1 / 0.03 * 0.1) and len(records) == 5
+    limited = load_sweep(str(_sweep_file(tmp_path, tiny_config_file, body=(
+        "    c.learning_rates = ml_collections.ConfigDict({'bitfit': (0.001, 0.003)})\n"
+        "    c.extend_grid = 2"))))
+    asked.clear()
+    _, lr = sweep_runner.search_cell(limited, "bert", "bitfit", fake_run)
+    assert len(asked) == 4 and lr == max(asked)  # still at the end: extensions spent
+
+
+def test_the_table_says_when_a_rate_is_not_bracketed_and_why_a_method_ends_below_untrained(
+        tmp_path, tiny_config_file):
+    from ftjax.sweep.plan import BASELINE, UNTRAINED
+    from ftjax.sweep.report import markdown
+
+    sweep = load_sweep(str(_sweep_file(tmp_path, tiny_config_file)))
+    base = {"status": "done", "task": "bert", "trainable": 10, "total": 100,
+            "trainable_share": 0.1, "delta_bytes": 40, "wall_s": 1.0, "step_time_s": 0.1}
+    records = [
+        {**base, "method": UNTRAINED, "phase": BASELINE, "lr": 0.0, "seed": 0,
+         "test_accuracy": 0.70, "validation_accuracy": 0.68},
+        *[{**base, "method": "bitfit", "phase": SEARCH, "lr": lr, "seed": 0,
+           "validation_accuracy": acc, "test_accuracy": 0.6, "best_step": 0, "final_step": 40,
+           "validation_curve": [[0, 0.68], [20, acc], [40, acc]]}
+          for lr, acc in ((0.01, 0.60), (0.03, 0.62))],
+        {**base, "method": "bitfit", "phase": SEED, "lr": 0.03, "seed": 1,
+         "test_accuracy": 0.64, "best_step": 20, "final_step": 40},
+    ]
+    rows = summarize(records, ["bert"], ["bitfit"], 2)
+    row = rows[1]
+    assert row["lr_at_edge"] and row["below_untrained"] and row["best_steps"] == [0, 20]
+    text = markdown(sweep, rows, ["CPU"])
+    assert "the best rate, 0.03, is at an end of the rates searched (0.01, 0.03)" in text
+    assert "`bitfit` ends below the untrained model (0.6200 vs 0.7000 test)" in text
+    assert "0.01: 0.6000, 0.03: 0.6200, the untrained model's 0.6800" in text
+    assert "steps kept by validation / run per seed: 0 of 40, 20 of 40" in text

@@ -22,6 +22,9 @@ A sweep config is an ml_collections file like an experiment's (`get_config()`, o
   isolate           each run in its own process (needed for per-run peak GPU memory)
   compilation_cache persistent XLA cache in <workdir>/jax_cache: seed runs reuse the
                     compiled steps of their search run
+  extend_grid       n > 0: while the best rate of a (task, method) is the smallest or largest
+                    searched, search one grid step beyond it (at most n times), so the chosen
+                    rate is bracketed by rates that did worse
   baseline          True adds an "untrained" row per task: the model exactly as a run sets
                     it up (pretrained weights, the task head as initialized: a random new head,
                     or a verbalizer head that starts at the zero-shot answer), evaluated on
@@ -78,6 +81,7 @@ def sweep_schema() -> ml_collections.ConfigDict:
     c.isolate = False
     c.compilation_cache = True
     c.baseline = False
+    c.extend_grid = 0
     return c
 
 
@@ -146,6 +150,7 @@ class Sweep:
     isolate: bool
     compilation_cache: bool
     baseline: bool = False
+    extend_grid: int = 0  # searches past a grid's end while the best rate sits there
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.workdir / spec.run_id
@@ -174,6 +179,10 @@ class Sweep:
 
     def task(self, name: str) -> TaskVariant:
         return next(t for t in self.tasks if t.name == name)
+
+    def search_run(self, task: str, method: str, lr: float) -> RunSpec:
+        """Seed 0 at one rate (a grid's, or one past it: ftjax.sweep.runner.search_cell)."""
+        return self._spec(self.task(task), method, lr, 0, SEARCH)
 
     def search_runs(self, task: str | None = None, method: str | None = None) -> list[RunSpec]:
         """Seed 0 at every rate of the grid, per task and method (or only the given ones)."""
@@ -331,6 +340,8 @@ def _build(cfg, path: str) -> Sweep:
         raise ConfigError(f"{where}: `methods` lists a method twice: {methods}")
     if cfg.seeds < 1:
         raise ConfigError(f"{where}: `seeds` must be >= 1, got {cfg.seeds}")
+    if cfg.extend_grid < 0:
+        raise ConfigError(f"{where}: `extend_grid` must be >= 0, got {cfg.extend_grid}")
     if not list(cfg.tasks.keys()):
         raise ConfigError(f"{where}: `tasks` is empty")
     base = split_config_arg(path)[0].resolve().parent
@@ -378,6 +389,7 @@ def _build(cfg, path: str) -> Sweep:
         else base / results_dir,
         keep_checkpoints=bool(cfg.keep_checkpoints), isolate=bool(cfg.isolate),
         compilation_cache=bool(cfg.compilation_cache), baseline=bool(cfg.baseline),
+        extend_grid=int(cfg.extend_grid),
     )
 
 

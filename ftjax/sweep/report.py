@@ -118,7 +118,34 @@ def markdown(sweep: Sweep, rows: list[dict], devices: list[str]) -> str:
         failed = [run for r in mine for run in r["failed_runs"]]
         if failed:
             lines += ["", "Failed runs (error in their result.json): " + ", ".join(failed)]
+        notes = [note for r in mine for note in _notes(r, mine)]
+        if notes:
+            lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _notes(row: dict, rows: list[dict]) -> list[str]:
+    """What a reader must know about a row: a chosen rate at an end of the rates searched (not
+    bracketed), a mean below the untrained model's and why (validation at every rate), and
+    where training stopped (steps kept by validation, out of those run)."""
+    notes = []
+    method = f"`{row['method']}`"
+    if row.get("lr_at_edge"):
+        rates = ", ".join(f"{lr:.3g}" for lr in row["grid"])
+        notes.append(f"- {method}: the best rate, {row['lr']:.3g}, is at an end of the rates "
+                     f"searched ({rates}); the search did not bracket the optimum.")
+    if row.get("below_untrained"):
+        base = next(r for r in rows if r["method"] == UNTRAINED)
+        by_lr = ", ".join(f"{lr}: {acc:.4f}" for lr, acc in row["validation_by_lr"].items()
+                          if acc is not None)
+        kept = ", ".join(f"{b} of {f}" for b, f in zip(row.get("best_steps") or [],
+                                                       row.get("final_steps") or []))
+        notes.append(
+            f"- {method} ends below the untrained model ({row['test_accuracy_mean']:.4f} vs "
+            f"{base['test_accuracy_mean']:.4f} test): validation accuracy by rate {by_lr}, the "
+            f"untrained model's {base.get('validation_accuracy') or float('nan'):.4f}; steps "
+            f"kept by validation / run per seed: {kept or '-'}.")
+    return notes
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -116,8 +116,20 @@ def measure(spec: RunSpec, result, run_dir: Path, *, isolated: bool) -> dict:
         "step_time_s": result.step_time_s, "step_memory": result.step_memory,
         "device_peak_bytes": peak, "memory_bytes": memory_bytes, "memory_kind": memory_kind,
         "wall_s": result.wall_s, "train_tokens_per_s": result.train_tokens_per_s,
-        "final_step": result.final_step, "device": device_description(), "isolated": isolated,
+        "final_step": result.final_step, "best_step": result.best_step,
+        "stopped_early": result.stopped_early, "validation_curve": validation_curve(run_dir),
+        "device": device_description(), "isolated": isolated,
     }
+
+
+def validation_curve(run_dir: Path) -> list[list[float]]:
+    """[step, validation accuracy] of every evaluation of a run, from its metrics.jsonl: the
+    evidence of whether it converged."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [[r["step"], r.get("accuracy")] for r in rows if r.get("split") == "validation"]
 
 
 def measure_untrained(spec: RunSpec, cfg, started: float) -> dict:
@@ -240,9 +252,9 @@ class Runner:
                 if self.sweep.baseline:
                     records.append(self.run(self.sweep.baseline_run(task.name)))
                 for method in self.sweep.methods:
-                    search = [self.run(s) for s in self.sweep.search_runs(task.name, method)]
+                    search, lr = search_cell(self.sweep, task.name, method, self.run,
+                                             extended=self._extended)
                     records += search
-                    lr = select.choose_lr(search)
                     if lr is None:
                         self.log(f"{task.name}/{method}: every search run failed; no seeds run")
                         self.index += self.sweep.seeds - 1
@@ -250,6 +262,35 @@ class Runner:
                     self.log(f"{task.name}/{method}: chose lr {lr:.3g} on validation")
                     records += [self.run(s) for s in self.sweep.seed_runs(task.name, method, lr)]
         return records
+
+    def _extended(self, cell: str, lr: float, grid: list[float], new: float) -> None:
+        self.total += 1
+        self.log(f"{cell}: the best rate {lr:.3g} is at an end of {[f'{g:.3g}' for g in grid]}; "
+                 f"searching {new:.3g} too")
+
+
+def search_cell(sweep: Sweep, task: str, method: str, get, *, extended=None
+                ) -> tuple[list[dict], float | None]:
+    """The search records of one (task, method) and the rate chosen from them: the grid's
+    runs, then, while the best rate is at an end of the rates searched, one more rate beyond it
+    (at most sweep.extend_grid times), so the chosen rate is bracketed. `get(spec)` runs a
+    spec or reads its record (None: missing); the same walk serves running and reporting."""
+    grid = list(sweep.grids[task, method])
+    records = [r for r in map(get, sweep.search_runs(task, method)) if r is not None]
+    lr = select.choose_lr(records)
+    for _ in range(sweep.extend_grid):
+        new = select.beyond(grid, lr)
+        if new is None:
+            break
+        if extended is not None:
+            extended(f"{task}/{method}", lr, grid, new)
+        grid.append(new)
+        record = get(sweep.search_run(task, method, new))
+        if record is None:
+            break
+        records.append(record)
+        lr = select.choose_lr(records)
+    return records, lr
 
 
 def _reuse_checkpoints():
@@ -278,10 +319,8 @@ def collect(sweep: Sweep) -> list[dict]:
             baseline = _current(runner, sweep.baseline_run(task.name))
             records += [baseline] if baseline is not None else []
         for method in sweep.methods:
-            search = [_current(runner, s) for s in sweep.search_runs(task.name, method)]
-            search = [r for r in search if r is not None]
+            search, lr = search_cell(sweep, task.name, method, lambda s: _current(runner, s))
             records += search
-            lr = select.choose_lr(search)
             if lr is not None:
                 seeds = [_current(runner, s) for s in sweep.seed_runs(task.name, method, lr)]
                 records += [r for r in seeds if r is not None]

@@ -34,6 +34,20 @@ def choose_lr(search_records: Sequence[dict]) -> float | None:
     return min(done, key=key)["lr"]
 
 
+def beyond(grid: Sequence[float], lr: float | None) -> float | None:
+    """The next rate past `lr` when it is the smallest or largest of `grid` (more than one
+    rate): one grid step further, the step being the ratio of the two rates nearest that end;
+    None when `lr` lies inside the grid (bracketed) or is None."""
+    rates = sorted(set(grid))
+    if lr is None or len(rates) < 2:
+        return None
+    if lr == rates[0]:
+        return rates[0] * rates[0] / rates[1]
+    if lr == rates[-1]:
+        return rates[-1] * rates[-1] / rates[-2]
+    return None
+
+
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (n - 1 in the denominator, as papers report over
     seeds); the std is None for fewer than two values, both None for none."""
@@ -84,6 +98,11 @@ def summarize(records: Sequence[dict], tasks: Sequence[str], methods: Sequence[s
                 key=lambda r: r["seed"])
             tests = [r["test_accuracy"] for r in runs if r.get("test_accuracy") is not None]
             mean, std = mean_std(tests)
+            grid = row["grid"]
+            row["lr_at_edge"] = lr is not None and len(grid) > 1 and lr in (grid[0], grid[-1])
+            row["best_steps"] = [r.get("best_step") for r in runs]
+            row["final_steps"] = [r.get("final_step") for r in runs]
+            row["validation_curve"] = runs[0].get("validation_curve") if runs else None
             row.update(status="ok" if runs else "failed" if lr is None and search else "missing",
                        seeds=[r["seed"] for r in runs], n=len(tests),
                        test_accuracy_mean=mean, test_accuracy_std=std)
@@ -101,14 +120,27 @@ def summarize(records: Sequence[dict], tasks: Sequence[str], methods: Sequence[s
                     wall_s=sum(walls) / len(walls),
                 )
             rows.append(row)
+    _compare_with_untrained(rows)
     return rows
+
+
+def _compare_with_untrained(rows: list[dict]) -> None:
+    """Mark each row whose mean test accuracy is below its task's untrained row's."""
+    untrained = {r["task"]: r for r in rows if r["method"] == UNTRAINED}
+    for row in rows:
+        base = untrained.get(row["task"])
+        row["below_untrained"] = bool(
+            row["method"] != UNTRAINED and base is not None
+            and None not in (row.get("test_accuracy_mean"), base.get("test_accuracy_mean"))
+            and row["test_accuracy_mean"] < base["test_accuracy_mean"])
 
 
 def _untrained_row(task: str, record: dict) -> dict:
     """The baseline row: one evaluation, nothing trained (no rate, step time or memory)."""
     row = {"task": task, "method": UNTRAINED, "lr": None, "grid": [], "validation_by_lr": {},
            "failed_runs": [], "status": "ok", "seeds": [0], "n": 1, "test_accuracy_std": None,
-           "test_accuracy_mean": record.get("test_accuracy")}
+           "test_accuracy_mean": record.get("test_accuracy"),
+           "validation_accuracy": record.get("validation_accuracy")}
     if record.get("status") != "done":
         return {**row, "status": "failed", "seeds": [], "n": 0, "test_accuracy_mean": None,
                 "failed_runs": [record.get("run_id")]}
