@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.ftjax-dev
 SWEEP_STAMP := $(VENV)/.ftjax-sweep
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test paper env assets clean
+.PHONY: demo test paper paper-converged env assets clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ paper: $(SWEEP_STAMP)
 	$(PY) -m ftjax.assets fetch smollm2-135m-instruct all-minilm-l6-v2 polarity
 	XLA_FLAGS="$(XLA_FLAGS) --xla_llvm_disable_expensive_passes=true" \
 		$(PY) -m ftjax.cli sweep experiments/paper_polarity.py:reduced
+
+# Every method until its validation accuracy plateaus (experiments/paper_polarity.py:converged):
+# many CPU hours; rerunning continues where it stopped.
+paper-converged: $(SWEEP_STAMP)
+	$(PY) -m ftjax.assets fetch smollm2-135m-instruct all-minilm-l6-v2 polarity
+	XLA_FLAGS="$(XLA_FLAGS) --xla_llvm_disable_expensive_passes=true" \
+		$(PY) -m ftjax.cli sweep experiments/paper_polarity.py:converged
 
 assets: $(DEV_STAMP)
 	$(PY) -m ftjax.assets fetch smollm2-135m-instruct all-minilm-l6-v2 polarity

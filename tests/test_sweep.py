@@ -124,7 +124,7 @@ def test_bad_sweep_overrides_name_the_key(tmp_path, tiny_config_file):
         load_sweep(str(tiny_config_file))
 
 
-@pytest.mark.parametrize("variant", ["reduced", "full"])
+@pytest.mark.parametrize("variant", ["reduced", "converged", "full"])
 def test_paper_sweep_config_plans_every_run(variant):
     sweep = load_sweep(f"experiments/paper_polarity.py:{variant}")  # every run config checked
     assert [t.name for t in sweep.tasks] == ["minilm", "smollm2"]
@@ -132,6 +132,9 @@ def test_paper_sweep_config_plans_every_run(variant):
     assert sweep.results_dir.parts[-2:] == ("experiments", "results")
     smollm2 = sweep.search_runs("smollm2", "lora")[0].config()
     assert smollm2.head.kind == "verbalizer" and smollm2.model.name == "smollm2-135m-instruct"
+    if variant == "converged":  # every run stops on a plateau of validation accuracy
+        assert sweep.extend_grid == 2 and smollm2.eval_at_start
+        assert smollm2.early_stopping.patience == 3 and smollm2.best_metric == "accuracy"
 
 
 def _record(lr, val, test=None, seed=0, phase=SEARCH, loss=0.5, status="done", **kw):

@@ -78,6 +78,9 @@ class DataConfig:
         0, "quick runs: n > 0 keeps a random n of the train split (drawn with split_seed, so "
         "every run sees the same subset); 0 keeps it whole")
     max_eval_examples: int = setting(0, "the same for the validation and test splits")
+    max_test_examples: int | None = setting(None, "the test split's own limit (None: "
+                                            "max_eval_examples): a small validation subset to "
+                                            "evaluate often, a whole test split at the end")
     mixing: str = setting("fixed", "with several sources (the `sources` block): fixed (each "
                           "source's weight) | proportional (to its train size) | temperature "
                           "(size ** (1 / temperature))", choices=("fixed", "proportional",
@@ -90,8 +93,8 @@ class DataConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.source != "polarity" and not self.path:
             raise ValueError(f"source={self.source!r} needs path")
-        for key in ("max_train_examples", "max_eval_examples"):
-            if getattr(self, key) < 0:
+        for key in ("max_train_examples", "max_eval_examples", "max_test_examples"):
+            if (getattr(self, key) or 0) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
 
 
@@ -140,6 +143,9 @@ class SourceConfig:
         0, "n > 0 keeps a random n of the train split (drawn with split_seed, order kept); 0 "
         "keeps it whole")
     max_eval_examples: int = setting(0, "the same for the validation and test splits")
+    max_test_examples: int | None = setting(None, "the test split's own limit (None: "
+                                            "max_eval_examples): a small validation subset to "
+                                            "evaluate often, a whole test split at the end")
 
     def __post_init__(self):
         if self.kind not in SOURCE_KINDS:
@@ -158,8 +164,8 @@ class SourceConfig:
             raise ValueError("train_split must name a split")
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(f"weight must be > 0, got {self.weight}")
-        for key in ("max_train_examples", "max_eval_examples"):
-            if getattr(self, key) < 0:
+        for key in ("max_train_examples", "max_eval_examples", "max_test_examples"):
+            if (getattr(self, key) or 0) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         self._check_columns()
         self._check_splits()

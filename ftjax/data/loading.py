@@ -149,7 +149,9 @@ def load_source(
     else:
         splits, labels = _load_tfds(config, wanted, columns, names, num_labels)
     for role in list(splits):
-        limit = config.max_train_examples if role == "train" else config.max_eval_examples
+        limit = {"train": config.max_train_examples, "validation": config.max_eval_examples,
+                 "test": config.max_eval_examples if config.max_test_examples is None
+                 else config.max_test_examples}[role]
         if limit:
             splits[role] = subsample(splits[role], limit, seed=config.split_seed)
     return LoadedSource(name, splits, None if labels is None else labels.names)

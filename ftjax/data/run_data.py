@@ -53,7 +53,8 @@ def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
         test_split=None if one_file else data.test_split, split_seed=data.split_seed,
         text_column=task.text_key, text_pair_column=task.text_pair_key,
         label_column=task.label_key if classification else None, prompt_column=task.prompt_key,
-        max_train_examples=data.max_train_examples, max_eval_examples=data.max_eval_examples)
+        max_train_examples=data.max_train_examples, max_eval_examples=data.max_eval_examples,
+        max_test_examples=data.max_test_examples)
 
 
 def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
