@@ -23,6 +23,11 @@ setup(
         "tqdm>=4.66",
         # TensorBoard event files without a TensorFlow dependency.
         "tensorboardX>=2.6",
+        # The fields' own metric implementations: macro-F1 (scikit-learn), entity-level F1
+        # (seqeval), BLEU / chrF (sacrebleu); numbers comparable with papers, not ours.
+        "scikit-learn>=1.3",
+        "seqeval>=1.2.2",
+        "sacrebleu>=2.4",
         # Suggests the right encoding when a local data file does not decode (ftjax.data.readers).
         "charset-normalizer>=3",
     ],

@@ -200,8 +200,11 @@ def test_one_source_through_the_mixed_path_is_todays_stream(encoder_tok, decoder
                                          shard_index=shard_index, shard_count=shard_count), 12)
         for batch in mixed:
             assert batch.pop("source").tolist() == [0] * 4
+            ids = batch.pop("example_id")  # the record of each row; packed rows hold several
+            assert (ids == -1).all() if task.packed else ((0 <= ids) & (ids < 23)).all()
         assert_batches_equal(mixed, expected)
-        assert_batches_equal([{k: v for k, v in b.items() if k != "source"} for b in plain],
+        extras = ("source", "example_id")
+        assert_batches_equal([{k: v for k, v in b.items() if k not in extras} for b in plain],
                              expected)
 
 

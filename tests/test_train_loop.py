@@ -184,8 +184,8 @@ def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tm
     script = iter([0.50, 0.70, 0.69, 0.70, 0.65, 0.99, 0.99])
     real_evaluate = evaluation.evaluate
 
-    def scripted(eval_step, state, batches):
-        metrics = real_evaluate(eval_step, state, batches)
+    def scripted(eval_step, state, batches, metric=None):
+        metrics = real_evaluate(eval_step, state, batches, metric)
         return {**metrics, "accuracy": next(script, metrics["accuracy"])}
 
     monkeypatch.setattr(evaluation, "evaluate", scripted)

@@ -107,8 +107,8 @@ def test_an_evaluation_at_step_0_lets_selection_keep_the_model_as_set_up(tiny_co
     script = iter([0.9, 0.6, 0.7])
     real_evaluate = evaluation.evaluate
 
-    def scripted(eval_step, state, batches):
-        metrics = real_evaluate(eval_step, state, batches)
+    def scripted(eval_step, state, batches, metric=None):
+        metrics = real_evaluate(eval_step, state, batches, metric)
         return {**metrics, "accuracy": next(script, metrics["accuracy"])}
 
     monkeypatch.setattr(evaluation, "evaluate", scripted)

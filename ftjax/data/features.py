@@ -10,6 +10,9 @@ A batch is a dict of numpy arrays, B rows of length T:
   token_type_ids  int32   (B, T)  sentence A = 0 / sentence B = 1 (encoders); zeros otherwise
   source          int32   (B,)    which data source the row comes from: its index in the
                                   train mixture's sources (eval batches: ``source_index``)
+  example_id      int32   (B,)    the record the row was made from (its index in the split;
+                                  several rows of one record, e.g. QA windows, share it);
+                                  -1 on filler rows and on packed rows, which hold several
 plus, per task, either
   labels          int32   (B,)    class ids            } sequence classification
   example_mask    float32 (B,)    0 on filler rows      }
@@ -31,6 +34,7 @@ Shapes = dict[str, tuple[tuple[int, ...], np.dtype]]
 TOKEN_FEATURES = ("input_ids", "attention_mask", "positions", "segment_ids", "token_type_ids")
 MASK_FEATURES = ("example_mask", "loss_mask")
 SOURCE_FEATURE = "source"
+EXAMPLE_FEATURE = "example_id"
 
 
 class IndexedRecord(NamedTuple):
@@ -55,13 +59,16 @@ def token_shapes(max_length: int) -> Shapes:
 
 
 def source_shapes() -> Shapes:
-    """The row shape of the "source" feature, which every pipeline adds to a task's rows."""
-    return {SOURCE_FEATURE: ((), np.dtype(np.int32))}
+    """The row shapes of the "source" and "example_id" features, which every pipeline adds to
+    a task's rows."""
+    return {SOURCE_FEATURE: ((), np.dtype(np.int32)), EXAMPLE_FEATURE: ((), np.dtype(np.int32))}
 
 
-def with_source(row: Row, source: int) -> Row:
-    """``row`` with its "source" feature set (in place; returned for chaining)."""
+def with_source(row: Row, source: int, example_id: int = -1) -> Row:
+    """``row`` with its "source" and "example_id" features set (in place; returned for
+    chaining); a task that sets example_id itself keeps its own."""
     row[SOURCE_FEATURE] = np.asarray(source, np.int32)
+    row.setdefault(EXAMPLE_FEATURE, np.asarray(example_id, np.int32))
     return row
 
 
@@ -105,6 +112,8 @@ def filler_like(row: Row) -> Row:
     for name in MASK_FEATURES:
         if name in filler:
             filler[name] = np.zeros_like(filler[name])
+    if EXAMPLE_FEATURE in filler:
+        filler[EXAMPLE_FEATURE] = np.full_like(filler[EXAMPLE_FEATURE], -1)
     return filler
 
 

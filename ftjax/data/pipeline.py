@@ -271,7 +271,7 @@ class _FeaturizeWithSource:
         self.featurizers = featurizers
 
     def __call__(self, item: IndexedRecord) -> Row:
-        return with_source(self.featurizers[item.source](item), item.source)
+        return with_source(self.featurizers[item.source](item), item.source, item.record_index)
 
 
 class _AddSource:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
+import jax.numpy as jnp
 import numpy as np
 
 from ftjax.data.errors import DataError, TokenizerError
@@ -24,12 +25,17 @@ from ftjax.data.features import (
     token_shapes,
     truncate_pair,
 )
+from ftjax.data.metrics import ClassificationMetric
 from ftjax.data.prompting import PromptTemplate, label_token_ids
 from ftjax.data.records import label_field, text_field
 from ftjax.data.types import TokenizerLike
 
 
 class Task(Protocol):
+    """What every task gives; a task with a metric of its own also gives
+    `predict(logits) -> {name: array}` (pure, run inside the jitted eval step) and
+    `metric(records, tokenizer) -> ftjax.data.metrics.TaskMetric`."""
+
     max_length: int
 
     @property
@@ -90,6 +96,12 @@ class SequenceClassification:
     @property
     def packed(self) -> bool:
         return False
+
+    def predict(self, logits_BC) -> dict:
+        return {"label": jnp.argmax(logits_BC, axis=-1).astype(jnp.int32)}
+
+    def metric(self, records, tokenizer) -> ClassificationMetric:
+        return ClassificationMetric(self.num_labels)
 
     def label_token_ids(self, tokenizer: TokenizerLike) -> tuple[int, ...]:
         """Token id of each label word right after the prompt (one token each, else an error)."""

@@ -15,16 +15,24 @@ from ftjax.data import batch_shapes
 from ftjax.train.state import TrainState
 
 
-def evaluate(eval_step_jit, state: TrainState, batches) -> dict:
-    """Sum the eval step over a finite pass of batches; metrics are exact per-example means.
+def evaluate(eval_step_jit, state: TrainState, batches, metric=None) -> dict:
+    """Sum the eval step over a finite pass of batches; metrics are exact per-example means,
+    plus the task metric's (ftjax.data.metrics) when one is given: it sees each batch's
+    predictions with the batch's own features.
 
     batches: Experiment.placed_eval_batches(split) (or numpy batches for an unsharded state).
     """
     totals = None
     for batch in batches:
         sums = eval_step_jit(state.trainable, state.frozen, batch, state.constants)
+        predictions = sums.pop("predictions", None)
+        if metric is not None and predictions is not None:
+            metric.update(jax.device_get(batch), jax.device_get(predictions))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    return eval_metrics(jax.device_get(totals), eval_step_jit.terms)
+    results = eval_metrics(jax.device_get(totals), eval_step_jit.terms)
+    if metric is not None:
+        results.update(metric.result())
+    return results
 
 
 def eval_metrics(totals: dict, terms) -> dict:
@@ -53,8 +61,18 @@ def eval_metric_names(exp) -> list[str]:
              in batch_shapes(exp.task, exp.cfg.eval_batch_size).items()}
     sums = jax.eval_shape(exp.eval_step, exp.state.trainable, exp.state.frozen, batch,
                           exp.state.constants)
-    totals = {k: 1.0 for k in sums}
-    return sorted(eval_metrics(totals, exp.eval_step.terms))
+    totals = {k: 1.0 for k in sums if k != "predictions"}
+    names = set(eval_metrics(totals, exp.eval_step.terms))
+    if hasattr(exp.task, "metric"):
+        names |= set(exp.task.metric([], exp.tokenizer).names)
+    return sorted(names)
+
+
+def task_metric(exp, source, split: str):
+    """The metric of a source's task over one of its splits, or None (no task metric)."""
+    if not hasattr(source.task, "metric"):
+        return None
+    return source.task.metric(source.splits[split], exp.tokenizer)
 
 
 def evaluate_splits(exp, eval_step_jit, state: TrainState, splits: Sequence[str]) -> dict:
@@ -66,10 +84,13 @@ def evaluate_splits(exp, eval_step_jit, state: TrainState, splits: Sequence[str]
             raise KeyError(f"no source has a {split!r} split; the run's splits are "
                            f"{exp.splits}")
         if len(exp.sources) == 1:
-            results[split] = evaluate(eval_step_jit, state, exp.placed_eval_batches(split))
+            results[split] = evaluate(eval_step_jit, state, exp.placed_eval_batches(split),
+                                      task_metric(exp, exp.sources[0], split))
             continue
-        per_source = {name: evaluate(eval_step_jit, state, exp.placed_eval_batches(split, name))
-                      for name in having}
+        per_source = {s.name: evaluate(eval_step_jit, state,
+                                       exp.placed_eval_batches(split, s.name),
+                                       task_metric(exp, s, split))
+                      for s in exp.sources if s.name in having}
         results[split] = macro_average(per_source.values())
         results.update({f"{split}/{name}": metrics for name, metrics in per_source.items()})
     return results

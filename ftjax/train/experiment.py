@@ -264,7 +264,8 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
         train_step=make_train_step(pretrained.model, tx, loss_terms,
                                    accumulation_steps=cfg.accumulation_steps,
                                    learning_rate_fn=lr_fn, sources=[s.name for s in sources]),
-        eval_step=make_eval_step(pretrained.model, loss_terms),
+        eval_step=make_eval_step(pretrained.model, loss_terms,
+                                 predict=getattr(task, "predict", None)),
         learning_rate=lr_fn, plan=plan, base_hash=base_hash,
     )
 

@@ -275,11 +275,14 @@ def compiled_memory(jitted_step, state: TrainState, batch: dict) -> dict | None:
     return out
 
 
-def make_eval_step(model, loss: LossTerm | Sequence[LossTerm]):
+def make_eval_step(model, loss: LossTerm | Sequence[LossTerm],
+                   predict: Callable[[jax.Array], dict] | None = None):
     """eval_step(trainable, frozen, batch, constants={}) -> sums of the evaluated terms; jit it.
 
     Sums: `loss_sum` / `weight` of the first evaluated term (the task's), `loss_sum/<term>` /
-    `weight/<term>` of each, and the terms' stats (keyed as in the train metrics).
+    `weight/<term>` of each, and the terms' stats (keyed as in the train metrics). With
+    `predict` (the task's, ftjax.data.tasks), also `predictions`: predict(logits) of the batch,
+    for the task's metric on the host (not summed).
     """
     evaluated = [t for t in as_terms(loss) if t.per_example and t.evaluated]
     if not evaluated:
@@ -304,6 +307,8 @@ def make_eval_step(model, loss: LossTerm | Sequence[LossTerm]):
             sums.update({stat_key(i, term, k): v for k, v in value.stats.items()})
         first = evaluated[0].name
         sums["loss_sum"], sums["weight"] = sums[f"loss_sum/{first}"], sums[f"weight/{first}"]
+        if predict is not None:
+            sums["predictions"] = predict(output.logits)
         return sums
 
     eval_step.terms = tuple(evaluated)
