@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from ftjax.train.evaluation import evaluate_splits
 from ftjax.train.experiment import build_experiment
 from ftjax.train.loop import train
 from ftjax.utils.jsonio import write_json
+from ftjax.utils.machine import device_description
 
 RESULT, SPEC, LOG = "result.json", "run.json", "train.log"
 COMPILED, PEAK = "compiled step memory", "peak device memory"
@@ -54,22 +54,6 @@ COMPILED, PEAK = "compiled step memory", "peak device memory"
 
 class SweepInterrupted(RuntimeError):
     """Ctrl-C / SIGTERM during a run: its checkpoint is saved, the sweep stops."""
-
-
-def device_description() -> str:
-    """The device runs use, in words (named in the report)."""
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        return f"CPU, {os.cpu_count()} cores ({name})"
-    return f"{device.platform.upper()} {device.device_kind} (x{jax.device_count()})"
 
 
 def read_result(run_dir: Path) -> dict | None:
