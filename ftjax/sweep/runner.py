@@ -43,8 +43,8 @@ from ftjax.optim import trainability
 from ftjax.sweep import select
 from ftjax.sweep.plan import BASELINE, RunSpec, Sweep, config_fingerprint, same_config
 from ftjax.train.evaluation import evaluate_splits
-from ftjax.train.experiment import build_experiment
 from ftjax.train.loop import train
+from ftjax.train.restore import build_run_experiment
 from ftjax.utils.jsonio import write_json
 from ftjax.utils.machine import device_description
 
@@ -118,7 +118,7 @@ def validation_curve(run_dir: Path) -> list[list[float]]:
 
 def measure_untrained(spec: RunSpec, cfg, started: float) -> dict:
     """The baseline's record: the run's model as set up, evaluated on its eval splits and test."""
-    exp = build_experiment(cfg)
+    exp = build_run_experiment(cfg)
     eval_step = exp.jit_eval_step()
     evals = evaluate_splits(exp, eval_step, exp.state, exp.result_splits)
     report = trainability.report(exp.state.param_shapes(), exp.resolved, exp.state.opt_state)
