@@ -1,5 +1,7 @@
 """Two-stage fine-tuning: a run that starts from another run's final weights (`init_from`)."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -79,3 +81,62 @@ def test_init_from_errors_name_the_run(stage_one, tmp_path):
     with pytest.raises(ConfigError, match="head/classifier"):
         build_run_experiment(load_config(config, [f"init_from={run_dir}", "init_head=keep",
                                                   "head.num_labels=3"]))
+
+
+PIPELINE = '''
+
+from ftjax.train.stages import Stage
+
+_base = get_config
+
+
+def get_config(variant):
+    c = _base()
+    c.method = {"first": "lora", "second": "full"}[variant]
+    c.steps = 6
+    return c
+
+
+def get_stages():
+    return [Stage("one", "first"),
+            Stage("two_s0", "second", init_from="one", group="two-stage"),
+            Stage("two_s1", "second", ("seed=1",), init_from="one", group="two-stage")]
+'''
+
+
+def test_pipeline_runs_stages_in_order_and_keeps_finished_ones(tmp_path, tiny_bert_dir,
+                                                               tiny_text_data, capsys):
+    from conftest import write_tiny_config
+
+    from ftjax.cli import main
+
+    path = write_tiny_config(tmp_path / "pipe.py", tiny_bert_dir, tiny_text_data)
+    path.write_text(path.read_text() + PIPELINE)
+    root = tmp_path / "root"
+    args = ["pipeline", str(path), "--workdir", str(root), "--quiet", "--record"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "results" / "pipe.json").read_text())
+    group = record["groups"]["two-stage"]["test/accuracy"]
+    assert group["n"] == 2 and record["seeds"] == [0, 1]
+    accuracies = [record["metrics"][f"two_s{s}/test/accuracy"] for s in (0, 1)]
+    assert group["mean"] == pytest.approx(sum(accuracies) / 2)
+    saved = json.loads((root / "two_s1" / "config.json").read_text())
+    assert saved["init_from"] == str(root / "one") and saved["seed"] == 1
+    logs = {name: (root / name / "metrics.jsonl").read_text() for name in ("one", "two_s0")}
+    assert main(args) == 0  # finished stages are summarized, not trained again
+    assert {n: (root / n / "metrics.jsonl").read_text() for n in logs} == logs
+
+
+def test_pipeline_stage_starting_from_a_later_stage_is_refused(tmp_path, tiny_bert_dir,
+                                                               tiny_text_data, capsys):
+    from conftest import write_tiny_config
+
+    from ftjax.cli import main
+
+    path = write_tiny_config(tmp_path / "pipe.py", tiny_bert_dir, tiny_text_data)
+    path.write_text(path.read_text() + PIPELINE.replace('Stage("one", "first"),', "")
+                    + '\n\n_stages = get_stages\n\n\ndef get_stages():\n'
+                      '    return [*_stages(), Stage("one", "first")]\n')
+    assert main(["pipeline", str(path), "--workdir", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "starts from 'one', which is not an earlier stage" in err and err.count("\n") == 1

@@ -45,3 +45,25 @@ def write_record(experiment: str, result, cfg, argv: Sequence[str]) -> Path:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     })
     return path
+
+
+def write_pipeline_record(experiment: str, summary: dict, argv: Sequence[str]) -> Path:
+    """The record of a pipeline (ftjax.train.stages.run_stages): each stage's metrics and each
+    group's mean and standard deviation."""
+    path = record_path(experiment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {f"{stage}/{split}/{name}": value
+               for stage, splits in summary["stages"].items()
+               for split, values in splits.items() for name, value in values.items()}
+    write_json(path, {
+        "experiment": experiment,
+        "groups": summary["groups"],
+        "metrics": metrics,
+        "command": shlex.join(argv),
+        "seeds": summary["seeds"],
+        "steps": summary["steps"],
+        "wall_time_s": summary["wall_time_s"],
+        "machine": device_description(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    })
+    return path
