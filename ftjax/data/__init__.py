@@ -59,6 +59,7 @@ from ftjax.data.sources import (
     polarity_splits,
     tfds_source,
 )
+from ftjax.data.conversation import Conversation
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.types import RecordSource, TokenizerLike
 
@@ -70,6 +71,7 @@ __all__ = [
     "make_task",
     "source_configs",
     "CausalLM",
+    "Conversation",
     "DataError",
     "EmptySplitError",
     "EvalBatches",
