@@ -1,11 +1,20 @@
 """Instruction tuning rows: the loss falls on the assistant's tokens only, checked token by
 token against SmolLM2's own ChatML rendering."""
 
+import json
+
 import numpy as np
 import pytest
 
 from ftjax import assets
-from ftjax.data import Conversation, DataError, make_eval_batches
+from ftjax.data import (
+    Conversation,
+    DataError,
+    SourceConfig,
+    load_run_data,
+    make_eval_batches,
+)
+from ftjax.data.config import TaskConfig
 from ftjax.data.features import IndexedRecord
 from ftjax.io.tokenizer import load_tokenizer
 
@@ -69,5 +78,32 @@ def test_rows_pack_whole_conversations_and_truncate_long_ones(tokenizer):
 def test_bad_conversations_are_named(tokenizer):
     with pytest.raises(DataError, match="no assistant turn"):
         _document(tokenizer, MESSAGES[:2])
-    with pytest.raises(DataError, match="record 0: 'messages' must be a list"):
+    with pytest.raises(DataError, match="column 'messages' in record 0 must hold a conversation"):
         _document(tokenizer, "hello")
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_chat_sources_read_conversations_from_jsonl(tmp_path, tokenizer):
+    _write_jsonl(tmp_path / "chat_train.jsonl", [{"messages": MESSAGES, "id": 1}] * 3)
+    _write_jsonl(tmp_path / "chat_validation.jsonl", [{"messages": MESSAGES[1:3]}])
+    source = SourceConfig(kind="local", path=str(tmp_path / "chat_{split}.jsonl"),
+                          messages_column="messages", label_column=None, test_split=None)
+    (run_source,) = load_run_data({"chat": source}, TaskConfig(kind="chat", max_length=128),
+                                  num_labels=None)
+    assert run_source.splits["train"][0] == {"messages": MESSAGES}
+    assert isinstance(run_source.task, Conversation)
+    (batch,) = make_eval_batches(run_source.splits["validation"], run_source.task, tokenizer,
+                                 batch_size=1)
+    assert batch["loss_mask"].sum() == len(tokenizer.encode("2 + 2 = 4.<|im_end|>",
+                                                            add_special_tokens=False))
+    _write_jsonl(tmp_path / "chat_validation.jsonl", [{"messages": [{"role": "user"}]}])
+    with pytest.raises(DataError, match=r"column 'messages' in .*chat_validation.jsonl"):
+        load_run_data({"chat": source}, TaskConfig(kind="chat"), num_labels=None)
+    with pytest.raises(DataError, match="set the source's messages_column"):
+        load_run_data({"chat": SourceConfig(kind="local", path=str(tmp_path / "chat_{split}"
+                                                                    ".jsonl"),
+                                            label_column=None, test_split=None)},
+                      TaskConfig(kind="chat"), num_labels=None)

@@ -11,7 +11,7 @@ from pathlib import Path
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
-TASKS = ("classification", "causal_lm", "masked_lm")
+TASKS = ("classification", "causal_lm", "masked_lm", "chat")
 SOURCE_KINDS = ("polarity", "local", "hf", "tfds")
 SPLIT_PLACEHOLDER = "{split}"
 # File extensions the hf kind reads as one local file (ftjax.data.sources.hf_dataset).
@@ -22,15 +22,17 @@ HF_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 class TaskConfig:
     """How records become rows of tokens and labels (ftjax.data.tasks)."""
 
-    kind: str = setting("classification", "classification | causal_lm | masked_lm",
-                        choices=TASKS)
+    kind: str = setting("classification", "classification | causal_lm | masked_lm | chat "
+                        "(instruction tuning: each source's messages_column rendered with the "
+                        "tokenizer's chat template, the loss on assistant turns)", choices=TASKS)
     text_key: str = setting("text", "the record field holding the text")
     label_key: str = setting("label", "classification: the record field holding the label")
     text_pair_key: str | None = setting(None, "classification: a second text (sentence pairs)")
     prompt_key: str | None = setting(
         None, "causal_lm: a prompt field; the loss then counts only on the text (target) tokens")
     max_length: int = setting(64, "tokens per row (longer texts are truncated)")
-    packing: bool = setting(True, "causal_lm: pack documents whole into rows of max_length")
+    packing: bool = setting(True, "causal_lm / chat: pack documents whole into rows of "
+                            "max_length")
     mask_prob: float = setting(0.15, "masked_lm: the share of tokens selected for prediction")
     whole_word: bool = setting(False, "masked_lm: select whole words (all their tokens) "
                                "instead of single tokens")
@@ -129,6 +131,9 @@ class SourceConfig:
     text_pair_column: str | None = setting(None, "a second text (sentence pairs)")
     label_column: str | None = setting("label", "the column holding the label; None for "
                                        "language-model data")
+    messages_column: str | None = setting(
+        None, "chat: the column holding each conversation, a list of {role, content} turns "
+        "(jsonl / json / hf); the text columns are then not read")
     prompt_column: str | None = setting(None, "a prompt column (causal LM prompt / target "
                                         "data)")
     keep_columns: tuple[str, ...] = setting((), "more columns copied into each record as they "

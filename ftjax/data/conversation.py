@@ -23,6 +23,7 @@ import numpy as np
 
 from ftjax.data.errors import DataError, TokenizerError
 from ftjax.data.features import IndexedRecord, Row, Shapes
+from ftjax.data.records import messages_field
 from ftjax.data.tasks import document_rows, lm_shapes
 from ftjax.data.types import TokenizerLike
 
@@ -79,15 +80,10 @@ class _ConversationFeaturizer:
 
     def document(self, item: IndexedRecord) -> dict[str, np.ndarray]:
         where = f"record {item.record_index}"
-        messages = item.record.get(self.task.messages_key)
-        if not isinstance(messages, (list, tuple)) or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m
-                for m in messages):
-            raise DataError(f"{where}: {self.task.messages_key!r} must be a list of "
-                            f"{{'role', 'content'}} messages, got {messages!r:.80}")
+        messages = messages_field(item.record, self.task.messages_key, where)
         tokens: list[int] = []
         trained: list[bool] = []
-        for text, is_assistant in assistant_segments(self.tokenizer, list(messages), where):
+        for text, is_assistant in assistant_segments(self.tokenizer, messages, where):
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             tokens += ids
             trained += [is_assistant] * len(ids)

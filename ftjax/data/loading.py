@@ -34,7 +34,7 @@ from ftjax.data.errors import (
 )
 from ftjax.data.labels import LabelSet, label_text
 from ftjax.data.readers import ParsedRow, read_rows
-from ftjax.data.records import as_int, require_column, text_field
+from ftjax.data.records import as_int, messages_field, require_column, text_field
 from ftjax.data.sources import hf_dataset, polarity_splits, tfds_source
 from ftjax.data.splitting import stratified_split, subsample
 from ftjax.data.types import Record, RecordSource
@@ -63,13 +63,17 @@ class Columns:
     prompt: str | None = None
     label: str | None = None
     keep: tuple[str, ...] = ()
+    messages: str | None = None  # a conversation column (instruction tuning) instead of text
 
     @classmethod
     def of(cls, config: SourceConfig, needs_labels: bool) -> "Columns":
         return cls(config.text_column, config.text_pair_column, config.prompt_column,
-                   config.label_column if needs_labels else None, tuple(config.keep_columns))
+                   config.label_column if needs_labels else None, tuple(config.keep_columns),
+                   config.messages_column)
 
     def needed(self) -> tuple[str, ...]:
+        if self.messages is not None:
+            return (self.messages, *self.keep)
         named = (self.text, self.text_pair, self.prompt, self.label, *self.keep)
         return tuple(dict.fromkeys(c for c in named if c is not None))
 
@@ -78,6 +82,9 @@ class Columns:
 
     def record(self, row: Record, where: str, labels: LabelSet | None) -> dict[str, Any]:
         """The canonical record of ``row``; ``where`` locates the row in errors."""
+        if self.messages is not None:
+            return {"messages": messages_field(row, self.messages, where),
+                    **{column: require_column(row, column, where) for column in self.keep}}
         record: dict[str, Any] = {"text": text_field(row, self.text, where)}
         if self.text_pair is not None:
             record["text_pair"] = text_field(row, self.text_pair, where)
