@@ -123,31 +123,34 @@ def test_finished_beams_pad_and_the_loop_stops_when_all_are_done(tiny):
 
 
 def test_matches_transformers_beam_search(tmp_path):
-    """Same weights in transformers: without EOS both keep the K best sums at every step, so the
-    beams agree exactly (with EOS the two differ by design: transformers keeps finished
-    hypotheses in a separate bank). transformers wants hidden = heads x head_dim, which the
-    tiny-llama preset (31 = prime) is not."""
+    """Same weights in transformers: the same beams and scores, without EOS and with EOS ids
+    that end some beams early, for length penalties favouring long and short output.
+    transformers wants hidden = heads x head_dim, which the tiny-llama preset (31) is not."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     model = Model(preset("tiny-llama", hidden_size=36, head_dim=6))
     params = init_params(model, jax.random.key(2))
     save_hf(model.config, params, tmp_path)
-    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32)
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     hf.eval()
-    prompts = [[1, 17, 33, 5], [1, 40, 8, 21, 9, 60]]
-    result = beam_search(model, params, prompts, max_new_tokens=6, num_beams=3,
-                         eos_ids=[])
-    for prompt, beams in zip(prompts, result.beams):
+    # EOS ids: a token of a free run's best beam, of another beam, and none.
+    cases = [([1, 17, 33, 5], 96, 1.0), ([1, 17, 33, 5], 25, 1.0), ([1, 17, 33, 5], 25, -1.0),
+             ([1, 40, 8, 21, 9, 60], 17, 2.0), ([1, 40, 8, 21, 9, 60], None, 1.0)]
+    for prompt, eos, length_penalty in cases:
+        result = beam_search(model, params, [prompt], max_new_tokens=6, num_beams=3,
+                             eos_ids=[] if eos is None else [eos], length_penalty=length_penalty)
         with torch.no_grad():
             out = hf.generate(torch.tensor([prompt]), num_beams=3, num_return_sequences=3,
-                              do_sample=False, max_new_tokens=6, min_new_tokens=6,
-                              length_penalty=1.0, eos_token_id=None, pad_token_id=0,
-                              output_scores=True, return_dict_in_generate=True,
-                              early_stopping=False)
-        theirs = out.sequences[:, len(prompt):].tolist()
-        assert [b for b, _ in beams] == theirs
-        np.testing.assert_allclose([s for _, s in beams], out.sequences_scores.numpy(),
-                                   rtol=1e-4, atol=1e-5)
+                              do_sample=False, max_new_tokens=6, length_penalty=length_penalty,
+                              eos_token_id=eos, pad_token_id=0, output_scores=True,
+                              return_dict_in_generate=True)
+        theirs = []
+        for row in out.sequences[:, len(prompt):].tolist():  # transformers pads with EOS
+            theirs.append(row[:row.index(eos)] if eos in row else row)
+        what = (prompt, eos, length_penalty)
+        assert [b for b, _ in result.beams[0]] == theirs, what
+        np.testing.assert_allclose([s for _, s in result.beams[0]], out.sequences_scores.numpy(),
+                                   rtol=1e-4, atol=1e-5, err_msg=str(what))
 
 
 def test_text_api_and_cli(capsys, monkeypatch, tiny_llama_dir):

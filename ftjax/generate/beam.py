@@ -1,15 +1,20 @@
 """Beam search with the KV cache: one jitted program (prefill + a `lax.while_loop`) per shape.
 
 The B prompts are prefilled once; the cache is then repeated to B * K rows (K = num_beams, beam
-k of prompt b in row b * K + k). Each step scores every candidate and keeps K per prompt:
-  - a live beam extends by every token v: raw = sum of log-probs + log p(v), ranked by
-    raw / length ** length_penalty with length = tokens generated so far including v;
-  - a finished beam (it emitted an EOS id) is one candidate, itself, with its final score; it no
-    longer grows and its later slots hold pad.
-The cache rows are then reordered by each survivor's parent beam (a take along the batch axis)
-and the chosen tokens run through the model. The loop ends when every beam of every prompt is
-finished or max_new_tokens tokens exist. Scores follow the HF convention sum(log p) /
-length ** length_penalty; here length counts the generated tokens INCLUDING the stopping EOS.
+k of prompt b in row b * K + k). The algorithm is transformers' (`generate(num_beams=K,
+do_sample=False)`), and tests/test_beam_search.py checks that both return the same beams:
+  - K running beams per prompt, ranked by their sum of log-probs; each step takes the 2K best
+    one-token extensions; those ending in an EOS id and ranked among the first K enter the bank,
+    the K best that did not end stay running (so a finished beam never takes a running slot);
+  - the bank keeps the K best finished hypotheses by score sum(log p) / length ** length_penalty,
+    where length counts the generated tokens INCLUDING the EOS; at the last step (max_new_tokens)
+    the running beams enter it too. A banked hypothesis no longer grows: its later slots are pad;
+  - the running beams' cache rows are reordered by parent beam (a take along the batch axis) and
+    their new tokens run through the model;
+  - the loop stops at max_new_tokens or once every prompt's bank is full and no running beam can
+    still beat its worst entry (the best reachable score: the best sum now over
+    max_new_tokens ** length_penalty when length_penalty > 0, over the current length
+    otherwise); a stop that changes no result.
 At step 0 only beam 0 is live (the others start at -inf), so the first K beams are distinct.
 
 With num_beams = 1 this is greedy decoding. With num_beams >= V ** (L - 1) (V the vocabulary,
@@ -71,45 +76,60 @@ def _beam_search(model: Model, params, prompt_ids_BP, prompt_mask_BP, max_new_to
     N = cache_length - virtual - P - 1  # one slot spare: the last step's forward pass writes it
     tokens_BKN = jnp.full((B, K, N), pad_id, jnp.int32)
     raw_BK = jnp.full((B, K), -jnp.inf, jnp.float32).at[:, 0].set(0.0)
-    length_BK = jnp.zeros((B, K), jnp.int32)
-    done_BK = jnp.zeros((B, K), bool)
     penalty = jnp.asarray(length_penalty, jnp.float32)
+    bank_tokens_BKN = jnp.full((B, K, N), pad_id, jnp.int32)
+    bank_score_BK = jnp.full((B, K), -jnp.inf, jnp.float32)
+    bank_length_BK = jnp.zeros((B, K), jnp.int32)
+
+    def penalised(raw, length):
+        return raw / jnp.maximum(length, 1).astype(jnp.float32) ** penalty
 
     def keep_going(state):
-        step, _, _, _, _, done_BK, _ = state
-        return (step < max_new_tokens) & ~jnp.all(done_BK)
+        step, _, _, raw_BK, _, bank_score_BK, _, _ = state
+        # No running beam can still beat the worst banked one: raw sums only fall, so the best
+        # reachable score is the best sum now over max_new_tokens ** penalty (penalty > 0) or
+        # over the current length (penalty <= 0).
+        best_length = jnp.where(penalty > 0, max_new_tokens, jnp.maximum(step, 1))
+        reachable_B = penalised(jnp.max(raw_BK, -1), best_length)
+        settled = jnp.all(jnp.min(bank_score_BK, -1) >= reachable_B)
+        return (step < max_new_tokens) & ~settled
 
     def one_token(state):
-        step, cache, tokens_BKN, raw_BK, length_BK, done_BK, logp_BKV = state
-        extended_BKV = jnp.where(done_BK[..., None], -jnp.inf, raw_BK[..., None] + logp_BKV)
-        new_length = (step + 1).astype(jnp.float32)
-        ranked_live = (extended_BKV / new_length ** penalty).reshape(B, K * V)
-        finished_score_BK = raw_BK / jnp.maximum(length_BK, 1).astype(jnp.float32) ** penalty
-        ranked_done = jnp.where(done_BK, finished_score_BK, -jnp.inf)
-        _, pick_BK = jax.lax.top_k(jnp.concatenate([ranked_live, ranked_done], -1), K)
-        kept_BK = pick_BK >= K * V
-        live_pick_BK = jnp.minimum(pick_BK, K * V - 1)
-        parent_BK = jnp.where(kept_BK, pick_BK - K * V, live_pick_BK // V)
-        token_BK = jnp.where(kept_BK, pad_id, live_pick_BK % V).astype(jnp.int32)
-        live_raw_BK = jnp.take_along_axis(extended_BKV.reshape(B, K * V), live_pick_BK, -1)
-        parent_raw_BK = jnp.take_along_axis(raw_BK, parent_BK, -1)
-        raw_BK = jnp.where(kept_BK, parent_raw_BK, live_raw_BK)
-        length_BK = jnp.where(kept_BK, jnp.take_along_axis(length_BK, parent_BK, -1), step + 1)
-        done_BK = kept_BK | jnp.isin(token_BK, eos_ids_E)
-        tokens_BKN = jnp.take_along_axis(tokens_BKN, parent_BK[..., None], axis=1)
-        tokens_BKN = jax.lax.dynamic_update_slice(tokens_BKN, token_BK[..., None], (0, 0, step))
-        rows = (jnp.arange(B)[:, None] * K + parent_BK).reshape(B * K)
-        cache = _take_rows(cache, rows)
-        feed = jnp.where(done_BK, pad_id, token_BK).reshape(B * K, 1)
-        out = model.apply({"params": params}, feed, attention_mask=jnp.ones((B * K, 1), jnp.int32),
-                          cache=cache)
+        (step, cache, tokens_BKN, raw_BK, logp_BKV, bank_score_BK, bank_tokens_BKN,
+         bank_length_BK) = state
+        extended_BKV = (raw_BK[..., None] + logp_BKV).reshape(B, K * V)
+        top_raw_B2, pick_B2 = jax.lax.top_k(extended_BKV, 2 * K)
+        parent_B2, token_B2 = pick_B2 // V, (pick_B2 % V).astype(jnp.int32)
+        ends_B2 = jnp.isin(token_B2, eos_ids_E)
+        grown_B2N = jnp.take_along_axis(tokens_BKN, parent_B2[..., None], axis=1)
+        grown_B2N = jax.lax.dynamic_update_slice(grown_B2N, token_B2[..., None], (0, 0, step))
+        # Finished hypotheses: EOS among the K best candidates, or every candidate at the end.
+        last = step + 1 >= max_new_tokens
+        finishing_B2 = (ends_B2 | last) & (jnp.arange(2 * K) < K)
+        new_score_B2 = jnp.where(finishing_B2, penalised(top_raw_B2, step + 1), -jnp.inf)
+        pool_score = jnp.concatenate([bank_score_BK, new_score_B2], -1)
+        pool_tokens = jnp.concatenate([bank_tokens_BKN, grown_B2N], 1)
+        pool_length = jnp.concatenate([bank_length_BK, jnp.full((B, 2 * K), step + 1)], -1)
+        bank_score_BK, keep_BK = jax.lax.top_k(pool_score, K)
+        bank_tokens_BKN = jnp.take_along_axis(pool_tokens, keep_BK[..., None], axis=1)
+        bank_length_BK = jnp.take_along_axis(pool_length, keep_BK, -1)
+        # Running beams: the K best candidates that did not end.
+        raw_B2 = jnp.where(ends_B2, -jnp.inf, top_raw_B2)
+        raw_BK, run_BK = jax.lax.top_k(raw_B2, K)
+        parent_BK = jnp.take_along_axis(parent_B2, run_BK, -1)
+        token_BK = jnp.take_along_axis(token_B2, run_BK, -1)
+        tokens_BKN = jnp.take_along_axis(grown_B2N, run_BK[..., None], axis=1)
+        cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent_BK).reshape(B * K))
+        out = model.apply({"params": params}, token_BK.reshape(B * K, 1),
+                          attention_mask=jnp.ones((B * K, 1), jnp.int32), cache=cache)
         logp_BKV = jax.nn.log_softmax(out.logits[:, 0].astype(jnp.float32), -1).reshape(B, K, V)
-        return step + 1, out.cache, tokens_BKN, raw_BK, length_BK, done_BK, logp_BKV
+        return (step + 1, out.cache, tokens_BKN, raw_BK, logp_BKV, bank_score_BK,
+                bank_tokens_BKN, bank_length_BK)
 
-    steps, _, tokens_BKN, raw_BK, length_BK, _, _ = jax.lax.while_loop(
+    steps, _, _, _, _, scores_BK, tokens_BKN, length_BK = jax.lax.while_loop(
         keep_going, one_token,
-        (jnp.int32(0), cache, tokens_BKN, raw_BK, length_BK, done_BK, logp_BKV))
-    scores_BK = raw_BK / jnp.maximum(length_BK, 1).astype(jnp.float32) ** penalty
+        (jnp.int32(0), cache, tokens_BKN, raw_BK, logp_BKV, bank_score_BK, bank_tokens_BKN,
+         bank_length_BK))
     return tokens_BKN, scores_BK, length_BK, steps
 
 
