@@ -173,3 +173,21 @@ def test_text_api_and_cli(capsys, monkeypatch, tiny_llama_dir):
     code = cli.main(["generate", "--model", str(tiny_llama_dir), "--prompt", "x",
                      "--num-beams", "3", "--temperature", "0.5"])
     assert code == 2 and "--num-beams" in capsys.readouterr().err
+
+
+def test_other_budget_eos_and_penalty_compile_nothing(tiny):
+    model, params = tiny
+    beam_search(model, params, PROMPTS, max_new_tokens=8, num_beams=4, eos_ids=[])
+    compiles = []
+
+    def on_event(name, *args, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        beam_search(model, params, [[7, 8], [9] * 5, [10] * 11], max_new_tokens=11, num_beams=4,
+                    eos_ids=[5], length_penalty=0.3)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert compiles == []

@@ -17,9 +17,10 @@ do_sample=False)`), and tests/test_beam_search.py checks that both return the sa
     otherwise); a stop that changes no result.
 At step 0 only beam 0 is live (the others start at -inf), so the first K beams are distinct.
 
-With num_beams = 1 this is greedy decoding. With num_beams >= V ** (L - 1) (V the vocabulary,
-L = max_new_tokens) no hypothesis is ever dropped before the last step, so the result is the
-exhaustive optimum of the score (tests/test_beam_search.py checks both).
+Without EOS ids, num_beams = 1 is greedy decoding (with them a one-beam search may bank an EOS
+and go on looking for a better ending, as transformers does). With num_beams >= V ** (L - 1)
+(V the vocabulary, L = max_new_tokens) no hypothesis is dropped before the last step, so the
+result is the exhaustive optimum of the score (tests/test_beam_search.py checks both).
 """
 
 from __future__ import annotations
