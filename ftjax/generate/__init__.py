@@ -32,8 +32,8 @@ from ftjax.generate.sampling import (
 __all__ = [
     "BeamResult", "DecodeContext", "Generation", "LogitsProcessor", "Sampler", "SamplingConfig",
     "SamplingKnobs", "apply_temperature", "beam_search", "chat_messages", "complete", "draw",
-    "encode_prompts", "generate", "generate_ids", "greedy", "nucleus_of_sorted", "run_generation", "sample",
-    "top_k_candidates", "top_k_filter", "top_p_filter",
+    "encode_prompts", "generate", "generate_ids", "greedy", "nucleus_of_sorted", "run_generation",
+    "sample", "top_k_candidates", "top_k_filter", "top_p_filter",
 ]
 
 
