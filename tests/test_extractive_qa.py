@@ -1,7 +1,11 @@
 """Extractive QA: SQuAD reading, windowing with stride, n-best decoding, official EM/F1."""
 
+import copy
 import json
+from types import SimpleNamespace
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,8 +20,10 @@ from ftjax.data.extractive_qa import (
     read_squad,
     score,
 )
-from ftjax.data.features import IndexedRecord
+from ftjax.data.features import IndexedRecord, source_shapes
+from ftjax.data.pipeline import make_eval_batches, make_train_iterator
 from ftjax.io.tokenizer import load_tokenizer
+from ftjax.objectives import loss_for_task
 
 CONTEXT = ("The Eiffel Tower was built in 1889 by Gustave Eiffel's company. It stands in Paris, "
            "on the Champ de Mars. The tower is 330 metres tall and was the tallest structure in "
@@ -41,6 +47,7 @@ HAND_MADE = [
 
 
 def _squad_doc(records):
+    records = copy.deepcopy(records)
     return {"version": "1.1", "data": [{"title": "t", "paragraphs": [
         {"context": r["context"], "qas": [{"id": r["id"], "question": r["question"],
                                            "answers": r["answers"]}]} for r in records]}]}
@@ -202,3 +209,64 @@ def test_malformed_squad_names_file_and_position(tmp_path):
     bad.write_text(json.dumps(doc))
     with pytest.raises(DataError, match=r"answers\[0\]: answer_start=10000"):
         read_squad(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring: the pipeline flattens a record's windows; the span loss
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_train_iterator_flattens_windows_and_resumes_exactly(tokenizer):
+    task = ExtractiveQA(max_length=40, doc_stride=10, max_query_length=16)
+    records = HAND_MADE * 3
+    iterator = make_train_iterator(records, task, tokenizer, batch_size=4, seed=3)
+    first = _take(iterator, 3)
+    for batch in first:
+        for name, (shape, dtype) in {**task.row_shapes(), **source_shapes()}.items():
+            assert batch[name].shape == (4, *shape) and batch[name].dtype == dtype, name
+    # windows of one record are consecutive rows with that record's example_id
+    ids = np.concatenate([b["example_id"] for b in first])
+    assert len(set(ids.tolist())) < len(ids)
+    state = iterator.get_state()  # mid-record: inside one record's windows
+    expected = _take(iterator, 6)
+    restored = make_train_iterator(records, task, tokenizer, batch_size=4, seed=3)
+    restored.set_state(json.loads(json.dumps(state)))
+    for a, b in zip(_take(restored, 6), expected):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_eval_batches_and_metric_score_every_question(tokenizer):
+    task = ExtractiveQA(max_length=40, doc_stride=10, max_query_length=16)
+    batches = list(make_eval_batches(HAND_MADE, task, tokenizer, batch_size=8))
+    n_windows = sum(len(task.featurizer(tokenizer)(IndexedRecord(i, i, r)))
+                    for i, r in enumerate(HAND_MADE))
+    assert sum(int((b["example_id"] >= 0).sum()) for b in batches) == n_windows
+    metric = task.metric(HAND_MADE)
+    for batch in batches:  # one-hot logits at the gold positions, via predict()
+        logits = np.full((*batch["input_ids"].shape, 2), -10.0, np.float32)
+        rows = np.arange(len(logits))
+        logits[rows, batch["start_positions"], 0] = 10.0
+        logits[rows, batch["end_positions"], 1] = 10.0
+        predictions = {k: np.asarray(v) for k, v in task.predict(jnp.asarray(logits)).items()}
+        metric.update(batch, predictions)
+    assert metric.result() == {"exact_match": 100.0, "f1": 100.0}
+    assert set(metric.names) == {"exact_match", "f1"}
+
+
+def test_span_loss_is_the_mean_of_start_and_end_cross_entropy():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(3, 7, 2)), jnp.float32)
+    batch = {"start_positions": jnp.asarray([1, 0, 4]), "end_positions": jnp.asarray([2, 0, 6]),
+             "example_mask": jnp.asarray([1.0, 1.0, 0.0])}
+    term = loss_for_task("extractive_qa")
+    assert term.name == "span"
+    ctx = SimpleNamespace(batch=batch, output=SimpleNamespace(logits=logits))
+    value = term(ctx)
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=1))
+    expected = sum(-0.5 * (logp[i, batch["start_positions"][i], 0]
+                           + logp[i, batch["end_positions"][i], 1]) for i in range(2))
+    assert float(value.total) == pytest.approx(expected, rel=1e-5)
+    assert float(value.per_row[2]) == 0.0

@@ -11,7 +11,7 @@ from pathlib import Path
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
-TASKS = ("classification", "causal_lm", "masked_lm")
+TASKS = ("classification", "causal_lm", "masked_lm", "extractive_qa")
 SOURCE_KINDS = ("polarity", "local", "hf", "tfds")
 SPLIT_PLACEHOLDER = "{split}"
 # File extensions the hf kind reads as one local file (ftjax.data.sources.hf_dataset).
@@ -22,7 +22,8 @@ HF_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 class TaskConfig:
     """How records become rows of tokens and labels (ftjax.data.tasks)."""
 
-    kind: str = setting("classification", "classification | causal_lm | masked_lm",
+    kind: str = setting("classification", "classification | causal_lm | masked_lm | "
+                        "extractive_qa (SQuAD spans; head.kind='span', source format 'squad')",
                         choices=TASKS)
     text_key: str = setting("text", "the record field holding the text")
     label_key: str = setting("label", "classification: the record field holding the label")
@@ -31,6 +32,11 @@ class TaskConfig:
         None, "causal_lm: a prompt field; the loss then counts only on the text (target) tokens")
     max_length: int = setting(64, "tokens per row (longer texts are truncated)")
     packing: bool = setting(True, "causal_lm: pack documents whole into rows of max_length")
+    doc_stride: int = setting(128, "extractive_qa: tokens of overlap between the windows of a "
+                              "long context")
+    null_threshold: float | None = setting(
+        None, "extractive_qa: None always answers (SQuAD v1.1); a number answers '' when the "
+        "null score beats the best span's by more (v2.0)")
     mask_prob: float = setting(0.15, "masked_lm: the share of tokens selected for prediction")
     template: str | None = setting(
         None, "classification as instruction following (ftjax.data.prompting): each text goes "
@@ -109,7 +115,8 @@ class SourceConfig:
         None, "local / hf files: a file, or a pattern with {split} (one file per split); hf / "
         "tfds: the dataset's name; polarity: another copy of the corpus (None: the asset)")
     format: str = setting("auto", "local: auto (by the file's extension) | csv | tsv | jsonl | "
-                          "json | txt", choices=FORMATS)
+                          "json | txt | squad (SQuAD v1.1 / v2.0 JSON, for extractive_qa)",
+                          choices=FORMATS)
     encoding: str = setting("utf-8", "local: the files' text encoding (utf-8 files may start "
                             "with a byte order mark)")
     train_split: str = setting("train", "the {split} value (hf / tfds: split name) that trains")
