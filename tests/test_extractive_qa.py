@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ftjax import assets
+from ftjax.data.config import SourceConfig, TaskConfig
 from ftjax.data.errors import DataError
 from ftjax.data.extractive_qa import (
     ExtractiveQA,
@@ -21,7 +22,9 @@ from ftjax.data.extractive_qa import (
     score,
 )
 from ftjax.data.features import IndexedRecord, source_shapes
+from ftjax.data.loading import load_source
 from ftjax.data.pipeline import make_eval_batches, make_train_iterator
+from ftjax.data.run_data import make_task
 from ftjax.io.tokenizer import load_tokenizer
 from ftjax.objectives import loss_for_task
 
@@ -270,3 +273,16 @@ def test_span_loss_is_the_mean_of_start_and_end_cross_entropy():
                            + logp[i, batch["end_positions"][i], 1]) for i in range(2))
     assert float(value.total) == pytest.approx(expected, rel=1e-5)
     assert float(value.per_row[2]) == 0.0
+
+
+def test_squad_source_format_loads_records(tmp_path):
+    for split, records in (("train", HAND_MADE[:3]), ("dev", HAND_MADE[3:])):
+        (tmp_path / f"{split}.json").write_text(json.dumps(_squad_doc(records)))
+    config = SourceConfig(kind="local", format="squad", path=str(tmp_path / "{split}.json"),
+                          validation_split="dev", test_split=None, label_column=None)
+    loaded = load_source("squad", config, roles=("train", "validation"), needs_labels=False)
+    assert loaded.splits["train"] == HAND_MADE[:3]
+    assert loaded.splits["validation"] == HAND_MADE[3:]
+    task = make_task(TaskConfig(kind="extractive_qa", max_length=128, doc_stride=32), config,
+                     num_labels=None)
+    assert isinstance(task, ExtractiveQA) and task.doc_stride == 32
