@@ -205,7 +205,8 @@ def test_malformed_squad_names_file_and_position(tmp_path):
     doc = _squad_doc(HAND_MADE[:2])
     del doc["data"][0]["paragraphs"][1]["qas"][0]["question"]
     bad.write_text(json.dumps(doc))
-    with pytest.raises(DataError, match=r"data\[0\]\.paragraphs\[1\]\.qas\[0\]: missing 'question'"):
+    where = r"bad.json: data\[0\]\.paragraphs\[1\]\.qas\[0\]: missing 'question'"
+    with pytest.raises(DataError, match=where):
         read_squad(bad)
     doc = _squad_doc(HAND_MADE[:1])
     doc["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 10_000

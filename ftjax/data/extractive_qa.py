@@ -36,7 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftjax.data.errors import DataError, MalformedRowError, MissingFileError
-from ftjax.data.features import IndexedRecord, Row, Shapes, SpecialTokenTemplate, single_row, token_shapes
+from ftjax.data.features import (
+    IndexedRecord,
+    Row,
+    Shapes,
+    SpecialTokenTemplate,
+    single_row,
+    token_shapes,
+)
 from ftjax.data.metrics import real_rows
 from ftjax.data.types import TokenizerLike
 
