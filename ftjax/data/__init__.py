@@ -60,6 +60,7 @@ from ftjax.data.sources import (
     tfds_source,
 )
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
+from ftjax.data.token_classification import NerMetric, TokenClassification, load_tagged_source
 from ftjax.data.types import RecordSource, TokenizerLike
 
 __all__ = [
@@ -70,6 +71,9 @@ __all__ = [
     "make_task",
     "source_configs",
     "CausalLM",
+    "NerMetric",
+    "TokenClassification",
+    "load_tagged_source",
     "DataError",
     "EmptySplitError",
     "EvalBatches",

@@ -11,7 +11,7 @@ from pathlib import Path
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
-TASKS = ("classification", "causal_lm", "masked_lm")
+TASKS = ("classification", "causal_lm", "masked_lm", "token_classification")
 SOURCE_KINDS = ("polarity", "local", "hf", "tfds")
 SPLIT_PLACEHOLDER = "{split}"
 # File extensions the hf kind reads as one local file (ftjax.data.sources.hf_dataset).
@@ -22,7 +22,8 @@ HF_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 class TaskConfig:
     """How records become rows of tokens and labels (ftjax.data.tasks)."""
 
-    kind: str = setting("classification", "classification | causal_lm | masked_lm",
+    kind: str = setting("classification", "classification | causal_lm | masked_lm | "
+                        "token_classification (NER: CoNLL files, one tag per word)",
                         choices=TASKS)
     text_key: str = setting("text", "the record field holding the text")
     label_key: str = setting("label", "classification: the record field holding the label")
@@ -42,6 +43,13 @@ class TaskConfig:
     label_words: tuple[str, ...] = setting(
         (), "a verbalizer head scores these words, one per label, each one token after the "
         "prompt")
+
+    label_all_subtokens: bool = setting(
+        False, "token_classification: train every sub-token of a word (the later ones on the "
+        "I- tag of its type), not only the first")
+    tag_scheme: str = setting("IOB2", "token_classification: the tag scheme of seqeval's strict "
+                              "mode (f1_strict): IOB2 | IOBES",
+                              choices=("IOB2", "IOBES", "BIO", "BIOES"))
 
     def __post_init__(self):
         if self.max_length < 2:
@@ -109,7 +117,7 @@ class SourceConfig:
         None, "local / hf files: a file, or a pattern with {split} (one file per split); hf / "
         "tfds: the dataset's name; polarity: another copy of the corpus (None: the asset)")
     format: str = setting("auto", "local: auto (by the file's extension) | csv | tsv | jsonl | "
-                          "json | txt", choices=FORMATS)
+                          "json | txt | conll (token<TAB>tag lines, blank-line sentences)", choices=FORMATS)
     encoding: str = setting("utf-8", "local: the files' text encoding (utf-8 files may start "
                             "with a byte order mark)")
     train_split: str = setting("train", "the {split} value (hf / tfds: split name) that trains")

@@ -69,7 +69,8 @@ class CrossEntropy(LossTerm):
 
 
 # The task term of each task kind, by the name its metrics carry (loss/ce, loss/lm, loss/mlm).
-TASK_TERMS = {"classification": "ce", "causal_lm": "lm", "masked_lm": "mlm"}
+TASK_TERMS = {"classification": "ce", "causal_lm": "lm", "masked_lm": "mlm",
+              "token_classification": "ce"}
 
 
 def loss_for_task(task_kind: str, label_smoothing: float = 0.0) -> CrossEntropy:
