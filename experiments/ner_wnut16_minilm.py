@@ -32,14 +32,14 @@ def get_config():
         "kind": "local", "path": "wnut16", "format": "conll",
         "split_fractions": (0.8, 0.1, 0.1), "split_seed": 0})
     c.method = "full"
-    c.steps = 300
-    c.batch_size = 32
+    c.steps = 200
+    c.batch_size = 16
     c.eval_batch_size = 128
     c.eval_every = 100
-    c.checkpoint_every = 300
+    c.checkpoint_every = 200
     c.log_every = 20
     c.best_metric = "f1"
     c.optimizer.learning_rate = 1e-4
-    c.optimizer.warmup_steps = 30
+    c.optimizer.warmup_steps = 20
     c.optimizer.schedule = "linear"
     return c

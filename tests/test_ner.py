@@ -97,6 +97,20 @@ def test_split_fractions_split_one_conll_file(tmp_path):
     assert sorted(words) == sorted(f"w{i}" for i in range(20))
 
 
+def test_hf_source_with_list_columns(tmp_path):
+    for split, rows in (("train", [(["Ann", "x"], ["B-PER", "O"])]),
+                        ("validation", [(["y"], ["B-ORG"])])):
+        (tmp_path / f"{split}.jsonl").write_text("".join(
+            json.dumps({"words": w, "ner": t}) + "\n" for w, t in rows))
+    config = SourceConfig(kind="hf", path=str(tmp_path / "{split}.jsonl"), text_column="words",
+                          label_column="ner", test_split=None)
+    loaded = load_tagged_source("s", config, roles=("train",))
+    assert loaded.label_names == ("O", "B-PER")
+    assert loaded.splits["train"] == [{"tokens": ["Ann", "x"], "tags": [1, 0]}]
+    with pytest.raises(LabelOutOfRangeError, match="'B-ORG'"):
+        load_tagged_source("s", config)
+
+
 # --------------------------------------------------------------------------------------------
 # Alignment and the word-level round trip
 

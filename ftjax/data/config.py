@@ -117,7 +117,8 @@ class SourceConfig:
         None, "local / hf files: a file, or a pattern with {split} (one file per split); hf / "
         "tfds: the dataset's name; polarity: another copy of the corpus (None: the asset)")
     format: str = setting("auto", "local: auto (by the file's extension) | csv | tsv | jsonl | "
-                          "json | txt | conll (token<TAB>tag lines, blank-line sentences)", choices=FORMATS)
+                          "json | txt | conll (token<TAB>tag lines, blank-line sentences)",
+                          choices=FORMATS)
     encoding: str = setting("utf-8", "local: the files' text encoding (utf-8 files may start "
                             "with a byte order mark)")
     train_split: str = setting("train", "the {split} value (hf / tfds: split name) that trains")

@@ -39,6 +39,7 @@ from ftjax.data.features import IndexedRecord, Row, Shapes, SpecialTokenTemplate
 from ftjax.data.loading import ROLES, LoadedSource, split_name
 from ftjax.data.metrics import real_rows
 from ftjax.data.readers import ParsedRow, read_rows
+from ftjax.data.sources import hf_dataset
 from ftjax.data.splitting import stratified_split, subsample
 from ftjax.data.types import TokenizerLike
 
@@ -83,10 +84,15 @@ def tagged_records(rows: Sequence[ParsedRow], names: Sequence[str]) -> list[dict
 def load_tagged_source(name: str, config: SourceConfig, *, roles: Sequence[str] = ROLES,
                        label_names: Sequence[str] | None = None,
                        num_labels: int | None = None) -> LoadedSource:
-    """The CoNLL records of a local source for ``roles``, with its tag names."""
+    """The records of a source for ``roles``, with its tag names: local CoNLL files, or an hf
+    dataset whose ``text_column`` holds each sentence's words and ``label_column`` its tags
+    (names, or ids of a ``Sequence(ClassLabel)`` that knows their names)."""
+    if config.kind == "hf":
+        return _load_hf_tagged(name, config, roles, label_names, num_labels)
     if config.kind != "local":
         raise DataError(f"source {name!r}: token classification reads local CoNLL files "
-                        f"(kind='local', format='conll'), not kind={config.kind!r}")
+                        f"(kind='local', format='conll') or hf datasets, not "
+                        f"kind={config.kind!r}")
 
     def read(path: Path) -> list[ParsedRow]:
         fmt = "conll" if config.format == "auto" and path.suffix.lower() != ".conll" \
@@ -111,6 +117,54 @@ def load_tagged_source(name: str, config: SourceConfig, *, roles: Sequence[str] 
         raise DataError(f"source {name!r}: {len(names)} tags {list(names)} for "
                         f"head.num_labels={num_labels}")
     splits = {role: tagged_records(rows, names) for role, rows in raw.items()}
+    return _limited(name, config, splits, names)
+
+
+def _hf_rows(ds, config: SourceConfig, description: str, names: Sequence[str] | None
+             ) -> list[ParsedRow]:
+    """An hf split's rows as CoNLL rows (tag names; "lines" are the row numbers)."""
+    rows = []
+    for i, row in enumerate(ds):
+        tokens, tags = row[config.text_column], row[config.label_column]
+        where = f"row {i} of {description}"
+        if len(tokens) != len(tags):
+            raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+        if names is not None:  # ClassLabel ids
+            tags = [names[t] if 0 <= t < len(names) else f"id {t}" for t in tags]
+        rows.append(ParsedRow(where, {
+            "tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags],
+            "lines": [i] * len(tokens)}))
+    return rows
+
+
+def _load_hf_tagged(name: str, config: SourceConfig, roles: Sequence[str],
+                    label_names: Sequence[str] | None, num_labels: int | None) -> LoadedSource:
+    if config.label_column is None:
+        raise DataError(f"source {name!r}: token classification needs label_column (the tags)")
+    columns = (config.text_column, config.label_column)
+    rows, feature_names = {}, None
+    for role in roles:
+        split = split_name(config, role)
+        if split is None:
+            continue
+        path = config.path.replace(SPLIT_PLACEHOLDER, split)
+        ds = hf_dataset(path, split, columns=columns)
+        feature = getattr(ds.features.get(config.label_column), "feature", None)
+        feature_names = getattr(feature, "names", None) or feature_names
+        rows[role] = _hf_rows(ds, config, f"split {split!r} of HF dataset {path!r}",
+                              getattr(feature, "names", None))
+    train = rows.get("train")
+    names = tag_set(None if train is None else [r.fields["tags"] for r in train],
+                    tuple(label_names or config.labels or feature_names or ()))
+    if num_labels is not None and len(names) != num_labels:
+        raise DataError(f"source {name!r}: {len(names)} tags {list(names)} for "
+                        f"head.num_labels={num_labels}")
+    splits = {role: tagged_records(r, names) for role, r in rows.items()}
+    return _limited(name, config, splits, names)
+
+
+def _limited(name: str, config: SourceConfig, splits: dict, names: tuple) -> LoadedSource:
+    """The splits cut to the config's max_*_examples."""
     for role in list(splits):
         limit = {"train": config.max_train_examples, "validation": config.max_eval_examples,
                  "test": config.max_eval_examples if config.max_test_examples is None
