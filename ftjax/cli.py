@@ -13,6 +13,7 @@ import sys
 
 SUBCOMMANDS = {
     "train": "fine-tune a model from an experiment config",
+    "pipeline": "train a pipeline's stages in order, each from an earlier stage's weights",
     "eval": "evaluate the latest (or best) checkpoint of a run",
     "generate": "generate text with a pretrained or fine-tuned model",
     "export": "export a model or adapter (HF or PEFT format)",

@@ -461,3 +461,37 @@ def test_polarity_through_pipeline(encoder_tok):
     evals = make_eval_batches(splits["test"], task, encoder_tok, batch_size=128)
     total = sum(b["example_mask"].sum() for b in evals)
     assert total == len(splits["test"])
+
+
+def test_mlm_whole_word_selects_every_token_of_a_word_and_nothing_across():
+    from ftjax import assets
+
+    raw = tokenizers.Tokenizer.from_file(str(assets.resolve("all-minilm-l6-v2") / "tokenizer.json"))
+    encoder_tok = TokenizersAdapter(raw, pad_token="[PAD]")
+    # Long made-up words split into several WordPiece tokens each.
+    words = ["unbelievablyquixotic", "zzyzxquark", "film", "overcompensatingly", "a", "moving"]
+    rng = np.random.default_rng(0)
+    records = [{"text": " ".join(rng.choice(words, size=8))} for _ in range(800)]
+    task = MaskedLM("text", max_length=64, whole_word=True)
+    plain = MaskedLM("text", max_length=64)
+    pieces = {w: encoder_tok.encode(w, add_special_tokens=False) for w in words}
+    assert max(len(p) for p in pieces.values()) >= 4
+    selected_tokens = maskable_tokens = 0
+    for batch, reference in zip(make_eval_batches(records, task, encoder_tok, batch_size=50),
+                                make_eval_batches(records, plain, encoder_tok, batch_size=50)):
+        # Word-by-word encoding is the same token sequence for WordPiece.
+        np.testing.assert_array_equal(batch["labels"], reference["labels"])
+        for labels, loss in zip(batch["labels"], batch["loss_mask"]):
+            n_real = int((labels != encoder_tok.pad_id).sum())
+            # Walk the words of the row: each word's tokens are all selected or all not.
+            ids = labels[1:n_real - 1].tolist()
+            position = 0
+            while position < len(ids):
+                word = next(w for w, p in pieces.items() if ids[position:position + len(p)] == p)
+                span = loss[1 + position: 1 + position + len(pieces[word])]
+                assert span.min() == span.max(), (word, span)
+                position += len(pieces[word])
+            selected_tokens += loss.sum()
+            maskable_tokens += n_real - 2
+    # Words are selected with p = 0.15, so about 15% of the tokens are too (sizes vary little).
+    assert abs(selected_tokens / maskable_tokens - 0.15) < 0.03

@@ -15,6 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set optimizer.learning_rate=1e-4")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--record", action="store_true",
+                        help="write the finished run's figures, command, seed, steps, wall "
+                             "time and machine to experiments/results/<experiment>.json")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume even though the config changes what is trained (method, "
                              "model, data, optimizer ...); by default such a resume is refused")
@@ -60,6 +63,7 @@ def run(args) -> int:
         return USAGE_ERROR
     from ftjax.train.config import load_config
     from ftjax.train.loop import NonFiniteLossError, train
+    from ftjax.train.record import write_record
 
     try:
         cfg = load_config(args.config, args.set)
@@ -73,6 +77,9 @@ def run(args) -> int:
         return 1
     if result.interrupted:
         return 130
+    if args.record:
+        path = write_record(args.config, result, cfg, ["ftjax", *sys.argv[1:]])
+        print(f"ftjax train: recorded in {path}", file=sys.stderr)
     print(json.dumps({"final_step": result.final_step, "best_step": result.best_step,
                       "eval": result.eval, "train_tokens_per_s": round(result.train_tokens_per_s),
                       "wall_s": round(result.wall_s, 1)}, indent=2))

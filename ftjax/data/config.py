@@ -33,6 +33,8 @@ class TaskConfig:
     max_length: int = setting(64, "tokens per row (longer texts are truncated)")
     packing: bool = setting(True, "causal_lm: pack documents whole into rows of max_length")
     mask_prob: float = setting(0.15, "masked_lm: the share of tokens selected for prediction")
+    whole_word: bool = setting(False, "masked_lm: select whole words (all their tokens) "
+                               "instead of single tokens")
     template: str | None = setting(
         None, "classification as instruction following (ftjax.data.prompting): each text goes "
         "into the template at {text}")

@@ -85,7 +85,8 @@ def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None,
     if task.kind == "causal_lm":
         return CausalLM("text", task.max_length, packing=task.packing,
                         prompt_key="prompt" if source.prompt_column else None)
-    return MaskedLM("text", task.max_length, mask_prob=task.mask_prob)
+    return MaskedLM("text", task.max_length, mask_prob=task.mask_prob,
+                    whole_word=task.whole_word)
 
 
 def load_run_data(configs: Mapping[str, SourceConfig], task: TaskConfig, *,

@@ -275,12 +275,19 @@ class MaskedLM:
     seeded by (seed, example index), so a resumed run re-masks identically while each epoch
     masks afresh (the example index keeps growing across epochs). Texts are truncated like in
     ``SequenceClassification`` (special tokens kept), one text per row.
+
+    whole_word: select whole words (whitespace-separated) instead of tokens, as BERT's
+    whole-word-masking models: a word is selected with ``mask_prob`` and then every one of its
+    tokens is (each with its own 80/10/10 draw). The text is encoded word by word so that each
+    token's word is known; for WordPiece tokenizers (BERT, MiniLM), which split on whitespace
+    first, that is the same token sequence as encoding the whole text.
     """
 
     text_key: str
     max_length: int
     mask_prob: float = 0.15
     mask_token: str = "[MASK]"
+    whole_word: bool = False
 
     @property
     def packed(self) -> bool:
@@ -319,7 +326,7 @@ class _MaskedLMFeaturizer:
     def __call__(self, item: IndexedRecord) -> Row:
         task, template = self.task, self.template
         text = text_field(item.record, task.text_key, _where(item))
-        content = self.tokenizer.encode(text, add_special_tokens=False)[: self.budget]
+        content, word_starts = self._encode(text)
         tokens = [*template.prefix, *content, *template.suffix]
         row = single_row(tokens, task.max_length, self.tokenizer.pad_id)
         original = row["input_ids"]
@@ -330,7 +337,16 @@ class _MaskedLMFeaturizer:
         # Fixed-size draws, independent of the text, so the stream of random numbers for an
         # example depends only on (seed, example_index).
         rng = np.random.default_rng([self.seed, item.example_index])
-        selected = maskable & (rng.random(task.max_length) < task.mask_prob)
+        draw = rng.random(task.max_length) < task.mask_prob
+        if task.whole_word:
+            # A word is selected by the draw at its first token; its other tokens follow it.
+            word_of = np.full(task.max_length, -1)
+            offset = len(template.prefix)
+            word_of[offset: offset + len(content)] = np.cumsum(word_starts) - 1
+            first = np.flatnonzero(np.asarray(word_starts)) + offset
+            chosen_words = np.flatnonzero(draw[first])
+            draw = np.isin(word_of, chosen_words) & (word_of >= 0)
+        selected = maskable & draw
         action = rng.random(task.max_length)
         random_ids = rng.choice(self.replacement_ids, size=task.max_length)
         input_ids = original.copy()
@@ -343,6 +359,19 @@ class _MaskedLMFeaturizer:
         row["labels"] = original
         row["loss_mask"] = selected.astype(np.float32)
         return row
+
+    def _encode(self, text: str) -> tuple[list[int], list[bool]]:
+        """The text's tokens (truncated to the budget) and, per token, whether it starts a
+        word (whole-word masking only; otherwise every token is its own word)."""
+        if not self.task.whole_word:
+            content = self.tokenizer.encode(text, add_special_tokens=False)[: self.budget]
+            return content, [True] * len(content)
+        content, starts = [], []
+        for word in text.split():
+            ids = self.tokenizer.encode(word, add_special_tokens=False)
+            content += ids
+            starts += [True] + [False] * (len(ids) - 1)
+        return content[: self.budget], starts[: self.budget]
 
 
 __all__ = ["Task", "SequenceClassification", "CausalLM", "MaskedLM"]

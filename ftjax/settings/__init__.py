@@ -10,6 +10,7 @@ from ftjax.settings.files import (
     apply_overrides,
     config_from_dict,
     import_config_file,
+    import_experiment_file,
     load_config,
     parse_override,
     split_config_arg,
@@ -18,6 +19,6 @@ from ftjax.settings.schema import Key, Schema, closest_key, setting
 
 __all__ = [
     "ConfigError", "Key", "Schema", "apply_overrides", "closest_key", "config_from_dict",
-    "from_config", "import_config_file", "load_config", "parse_override", "setting",
+    "from_config", "import_config_file", "import_experiment_file", "load_config", "parse_override", "setting",
     "split_config_arg",
 ]

@@ -62,8 +62,8 @@ def split_config_arg(path: str | os.PathLike) -> tuple[Path, str | None]:
     return Path(text), None
 
 
-def import_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    path, arg = split_config_arg(path)
+def import_experiment_file(path: Path):
+    """The module of an experiment file (its get_config, and a pipeline's get_stages)."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"ftjax_experiment_{path.stem}", path)
@@ -72,6 +72,12 @@ def import_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
         spec.loader.exec_module(module)
     except Exception as err:  # the user's file: report where it broke
         raise ConfigError(f"{path}: failed to import: {type(err).__name__}: {err}") from err
+    return module
+
+
+def import_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    path, arg = split_config_arg(path)
+    module = import_experiment_file(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config()")
     try:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,9 +43,10 @@ from ftjax.optim import trainability
 from ftjax.sweep import select
 from ftjax.sweep.plan import BASELINE, RunSpec, Sweep, config_fingerprint, same_config
 from ftjax.train.evaluation import evaluate_splits
-from ftjax.train.experiment import build_experiment
 from ftjax.train.loop import train
+from ftjax.train.restore import build_run_experiment
 from ftjax.utils.jsonio import write_json
+from ftjax.utils.machine import device_description
 
 RESULT, SPEC, LOG = "result.json", "run.json", "train.log"
 COMPILED, PEAK = "compiled step memory", "peak device memory"
@@ -54,22 +54,6 @@ COMPILED, PEAK = "compiled step memory", "peak device memory"
 
 class SweepInterrupted(RuntimeError):
     """Ctrl-C / SIGTERM during a run: its checkpoint is saved, the sweep stops."""
-
-
-def device_description() -> str:
-    """The device runs use, in words (named in the report)."""
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        return f"CPU, {os.cpu_count()} cores ({name})"
-    return f"{device.platform.upper()} {device.device_kind} (x{jax.device_count()})"
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -134,7 +118,7 @@ def validation_curve(run_dir: Path) -> list[list[float]]:
 
 def measure_untrained(spec: RunSpec, cfg, started: float) -> dict:
     """The baseline's record: the run's model as set up, evaluated on its eval splits and test."""
-    exp = build_experiment(cfg)
+    exp = build_run_experiment(cfg)
     eval_step = exp.jit_eval_step()
     evals = evaluate_splits(exp, eval_step, exp.state, exp.result_splits)
     report = trainability.report(exp.state.param_shapes(), exp.resolved, exp.state.opt_state)

@@ -108,6 +108,12 @@ class RunConfig:
                                       "batch, the loss is normalized over all of it")
     method: str = setting("full", "the fine-tuning method: " + " | ".join(METHODS),
                           choices=METHODS)
+    init_from: str | None = setting(
+        None, "a finished run's workdir whose final weights (the checkpoint it reported: the "
+        "best one when it kept one) this run starts from, LoRA / (IA)^3 merged; model.name must "
+        "be that run's model")
+    init_head: str = setting("new", "with init_from: keep the run's task head (same kind and "
+                             "shape) or start a new one", choices=("new", "keep"))
     rules: tuple = setting(
         (), "trainability rules of your own, matched before the method's (first match wins): "
         "(regex, rule) pairs over canonical per-layer paths, rule = 'frozen', 'train' or a "

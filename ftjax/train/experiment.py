@@ -35,6 +35,7 @@ from ftjax.optim.rules import check_rules_match, parse_spec
 from ftjax.peft import PEFT_METHODS, add_dense_method, add_peft, presets
 from ftjax.settings import ConfigError
 from ftjax.train.config import typed
+from ftjax.train.initial_weights import start_from
 from ftjax.train.state import TrainState, create_train_state, state_shardings
 from ftjax.train.step import (
     jit_eval_step,
@@ -185,7 +186,8 @@ def peft_settings(cfg):
 
 
 def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, ...] = (),
-                     roles: tuple[str, ...] = ROLES, data_facts: dict | None = None) -> Experiment:
+                     roles: tuple[str, ...] = ROLES, data_facts: dict | None = None,
+                     base_params: dict | None = None) -> Experiment:
     """Everything a run needs, its data loaded and checked first (a data error costs no model
     load).
 
@@ -193,6 +195,8 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     roles / data_facts: the splits to load, and what the run saved about its data
     (Experiment.data_facts(): label names, train sizes); a run restored for evaluation loads
     ("validation", "test") only.
+    base_params: with cfg.init_from, that run's final parameters merged into the pretrained
+    architecture (ftjax.train.restore.build_run_experiment reads them; so does every command).
     """
     run = typed(cfg)
     loss_terms = terms_from_config(cfg, run, terms)
@@ -223,6 +227,13 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     pretrained.model = dataclasses.replace(
         pretrained.model, config=dataclasses.replace(pretrained.model.config, **changes)
     )
+    if cfg.init_from:
+        if base_params is None:
+            raise ConfigError(f"init_from={cfg.init_from!r}: build the run with "
+                              "ftjax.train.restore.build_run_experiment, which reads that "
+                              "run's weights")
+        pretrained.params = start_from(pretrained.params, base_params,
+                                       keep_head=cfg.init_head == "keep", where=cfg.init_from)
     try:
         if cfg.method in PEFT_METHODS:
             # The base comes from the checkpoint; the method's leaves are new, seeded like the

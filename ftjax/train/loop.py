@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ftjax.train.experiment import Experiment, build_experiment
+from ftjax.train.experiment import Experiment
+from ftjax.train.restore import build_run_experiment
 from ftjax.train.hooks import Hook, NonFiniteLossError
 from ftjax.train.trainer import RunResult, Trainer
 
@@ -22,7 +23,7 @@ def train(cfg, workdir, *, quiet: bool = False, experiment: Experiment | None = 
     before anything is written to the workdir. Resuming with a config that changes what is
     trained, or from a checkpoint without this process's data position, is refused unless
     allowed (ftjax.train.workdir)."""
-    exp = experiment or build_experiment(cfg)
+    exp = experiment or build_run_experiment(cfg)
     return Trainer(exp, Path(workdir), hooks=hooks, quiet=quiet,
                    allow_config_change=allow_config_change,
                    allow_inexact_resume=allow_inexact_resume).fit()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
+
 from ftjax.data import ROLES
 from ftjax.io.checkpoint import Checkpointer
+from ftjax.peft import merge_peft
+from ftjax.settings import ConfigError
 from ftjax.train.config import config_from_dict
 from ftjax.train.experiment import build_experiment
 
@@ -43,7 +47,7 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
     facts = json.loads(facts_file.read_text()) if facts_file.is_file() else None
     # With the saved facts (label names, train sizes) the train split need not be read.
     roles = ("validation", "test") if facts is not None else ROLES
-    exp = build_experiment(cfg, roles=roles, data_facts=facts)
+    exp = build_run_experiment(cfg, roles=roles, data_facts=facts)
     # Read only: a run directory may be read-only (shared, archived); nothing is written to it.
     ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints, read_only=True)
     try:
@@ -53,3 +57,28 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
     if restored is None:
         raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in {workdir}")
     return exp, restored
+
+
+def build_run_experiment(cfg, **kwargs):
+    """`build_experiment(cfg, ...)` with the weights `cfg.init_from` names, when it names a run:
+    what `ftjax train`, eval, export and generate build (a stage-two run is rebuilt from its
+    stage one's weights every time: its checkpoints hold only what it trains)."""
+    base = final_weights(cfg.init_from) if cfg.init_from else None
+    return build_experiment(cfg, base_params=base, **kwargs)
+
+
+def final_weights(workdir) -> dict:
+    """A finished run's final parameters (the checkpoint its results report: the best one when
+    it kept one), LoRA and (IA)^3 merged into the pretrained architecture, as host arrays."""
+    workdir = Path(workdir)
+    results_file = workdir / "results.json"
+    if not results_file.is_file():
+        raise ConfigError(f"init_from {workdir}: no results.json there; start from a finished "
+                          f"`ftjax train` run")
+    best = json.loads(results_file.read_text()).get("best_step") is not None
+    exp, restored = restore_run(workdir, best=best, full_precision=True)
+    try:
+        _, params = merge_peft(exp.model, restored.state.params)
+    except ValueError as err:  # adapters, prefix / prompt tuning: no weights to fold into
+        raise ConfigError(f"init_from {workdir}: {err}") from None
+    return jax.device_get(params)

@@ -1,0 +1,69 @@
+"""An experiment's record: what a finished run measured, beside the experiment file.
+
+`ftjax train experiments/NAME.py --workdir W --record` writes experiments/results/NAME.json
+(`NAME_FN.json` for `NAME.py:FN`): every result split's metrics, the command that produced them,
+the seed, the steps, the wall time and the machine. README tables quote these files, so a
+figure in the README always has the run that measured it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ftjax.utils.jsonio import write_json
+from ftjax.utils.machine import device_description
+
+
+def record_path(experiment: str) -> Path:
+    """experiments/NAME.py[:FN] -> experiments/results/NAME[_FN].json."""
+    file, _, function = experiment.partition(":")
+    path = Path(file)
+    stem = path.stem if not function or function == "get_config" else f"{path.stem}_{function}"
+    return path.parent / "results" / f"{stem}.json"
+
+
+def write_record(experiment: str, result, cfg, argv: Sequence[str]) -> Path:
+    """Write the record of `result` (a RunResult of `cfg`) and return its path."""
+    path = record_path(experiment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {f"{split}/{name}": value for split, values in result.eval.items()
+               for name, value in values.items()}
+    write_json(path, {
+        "experiment": experiment,
+        "metrics": metrics,
+        "command": shlex.join(argv),
+        "seeds": [int(cfg.seed)],
+        "steps": int(result.final_step),
+        "best_step": result.best_step,
+        "stopped_early": bool(result.stopped_early),
+        "wall_time_s": round(float(result.wall_s), 1),
+        "train_tokens_per_s": round(float(result.train_tokens_per_s), 1),
+        "machine": device_description(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    })
+    return path
+
+
+def write_pipeline_record(experiment: str, summary: dict, argv: Sequence[str]) -> Path:
+    """The record of a pipeline (ftjax.train.stages.run_stages): each stage's metrics and each
+    group's mean and standard deviation."""
+    path = record_path(experiment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {f"{stage}/{split}/{name}": value
+               for stage, splits in summary["stages"].items()
+               for split, values in splits.items() for name, value in values.items()}
+    write_json(path, {
+        "experiment": experiment,
+        "groups": summary["groups"],
+        "metrics": metrics,
+        "command": shlex.join(argv),
+        "seeds": summary["seeds"],
+        "steps": summary["steps"],
+        "wall_time_s": summary["wall_time_s"],
+        "machine": device_description(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    })
+    return path

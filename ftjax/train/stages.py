@@ -1,0 +1,103 @@
+"""A pipeline of runs, each starting from an earlier one's final weights, as one command.
+
+A pipeline file is an experiment file that also defines `get_stages()`, the stages in order:
+
+    def get_stages():
+        return [Stage("dapt", "dapt"),                                  # get_config("dapt")
+                Stage("polarity", "polarity", init_from="dapt", group="two-stage"),
+                Stage("alone", "polarity", group="polarity only")]
+
+`run_stages(FILE, ROOT)` trains each stage in ROOT/<name> (its workdir kept; a finished one,
+with results.json, is not run again; an interrupted one stops the pipeline, and the next call
+resumes it), setting the stage's
+`init_from` to the workdir of the earlier stage it names. The summary holds every stage's
+result splits and, per group, the mean and standard deviation of each metric over the group's
+stages (seeds of one arm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from ftjax.settings import ConfigError, import_experiment_file
+from ftjax.train.config import load_config
+from ftjax.train.loop import train
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # its workdir under the pipeline's root
+    config: str  # the argument of the file's get_config()
+    overrides: tuple[str, ...] = ()  # --set style, e.g. ("seed=1",)
+    init_from: str | None = None  # an earlier stage's name
+    group: str | None = None  # stages summarized together (an arm's seeds)
+
+
+def load_stages(path: str | Path) -> list[Stage]:
+    """The file's stages, checked: unique names, init_from naming an earlier stage."""
+    path = Path(path)
+    module = import_experiment_file(path)
+    if not hasattr(module, "get_stages"):
+        raise ConfigError(f"{path}: defines no get_stages(), so it is not a pipeline")
+    stages = list(module.get_stages())
+    seen: set[str] = set()
+    for stage in stages:
+        if not isinstance(stage, Stage):
+            raise ConfigError(f"{path}: get_stages() gave {stage!r}, not a Stage")
+        if stage.name in seen:
+            raise ConfigError(f"{path}: two stages are named {stage.name!r}")
+        if stage.init_from is not None and stage.init_from not in seen:
+            raise ConfigError(f"{path}: stage {stage.name!r} starts from {stage.init_from!r}, "
+                              f"which is not an earlier stage")
+        seen.add(stage.name)
+    return stages
+
+
+def stage_config(path: str | Path, stage: Stage, root: Path, overrides: Sequence[str] = ()):
+    """The stage's config: the file's get_config(stage.config), the stage's overrides, its
+    init_from (the earlier stage's workdir), then the command line's overrides."""
+    init = [f"init_from={root / stage.init_from}"] if stage.init_from else []
+    return load_config(f"{path}:{stage.config}", [*stage.overrides, *init, *overrides])
+
+
+def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] = (),
+               quiet: bool = False) -> dict:
+    """Train every stage not finished yet; return the summary (see the module docstring)."""
+    root = Path(root)
+    stages = load_stages(path)
+    # Every stage's config is checked before the first one trains.
+    configs = {s.name: stage_config(path, s, root, overrides) for s in stages}
+    results, wall, steps = {}, 0.0, {}
+    for stage in stages:
+        workdir = root / stage.name
+        done = workdir / "results.json"
+        if not done.is_file() and train(configs[stage.name], workdir, quiet=quiet).interrupted:
+            return {"interrupted": stage.name, "stages": results}
+        finished = json.loads(done.read_text())
+        results[stage.name] = finished["eval"]
+        steps[stage.name] = finished["final_step"]
+        wall += float(finished.get("wall_s", 0.0))
+    return {"stages": results, "groups": group_summary(stages, results),
+            "steps": steps, "seeds": sorted({int(c.seed) for c in configs.values()}),
+            "wall_time_s": round(wall, 1)}
+
+
+def group_summary(stages: Sequence[Stage], results: dict) -> dict:
+    """{group: {split/metric: {"mean", "std", "n"}}} over the group's stages."""
+    groups: dict[str, list[str]] = {}
+    for stage in stages:
+        if stage.group is not None:
+            groups.setdefault(stage.group, []).append(stage.name)
+    out = {}
+    for group, names in groups.items():
+        flat = [{f"{split}/{k}": v for split, values in results[n].items()
+                 for k, v in values.items()} for n in names]
+        keys = [k for k in flat[0] if all(k in f for f in flat)]
+        out[group] = {k: {"mean": statistics.fmean(f[k] for f in flat),
+                          "std": statistics.stdev(f[k] for f in flat) if len(flat) > 1 else 0.0,
+                          "n": len(flat)} for k in keys}
+    return out

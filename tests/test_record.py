@@ -1,0 +1,30 @@
+"""The experiment record that `ftjax train --record` writes beside the experiment file."""
+
+import json
+import types
+from pathlib import Path
+
+from ftjax.train.record import record_path, write_record
+
+
+def test_record_path_names_the_experiment_and_its_config_function():
+    assert record_path("experiments/ner.py") == Path("experiments/results/ner.json")
+    assert record_path("experiments/ner.py:get_config") == Path("experiments/results/ner.json")
+    assert record_path("x/paper.py:reduced") == Path("x/results/paper_reduced.json")
+
+
+def test_record_holds_every_result_metric_and_how_it_was_measured(tmp_path):
+    experiment = str(tmp_path / "exp.py")
+    result = types.SimpleNamespace(
+        eval={"validation": {"accuracy": 0.8, "loss": 0.4}, "test": {"accuracy": 0.75}},
+        final_step=120, best_step=100, stopped_early=False, wall_s=12.345,
+        train_tokens_per_s=999.0)
+    cfg = types.SimpleNamespace(seed=3)
+    path = write_record(experiment, result, cfg, ["ftjax", "train", experiment, "--record"])
+    record = json.loads(path.read_text())
+    assert path == tmp_path / "results" / "exp.json"
+    assert record["metrics"] == {"validation/accuracy": 0.8, "validation/loss": 0.4,
+                                 "test/accuracy": 0.75}
+    assert record["command"] == f"ftjax train {experiment} --record"
+    assert record["seeds"] == [3] and record["steps"] == 120 and record["wall_time_s"] == 12.3
+    assert record["machine"].startswith(("CPU", "GPU", "TPU"))
