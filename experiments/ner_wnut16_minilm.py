@@ -27,19 +27,19 @@ def get_config():
     c.head.kind = "token"
     c.head.num_labels = TAGS
     c.task.kind = "token_classification"
-    c.task.max_length = 64
+    c.task.max_length = 48
     c.sources.wnut16 = ml_collections.ConfigDict({
         "kind": "local", "path": "wnut16", "format": "conll",
         "split_fractions": (0.8, 0.1, 0.1), "split_seed": 0})
     c.method = "full"
-    c.steps = 200
+    c.steps = 120
     c.batch_size = 16
     c.eval_batch_size = 128
-    c.eval_every = 100
-    c.checkpoint_every = 200
+    c.eval_every = 60
+    c.checkpoint_every = 120
     c.log_every = 20
     c.best_metric = "f1"
-    c.optimizer.learning_rate = 1e-4
-    c.optimizer.warmup_steps = 20
+    c.optimizer.learning_rate = 2e-4
+    c.optimizer.warmup_steps = 12
     c.optimizer.schedule = "linear"
     return c
