@@ -220,3 +220,19 @@ def test_experiment_runs_and_logs_f1(tmp_path):
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r.get("split") == "validation"]
     assert evals and 0.0 <= evals[-1]["f1"] <= 1.0 and "f1_strict" in evals[-1]
+
+
+@pytest.mark.skipif(not (_asset_dir(ASSETS["wnut16"]) / ASSETS["wnut16"].path).exists(),
+                    reason="needs the wnut16 asset in the cache")
+def test_wnut16_split_and_most_frequent_tag_baseline():
+    """The figures the experiment's docstring quotes: sizes of the seeded split, and the
+    most-frequent-train-tag baseline's test F1."""
+    config = SourceConfig(kind="local", path="wnut16", format="conll",
+                          split_fractions=(0.8, 0.1, 0.1), split_seed=0)
+    loaded = load_tagged_source("wnut16", config, num_labels=21)
+    assert {r: len(s) for r, s in loaded.splits.items()} == {"train": 1915, "validation": 239,
+                                                              "test": 240}
+    assert sum(len(r["tokens"]) for s in loaded.splits.values() for r in s) == 46469
+    scores = most_frequent_tag_baseline(loaded.splits["train"], loaded.splits["test"],
+                                        loaded.label_names)
+    assert scores["f1"] == pytest.approx(0.218, abs=5e-4)
