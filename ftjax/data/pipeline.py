@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
+import grain.experimental
 import numpy as np
 
 from ftjax.data.errors import DataError, EmptySplitError
@@ -137,8 +138,23 @@ def make_mixed_train_iterator(
         if shard_count > 1:
             examples = examples[shard_index::shard_count]
         batches = examples.map(_FeaturizeWithSource(featurizers))
-        batches = batches.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
+        if multi_row(sources[0].task):
+            rows = _flatten(batches.to_iter_dataset(read_options))
+            batches = rows.batch(batch_size, drop_remainder=True)
+        else:
+            batches = batches.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
     return iter(batches)
+
+
+def multi_row(task: Task) -> bool:
+    """Whether ``task``'s featurizer returns a list of rows per record (``multi_row``: the
+    windows of an extractive-QA context); the pipelines flatten them in order (grain's flat
+    map, whose state is the record's and the position in its rows, so resuming is exact)."""
+    return bool(getattr(task, "multi_row", False))
+
+
+def _flatten(rows: grain.IterDataset) -> grain.IterDataset:
+    return grain.experimental.FlatMapIterDataset(rows, _Rows())
 
 
 def _shuffled_forever(source: TrainSource, index: int, seed: int) -> grain.MapDataset:
@@ -173,8 +189,9 @@ class EvalBatches:
 
     @property
     def num_batches(self) -> int | None:
-        """Batches per pass; None for packed tasks (known only after packing)."""
-        if self._task.packed:
+        """Batches per pass; None for packed and multi-row tasks (known only after packing or
+        windowing)."""
+        if self._task.packed or multi_row(self._task):
             return None
         return -(-self.num_examples // self.batch_size)
 
@@ -187,7 +204,8 @@ class EvalBatches:
                                   num_bins=self.batch_size, pad_id=self._tokenizer.pad_id)
             return rows.map(_AddSource(self.source_index))
         featurize = _FeaturizeWithSource({self.source_index: self._featurize})
-        return examples.map(featurize).to_iter_dataset(self._read_options)
+        rows = examples.map(featurize).to_iter_dataset(self._read_options)
+        return _flatten(rows) if multi_row(self._task) else rows
 
     def __iter__(self) -> Iterator[Batch]:
         pending: list[Row] = []
@@ -270,8 +288,20 @@ class _FeaturizeWithSource:
     def __init__(self, featurizers: Sequence[Any] | Mapping[int, Any]):
         self.featurizers = featurizers
 
-    def __call__(self, item: IndexedRecord) -> Row:
-        return with_source(self.featurizers[item.source](item), item.source, item.record_index)
+    def __call__(self, item: IndexedRecord) -> Row | list[Row]:
+        rows = self.featurizers[item.source](item)
+        if isinstance(rows, list):  # a multi-row task: every row of the record
+            return [with_source(row, item.source, item.record_index) for row in rows]
+        return with_source(rows, item.source, item.record_index)
+
+
+class _Rows(grain.experimental.FlatMapTransform):
+    """A multi-row task's list of rows, flattened (at most max_fan_out rows per record)."""
+
+    max_fan_out = 4096
+
+    def flat_map(self, rows: list[Row]) -> list[Row]:
+        return rows
 
 
 class _AddSource:

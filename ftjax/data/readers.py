@@ -42,7 +42,7 @@ from ftjax.data.errors import (
     UndecodableFileError,
 )
 
-FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "txt", "conll")
+FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "txt", "squad", "conll")
 TXT_UNITS = ("line", "paragraph", "document")
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt",
                    ".conll": "conll"}

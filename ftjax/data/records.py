@@ -35,6 +35,17 @@ def text_field(record: Mapping[str, Any], column: str, where: str) -> str:
     return value
 
 
+def messages_field(record: Mapping[str, Any], column: str, where: str) -> list[dict]:
+    """A conversation: a list of {"role": str, "content": str} turns (more keys are kept)."""
+    value = require_column(record, column, where)
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in value) and value:
+        return [dict(m) for m in value]
+    raise MalformedRowError(f"column {column!r} in {where} must hold a conversation, a list of "
+                            f"{{'role', 'content'}} turns, got {value!r:.80}")
+
+
 def label_field(
     record: Mapping[str, Any], column: str, where: str, num_labels: int | None
 ) -> int:

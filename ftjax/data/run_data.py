@@ -18,8 +18,10 @@ from collections.abc import Mapping, Sequence
 
 from ftjax.data.config import DataConfig, SourceConfig, TaskConfig
 from ftjax.data.errors import DataError
+from ftjax.data.extractive_qa import ExtractiveQA
 from ftjax.data.loading import ROLES, load_source
 from ftjax.data.mixing import TrainSource
+from ftjax.data.conversation import Conversation
 from ftjax.data.prompting import PromptTemplate
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.token_classification import TokenClassification, load_tagged_source
@@ -67,6 +69,14 @@ def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
     return {name: sources[name] for name in sorted(sources)}
 
 
+def check_columns_for_task(task: TaskConfig, source: SourceConfig, name: str = "") -> None:
+    """A source lacking a column its task reads, named before any file is read."""
+    if task.kind == "chat" and source.messages_column is None:
+        where = f"source {name!r}: " if name else ""
+        raise DataError(f"{where}task kind 'chat' reads conversations: set the source's "
+                        f"messages_column")
+
+
 def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None,
               label_names: Sequence[str] | None = None) -> Task:
     """The task of one source: the run's task block over the source's canonical records."""
@@ -82,9 +92,15 @@ def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None,
             "text", "label", num_labels=num_labels, max_length=task.max_length,
             text_pair_key="text_pair" if source.text_pair_column else None, prompt=prompt,
             label_words=tuple(task.label_words))
+    if task.kind == "chat":
+        check_columns_for_task(task, source)
+        return Conversation("messages", task.max_length, packing=task.packing)
     if task.kind == "causal_lm":
         return CausalLM("text", task.max_length, packing=task.packing,
                         prompt_key="prompt" if source.prompt_column else None)
+    if task.kind == "extractive_qa":
+        return ExtractiveQA(max_length=task.max_length, doc_stride=task.doc_stride,
+                            null_threshold=task.null_threshold)
     return MaskedLM("text", task.max_length, mask_prob=task.mask_prob,
                     whole_word=task.whole_word)
 
@@ -106,6 +122,7 @@ def load_run_data(configs: Mapping[str, SourceConfig], task: TaskConfig, *,
     needs_labels = task.kind == "classification"
     out = []
     for name, config in configs.items():
+        check_columns_for_task(task, config, name)
         saved = known.get(name, {})
         if task.kind == "token_classification":
             loaded = load_tagged_source(name, config, roles=roles, num_labels=num_labels,

@@ -196,7 +196,7 @@ class CausalLM:
         return self.packing
 
     def row_shapes(self) -> Shapes:
-        return _lm_shapes(self.max_length)
+        return lm_shapes(self.max_length)
 
     def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_CausalLMFeaturizer":
         del seed  # deterministic: nothing random here
@@ -208,7 +208,7 @@ class CausalLM:
         return _CausalLMFeaturizer(self, tokenizer)
 
 
-def _lm_shapes(max_length: int) -> Shapes:
+def lm_shapes(max_length: int) -> Shapes:
     return {
         **token_shapes(max_length),
         "labels": ((max_length,), np.dtype(np.int32)),
@@ -244,21 +244,30 @@ class _CausalLMFeaturizer:
         return {"input_ids": input_ids, "labels": labels, "loss_mask": loss_mask}
 
     def __call__(self, item: IndexedRecord) -> Row | list[dict[str, np.ndarray]]:
-        doc = self.document(item)
-        length = self.task.max_length
-        if self.task.packing:
-            n = len(doc["input_ids"])
-            if self.task.prompt_key is not None:
-                n = min(n, length)
-            return [{k: v[start : min(start + length, n)] for k, v in doc.items()}
-                    for start in range(0, n, length)]
-        kept = {k: v[:length] for k, v in doc.items()}
-        row = single_row(kept["input_ids"], length, self.tokenizer.pad_id)
-        row["labels"] = np.full(length, self.tokenizer.pad_id, np.int32)
-        row["labels"][: len(kept["labels"])] = kept["labels"]
-        row["loss_mask"] = np.zeros(length, np.float32)
-        row["loss_mask"][: len(kept["loss_mask"])] = kept["loss_mask"]
-        return row
+        return document_rows(self.document(item), self.task.max_length, self.tokenizer.pad_id,
+                             packing=self.task.packing,
+                             split_long=self.task.prompt_key is None)
+
+
+def document_rows(doc: dict[str, np.ndarray], length: int, pad_id: int, *, packing: bool,
+                  split_long: bool) -> Row | list[dict[str, np.ndarray]]:
+    """A causal-LM document (input_ids, labels, loss_mask) as the row layout wants it: pieces
+    of at most `length` tokens to pack (split_long: a longer document is cut into several;
+    otherwise truncated, as a prompt without its answer or a chat without its start would be
+    a different task), or one padded row truncated to `length`."""
+    if packing:
+        n = len(doc["input_ids"])
+        if not split_long:
+            n = min(n, length)
+        return [{k: v[start : min(start + length, n)] for k, v in doc.items()}
+                for start in range(0, n, length)]
+    kept = {k: v[:length] for k, v in doc.items()}
+    row = single_row(kept["input_ids"], length, pad_id)
+    row["labels"] = np.full(length, pad_id, np.int32)
+    row["labels"][: len(kept["labels"])] = kept["labels"]
+    row["loss_mask"] = np.zeros(length, np.float32)
+    row["loss_mask"][: len(kept["loss_mask"])] = kept["loss_mask"]
+    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +303,7 @@ class MaskedLM:
         return False
 
     def row_shapes(self) -> Shapes:
-        return _lm_shapes(self.max_length)
+        return lm_shapes(self.max_length)
 
     def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_MaskedLMFeaturizer":
         if not 0.0 <= self.mask_prob <= 1.0:
@@ -374,4 +383,4 @@ class _MaskedLMFeaturizer:
         return content[: self.budget], starts[: self.budget]
 
 
-__all__ = ["Task", "SequenceClassification", "CausalLM", "MaskedLM"]
+__all__ = ["Task", "SequenceClassification", "CausalLM", "MaskedLM", "document_rows", "lm_shapes"]

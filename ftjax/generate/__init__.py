@@ -11,6 +11,7 @@ import types
 
 from ftjax.data.chat import chat_messages, encode_prompts
 from ftjax.generate.api import complete, generate
+from ftjax.generate.beam import BeamResult, beam_search
 from ftjax.generate.decode import Generation, generate_ids, run_generation
 from ftjax.generate.sampling import (
     DecodeContext,
@@ -29,10 +30,10 @@ from ftjax.generate.sampling import (
 )
 
 __all__ = [
-    "DecodeContext", "Generation", "LogitsProcessor", "Sampler", "SamplingConfig",
-    "SamplingKnobs", "apply_temperature", "chat_messages", "complete", "draw", "encode_prompts",
-    "generate", "generate_ids", "greedy", "nucleus_of_sorted", "run_generation", "sample",
-    "top_k_candidates", "top_k_filter", "top_p_filter",
+    "BeamResult", "DecodeContext", "Generation", "LogitsProcessor", "Sampler", "SamplingConfig",
+    "SamplingKnobs", "apply_temperature", "beam_search", "chat_messages", "complete", "draw",
+    "encode_prompts", "generate", "generate_ids", "greedy", "nucleus_of_sorted", "run_generation",
+    "sample", "top_k_candidates", "top_k_filter", "top_p_filter",
 ]
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ftjax.data.chat import encode_prompts
+from ftjax.generate.beam import beam_search
 from ftjax.generate.decode import Generation, run_generation
 from ftjax.generate.sampling import SamplingConfig
 from ftjax.io import load_pretrained
@@ -21,17 +22,28 @@ def stop_ids(model: Model, tokenizer: Any) -> list[int]:
 
 def complete(model: Model, params, tokenizer: Any, texts: Sequence[str], *,
              sampling: SamplingConfig, max_new_tokens: int, chat: bool = False,
-             system: str | None = None, warmup: bool = False) -> tuple[list[str], Generation]:
-    """Continuations of `texts` (special tokens dropped) plus the token-level `Generation`."""
+             system: str | None = None, warmup: bool = False, num_beams: int = 1,
+             length_penalty: float = 1.0) -> tuple[list[str], Generation]:
+    """Continuations of `texts` (special tokens dropped) plus the token-level `Generation`.
+
+    num_beams > 1: beam search (`ftjax.generate.beam`; `sampling` and `warmup` are then ignored)
+    with score sum(log p) / length ** length_penalty; 1 keeps greedy / sampled decoding.
+    """
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"prompt {i} is a {type(text).__name__}, expected str")
         if not text.strip():
             raise ValueError(f"prompt {i} is empty or blank: give some text to continue or answer")
     prompt_ids = encode_prompts(tokenizer, texts, chat=chat, system=system)
-    result = run_generation(model, params, prompt_ids, max_new_tokens=max_new_tokens,
-                            sampling=sampling, eos_ids=stop_ids(model, tokenizer),
-                            pad_id=tokenizer.pad_id, warmup=warmup)
+    if num_beams > 1:
+        result = beam_search(model, params, prompt_ids, max_new_tokens=max_new_tokens,
+                             num_beams=num_beams, length_penalty=length_penalty,
+                             eos_ids=stop_ids(model, tokenizer),
+                             pad_id=tokenizer.pad_id).generation
+    else:
+        result = run_generation(model, params, prompt_ids, max_new_tokens=max_new_tokens,
+                                sampling=sampling, eos_ids=stop_ids(model, tokenizer),
+                                pad_id=tokenizer.pad_id, warmup=warmup)
     texts_out = [tokenizer.decode(ids, skip_special_tokens=True) for ids in result.token_ids]
     return texts_out, result
 
@@ -69,6 +81,8 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
     system: str | None = None,
     params: Any = None,
     tokenizer: Any = None,
@@ -82,6 +96,8 @@ def generate(
       template with the assistant generation prompt.
     greedy (or temperature=0): argmax decoding; otherwise sample with temperature, top_k (0: off)
       and top_p (1: off), reproducibly for a given seed and batch.
+    num_beams > 1: beam search instead (deterministic; the sampling options are ignored), ranking
+      by sum(log p) / length ** length_penalty (length counts the EOS).
     Stops at the tokenizer's / model's EOS or after max_new_tokens; special tokens are dropped
     from the returned text.
     """
@@ -93,5 +109,6 @@ def generate(
     sampling = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                               seed=seed)
     outputs, _ = complete(model, params, tokenizer, texts, sampling=sampling,
-                          max_new_tokens=max_new_tokens, chat=chat, system=system)
+                          max_new_tokens=max_new_tokens, chat=chat, system=system,
+                          num_beams=num_beams, length_penalty=length_penalty)
     return outputs[0] if single else outputs

@@ -8,11 +8,17 @@ from ftjax.objectives.cross_entropy import (
     TASK_TERMS,
     CrossEntropy,
     CrossEntropyConfig,
-    loss_for_task,
     weighted_cross_entropy,
 )
 from ftjax.objectives.penalties import L1, L2, L2SP, RegularizerConfig, l1, l2, l2sp
-from ftjax.objectives.registry import TERMS, entry_config_class, make_term, term_class
+from ftjax.objectives.registry import (
+    TERMS,
+    entry_config_class,
+    loss_for_task,
+    make_term,
+    term_class,
+)
+from ftjax.objectives.span import SpanCrossEntropy
 from ftjax.objectives.term import (
     LossTerm,
     TermConfig,
@@ -23,7 +29,7 @@ from ftjax.objectives.term import (
 
 __all__ = [
     "L1", "L2", "L2SP", "TASK_TERMS", "TERMS", "CrossEntropy", "CrossEntropyConfig", "LossTerm",
-    "RegularizerConfig", "TermConfig", "TermContext", "TermSetup", "TermValue",
+    "RegularizerConfig", "SpanCrossEntropy", "TermConfig", "TermContext", "TermSetup", "TermValue",
     "entry_config_class", "l1", "l2", "l2sp", "loss_for_task", "make_term", "term_class",
     "weighted_cross_entropy",
 ]

@@ -69,13 +69,6 @@ class CrossEntropy(LossTerm):
 
 
 # The task term of each task kind, by the name its metrics carry (loss/ce, loss/lm, loss/mlm).
-TASK_TERMS = {"classification": "ce", "causal_lm": "lm", "masked_lm": "mlm",
-              "token_classification": "ce"}
+TASK_TERMS = {"classification": "ce", "causal_lm": "lm", "masked_lm": "mlm", "chat": "lm",
+              "extractive_qa": "span", "token_classification": "ce"}
 
-
-def loss_for_task(task_kind: str, label_smoothing: float = 0.0) -> CrossEntropy:
-    """The task term of a task kind ("classification", "causal_lm", "masked_lm")."""
-    if task_kind not in TASK_TERMS:
-        raise ValueError(f"no loss for task kind {task_kind!r}; expected one of "
-                         f"{tuple(TASK_TERMS)}")
-    return CrossEntropy(TASK_TERMS[task_kind], CrossEntropyConfig(label_smoothing=label_smoothing))

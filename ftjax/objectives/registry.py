@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ftjax.objectives.cross_entropy import CrossEntropy
+from ftjax.objectives.cross_entropy import TASK_TERMS, CrossEntropy, CrossEntropyConfig
 from ftjax.objectives.penalties import L1, L2, L2SP
+from ftjax.objectives.span import SpanCrossEntropy
 from ftjax.objectives.term import LossTerm
 from ftjax.utils.imports import import_object
 
@@ -18,6 +19,7 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "ce": CrossEntropy,
     "lm": CrossEntropy,
     "mlm": CrossEntropy,
+    "span": SpanCrossEntropy,
     "l1": L1,
     "l2": L2,
     "l2_sp": L2SP,
@@ -51,3 +53,13 @@ def entry_config_class(name: str, values: Mapping) -> type:
 def make_term(name: str, config) -> LossTerm:
     """The term of a `losses` entry from its built settings block."""
     return term_class(config.kind or name)(name, config)
+
+
+def loss_for_task(task_kind: str, label_smoothing: float = 0.0) -> LossTerm:
+    """The task term of a task kind ("classification", "causal_lm", "masked_lm",
+    "extractive_qa"), named as TASK_TERMS says."""
+    if task_kind not in TASK_TERMS:
+        raise ValueError(f"no loss for task kind {task_kind!r}; expected one of "
+                         f"{tuple(TASK_TERMS)}")
+    name = TASK_TERMS[task_kind]
+    return TERMS[name](name, CrossEntropyConfig(label_smoothing=label_smoothing))
