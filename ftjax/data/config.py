@@ -11,7 +11,8 @@ from pathlib import Path
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
-TASKS = ("classification", "causal_lm", "masked_lm", "chat", "extractive_qa")
+TASKS = ("classification", "causal_lm", "masked_lm", "chat", "extractive_qa",
+         "token_classification")
 SOURCE_KINDS = ("polarity", "local", "hf", "tfds")
 SPLIT_PLACEHOLDER = "{split}"
 # File extensions the hf kind reads as one local file (ftjax.data.sources.hf_dataset).
@@ -25,7 +26,10 @@ class TaskConfig:
     kind: str = setting("classification", "classification | causal_lm | masked_lm | chat "
                         "(instruction tuning: each source's messages_column rendered with the "
                         "tokenizer's chat template, the loss on assistant turns) | extractive_qa "
-                        "(SQuAD spans; head.kind='span', source format 'squad')", choices=TASKS)
+                        "(SQuAD spans; head.kind='span', source format 'squad') | "
+                        "token_classification (NER: one tag per word, source format 'conll'; "
+                        "head.kind='token')",
+                        choices=TASKS)
     text_key: str = setting("text", "the record field holding the text")
     label_key: str = setting("label", "classification: the record field holding the label")
     text_pair_key: str | None = setting(None, "classification: a second text (sentence pairs)")
@@ -52,6 +56,13 @@ class TaskConfig:
     label_words: tuple[str, ...] = setting(
         (), "a verbalizer head scores these words, one per label, each one token after the "
         "prompt")
+
+    label_all_subtokens: bool = setting(
+        False, "token_classification: train every sub-token of a word (the later ones on the "
+        "I- tag of its type), not only the first")
+    tag_scheme: str = setting("IOB2", "token_classification: the tag scheme of seqeval's strict "
+                              "mode (f1_strict): IOB2 | IOBES",
+                              choices=("IOB2", "IOBES", "BIO", "BIOES"))
 
     def __post_init__(self):
         if self.max_length < 2:
@@ -119,7 +130,8 @@ class SourceConfig:
         None, "local / hf files: a file, or a pattern with {split} (one file per split); hf / "
         "tfds: the dataset's name; polarity: another copy of the corpus (None: the asset)")
     format: str = setting("auto", "local: auto (by the file's extension) | csv | tsv | jsonl | "
-                          "json | txt | squad (SQuAD v1.1 / v2.0 JSON, for extractive_qa)",
+                          "json | txt | squad (SQuAD v1.1 / v2.0 JSON, for extractive_qa) | conll "
+                          "(token<TAB>tag lines, blank-line sentences, for token_classification)",
                           choices=FORMATS)
     encoding: str = setting("utf-8", "local: the files' text encoding (utf-8 files may start "
                             "with a byte order mark)")

@@ -7,6 +7,10 @@ Formats (``format="auto"`` picks one by the file's extension):
 - tsv: a header row, no quoting: every line splits on tabs.
 - jsonl: one JSON object per line (blank lines skipped).
 - json: one JSON list of objects.
+- conll: one ``token<TAB or space>tag`` per line (the tag is the last field), a sentence
+  ends at a blank line (a line of only whitespace, e.g. one TAB, is blank); "-DOCSTART-"
+  lines are skipped. Each record ``{"tokens": [...], "tags": [...], "lines": [...]}``
+  (``lines``: each token's line number, for errors about its tag).
 - txt: text only, each record ``{"text": ...}``; ``txt_unit`` says what a record is: "line"
   (each non-blank line), "paragraph" (runs of non-blank lines, separated by blank lines,
   joined with "\\n") or "document" (the whole file).
@@ -38,9 +42,10 @@ from ftjax.data.errors import (
     UndecodableFileError,
 )
 
-FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "txt", "squad")
+FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "txt", "squad", "conll")
 TXT_UNITS = ("line", "paragraph", "document")
-SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt"}
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt",
+                   ".conll": "conll"}
 
 # Where charset-normalizer ranks several encodings (nearly) alike, as it does for short Western
 # text (cp1250 and cp1252 decode most such bytes to plausible text), the suggestion takes the
@@ -96,6 +101,8 @@ def read_rows(
         rows = list(_jsonl_rows(text, path))
     elif kind == "json":
         rows = list(_json_rows(text, path))
+    elif kind == "conll":
+        rows = list(_conll_rows(text, path))
     else:
         rows = list(_txt_rows(text, path, txt_unit))
     if not rows:
@@ -314,3 +321,28 @@ def _txt_rows(text: str, path: Path, unit: str) -> Iterator[ParsedRow]:
             index, paragraph = index + 1, []
     if paragraph:
         yield ParsedRow(_where(index, first_line, path), {"text": "\n".join(paragraph)})
+
+
+def _conll_rows(text: str, path: Path) -> Iterator[ParsedRow]:
+    tokens: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+    index = 0
+    for number, line in list(_lines(text)) + [(-1, "")]:
+        if line.strip() == "":  # the end of a sentence; a lone TAB counts as blank
+            if tokens:
+                yield ParsedRow(f"sentence {index} (line {lines[0]}) of {path}",
+                                {"tokens": tokens, "tags": tags, "lines": lines})
+                index += 1
+            tokens, tags, lines = [], [], []
+            continue
+        fields = line.split("\t") if "\t" in line.strip() else line.split()
+        fields = [f.strip() for f in fields]
+        if fields[0] == "-DOCSTART-":
+            continue
+        if len(fields) < 2 or not fields[0] or not fields[-1]:
+            raise MalformedRowError(f"{path} line {number}: expected 'token<TAB>tag', got "
+                                    f"{line!r} (no tag)")
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+        lines.append(number)

@@ -24,6 +24,7 @@ from ftjax.data.mixing import TrainSource
 from ftjax.data.conversation import Conversation
 from ftjax.data.prompting import PromptTemplate
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
+from ftjax.data.token_classification import TokenClassification, load_tagged_source
 from ftjax.data.types import RecordSource
 
 SINGLE_SOURCE = "data"
@@ -76,8 +77,13 @@ def check_columns_for_task(task: TaskConfig, source: SourceConfig, name: str = "
                         f"messages_column")
 
 
-def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None) -> Task:
+def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None,
+              label_names: Sequence[str] | None = None) -> Task:
     """The task of one source: the run's task block over the source's canonical records."""
+    if task.kind == "token_classification":
+        return TokenClassification(num_labels, task.max_length, tuple(label_names or ()),
+                                   label_all_subtokens=task.label_all_subtokens,
+                                   scheme=task.tag_scheme)
     if task.kind == "classification":
         prompt = None
         if task.template is not None:
@@ -118,12 +124,17 @@ def load_run_data(configs: Mapping[str, SourceConfig], task: TaskConfig, *,
     for name, config in configs.items():
         check_columns_for_task(task, config, name)
         saved = known.get(name, {})
-        loaded = load_source(name, config, roles=roles, needs_labels=needs_labels,
-                             label_names=saved.get("labels"),
-                             num_labels=num_labels if needs_labels else None)
+        if task.kind == "token_classification":
+            loaded = load_tagged_source(name, config, roles=roles, num_labels=num_labels,
+                                        label_names=saved.get("labels"))
+        else:
+            loaded = load_source(name, config, roles=roles, needs_labels=needs_labels,
+                                 label_names=saved.get("labels"),
+                                 num_labels=num_labels if needs_labels else None)
         num_train = len(loaded.splits["train"]) if "train" in loaded.splits else \
             saved.get("train_examples", 0)
-        out.append(RunSource(name, make_task(task, config, num_labels=num_labels),
+        out.append(RunSource(name, make_task(task, config, num_labels=num_labels,
+                                             label_names=loaded.label_names),
                              loaded.splits, loaded.label_names, config.weight, num_train))
     return out
 

@@ -70,5 +70,5 @@ class CrossEntropy(LossTerm):
 
 # The task term of each task kind, by the name its metrics carry (loss/ce, loss/lm, loss/mlm).
 TASK_TERMS = {"classification": "ce", "causal_lm": "lm", "masked_lm": "mlm", "chat": "lm",
-              "extractive_qa": "span"}
+              "extractive_qa": "span", "token_classification": "ce"}
 

@@ -202,7 +202,8 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     loss_terms = terms_from_config(cfg, run, terms)
     sources = load_run_data(
         source_configs(run.sources, run.data, run.task), run.task, roles=roles,
-        num_labels=cfg.head.num_labels if run.task.kind == "classification" else None,
+        num_labels=cfg.head.num_labels if run.task.kind in ("classification",
+                                                            "token_classification") else None,
         facts=data_facts)
     available = {role for s in sources for role in s.splits} | set(
         role for role in ROLES if role not in roles)
