@@ -12,8 +12,9 @@ windows. The schedule here is a short CPU run on a seeded subset (max_train_exam
 max_eval_examples); full SQuAD needs ~2 epochs on an accelerator.
 
 Measured (2-core shared CPU, 2026-12-06, the config as written: 40 steps x 8 windows = 320
-of the windows of a 2,000-question train subset, AdamW 1e-4, ~6.4 min wall):
-  ftjax train experiments/qa_squad_minilm.py --workdir workdirs/qa_squad_minilm
+of the windows of a 2,000-question train subset, AdamW 1e-4, 207 s wall; rerun with --record,
+experiments/results/qa_squad_minilm.json):
+  ftjax train experiments/qa_squad_minilm.py --workdir workdirs/qa_squad_minilm --record
   validation (200 dev questions, seed 0; 220 windows): exact_match 6.0, f1 9.89, span loss 4.79
   first-sentence baseline on the same 200 questions (python experiments/qa_squad_minilm.py):
     exact_match 0.0, f1 8.38 (whole dev: exact_match 0.03, f1 9.75)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftjax.assets import ASSETS, _asset_dir
 from ftjax.cli import main
 from ftjax.data.config import SourceConfig
 from ftjax.data.errors import DataError, LabelOutOfRangeError, MalformedRowError
@@ -206,9 +205,6 @@ def test_most_frequent_tag_baseline():
 # A real run
 
 
-@pytest.mark.skipif(not all((_asset_dir(ASSETS[n]) / ASSETS[n].path).exists()
-                            for n in ("wnut16", "all-minilm-l6-v2")),
-                    reason="needs the wnut16 and all-minilm-l6-v2 assets in the cache")
 def test_experiment_runs_and_logs_f1(tmp_path):
     workdir = tmp_path / "run"
     code = main(["train", str(EXPERIMENT), "--workdir", str(workdir), "--quiet",
@@ -222,8 +218,6 @@ def test_experiment_runs_and_logs_f1(tmp_path):
     assert evals and 0.0 <= evals[-1]["f1"] <= 1.0 and "f1_strict" in evals[-1]
 
 
-@pytest.mark.skipif(not (_asset_dir(ASSETS["wnut16"]) / ASSETS["wnut16"].path).exists(),
-                    reason="needs the wnut16 asset in the cache")
 def test_wnut16_split_and_most_frequent_tag_baseline():
     """The figures the experiment's docstring quotes: sizes of the seeded split, and the
     most-frequent-train-tag baseline's test F1."""
