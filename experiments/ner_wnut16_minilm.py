@@ -41,14 +41,14 @@ def get_config():
         "kind": "local", "path": "wnut16", "format": "conll",
         "split_fractions": (0.8, 0.1, 0.1), "split_seed": 0})
     c.method = "full"
-    c.steps = 260
+    c.steps = 720
     c.batch_size = 16
     c.eval_batch_size = 128
-    c.eval_every = 130
-    c.checkpoint_every = 260
+    c.eval_every = 120
+    c.checkpoint_every = 240
     c.log_every = 20
     c.best_metric = "f1"
     c.optimizer.learning_rate = 5e-4
-    c.optimizer.warmup_steps = 26
+    c.optimizer.warmup_steps = 72
     c.optimizer.schedule = "linear"
     return c
