@@ -160,13 +160,20 @@ def load_source(
         splits, labels = _load_hf(config, wanted, columns, names, num_labels)
     else:
         splits, labels = _load_tfds(config, wanted, columns, names, num_labels)
-    for role in list(splits):
+    return LoadedSource(name, limit_splits(config, splits),
+                        None if labels is None else labels.names)
+
+
+def limit_splits(config: SourceConfig, splits: dict) -> dict:
+    """The splits cut to the config's max_*_examples (a seeded draw, the same every run)."""
+    out = dict(splits)
+    for role in list(out):
         limit = {"train": config.max_train_examples, "validation": config.max_eval_examples,
                  "test": config.max_eval_examples if config.max_test_examples is None
                  else config.max_test_examples}[role]
         if limit:
-            splits[role] = subsample(splits[role], limit, seed=config.split_seed)
-    return LoadedSource(name, splits, None if labels is None else labels.names)
+            out[role] = subsample(out[role], limit, seed=config.split_seed)
+    return out
 
 
 def split_name(config: SourceConfig, role: str) -> str | None:

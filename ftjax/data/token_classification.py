@@ -36,11 +36,11 @@ from ftjax.data.config import SPLIT_PLACEHOLDER, SourceConfig
 from ftjax.data.errors import DataError, LabelOutOfRangeError
 from ftjax.data.features import IndexedRecord, Row, Shapes, SpecialTokenTemplate, single_row, \
     token_shapes
-from ftjax.data.loading import ROLES, LoadedSource, split_name
+from ftjax.data.loading import ROLES, LoadedSource, limit_splits, split_name
 from ftjax.data.metrics import real_rows
 from ftjax.data.readers import ParsedRow, read_rows
 from ftjax.data.sources import hf_dataset
-from ftjax.data.splitting import stratified_split, subsample
+from ftjax.data.splitting import stratified_split
 from ftjax.data.types import TokenizerLike
 
 OUTSIDE = "O"
@@ -117,7 +117,7 @@ def load_tagged_source(name: str, config: SourceConfig, *, roles: Sequence[str] 
         raise DataError(f"source {name!r}: {len(names)} tags {list(names)} for "
                         f"head.num_labels={num_labels}")
     splits = {role: tagged_records(rows, names) for role, rows in raw.items()}
-    return _limited(name, config, splits, names)
+    return LoadedSource(name, limit_splits(config, splits), names)
 
 
 def _hf_rows(ds, config: SourceConfig, description: str, names: Sequence[str] | None
@@ -160,18 +160,9 @@ def _load_hf_tagged(name: str, config: SourceConfig, roles: Sequence[str],
         raise DataError(f"source {name!r}: {len(names)} tags {list(names)} for "
                         f"head.num_labels={num_labels}")
     splits = {role: tagged_records(r, names) for role, r in rows.items()}
-    return _limited(name, config, splits, names)
+    return LoadedSource(name, limit_splits(config, splits), names)
 
 
-def _limited(name: str, config: SourceConfig, splits: dict, names: tuple) -> LoadedSource:
-    """The splits cut to the config's max_*_examples."""
-    for role in list(splits):
-        limit = {"train": config.max_train_examples, "validation": config.max_eval_examples,
-                 "test": config.max_eval_examples if config.max_test_examples is None
-                 else config.max_test_examples}[role]
-        if limit:
-            splits[role] = subsample(splits[role], limit, seed=config.split_seed)
-    return LoadedSource(name, splits, names)
 
 
 # --------------------------------------------------------------------------------------------

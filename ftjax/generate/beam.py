@@ -36,13 +36,12 @@ import numpy as np
 
 from ftjax.generate.decode import (
     Generation,
-    _check_prompts,
     left_pad,
     plan_shapes,
+    prepare_request,
     virtual_tokens,
 )
 from ftjax.models import Model, init_cache
-from ftjax.peft.fold import fold_prefix
 
 
 def _take_rows(cache: dict, rows):
@@ -161,27 +160,12 @@ def beam_search(
     eos_ids / pad_id / max_length as in `generate_ids`. length_penalty > 0 favours longer
     sequences, < 0 shorter ones (score = sum log p / length ** length_penalty).
     """
-    cfg = model.config
-    _check_prompts(prompts, cfg.vocab_size)
     if int(num_beams) != num_beams or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams}")
-    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
-    if getattr(cfg, "prefix", None) is not None and cfg.prefix.projection:
-        model, params = fold_prefix(model, params)
-    longest = max(len(p) for p in prompts)
-    max_length = cfg.max_position_embeddings if max_length is None else max_length
-    virtual = virtual_tokens(model)
-    if virtual + longest + max_new_tokens > max_length:
-        raise ValueError(
-            f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) "
-            f"exceeds max_length={max_length}; shorten the prompt, ask for fewer tokens or pass "
-            f"a larger max_length")
-    if eos_ids is None:
-        eos_ids = [] if cfg.eos_token_id is None else [cfg.eos_token_id]
-    if pad_id is None:
-        pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-
+    model, params, request = prepare_request(model, params, prompts, max_new_tokens,
+                                             eos_ids=eos_ids, pad_id=pad_id,
+                                             max_length=max_length)
+    virtual, eos_ids, pad_id = request.virtual, request.eos_ids, request.pad_id
     # One spare slot: the loop's last forward pass writes a token nobody reads.
     shapes = plan_shapes([len(p) for p in prompts], int(max_new_tokens) + 1, virtual)
     ids, mask = left_pad(prompts, shapes.prompt_length, pad_id)

@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -179,19 +180,19 @@ def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
                              f"{bad[:5]}")
 
 
-def run_generation(
-    model: Model,
-    params,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    sampling: SamplingConfig = SamplingConfig(),
-    eos_ids: Sequence[int] | None = None,
-    pad_id: int | None = None,
-    max_length: int | None = None,
-    warmup: bool = False,
-) -> Generation:
-    """`generate_ids` plus timings; `warmup=True` compiles first and times compile separately."""
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What every decoder (sampling, beam search) settles before it runs."""
+
+    virtual: int  # soft-prompt / prefix positions ahead of the prompt
+    eos_ids: list[int]
+    pad_id: int
+
+
+def prepare_request(model: Model, params, prompts, max_new_tokens, *, eos_ids, pad_id,
+                    max_length) -> tuple[Model, Any, Request]:
+    """Checks the prompts and lengths, folds a prefix MLP away and fills the defaults of
+    eos_ids / pad_id / max_length from the model's config."""
     cfg = model.config
     _check_prompts(prompts, cfg.vocab_size)
     if getattr(cfg, "prefix", None) is not None and cfg.prefix.projection:
@@ -214,7 +215,26 @@ def run_generation(
         eos_ids = [] if cfg.eos_token_id is None else [cfg.eos_token_id]
     if pad_id is None:
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    return model, params, Request(virtual, list(eos_ids), pad_id)
 
+
+def run_generation(
+    model: Model,
+    params,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    eos_ids: Sequence[int] | None = None,
+    pad_id: int | None = None,
+    max_length: int | None = None,
+    warmup: bool = False,
+) -> Generation:
+    """`generate_ids` plus timings; `warmup=True` compiles first and times compile separately."""
+    model, params, request = prepare_request(model, params, prompts, max_new_tokens,
+                                             eos_ids=eos_ids, pad_id=pad_id,
+                                             max_length=max_length)
+    virtual, eos_ids, pad_id = request.virtual, request.eos_ids, request.pad_id
     shapes = plan_shapes([len(p) for p in prompts], int(max_new_tokens), virtual)
     ids, mask = left_pad(prompts, shapes.prompt_length, pad_id)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
