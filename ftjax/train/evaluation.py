@@ -12,6 +12,7 @@ from typing import Sequence
 import jax
 
 from ftjax.data import batch_shapes
+from ftjax.parallel import fetch
 from ftjax.train.state import TrainState
 
 
@@ -27,7 +28,9 @@ def evaluate(eval_step_jit, state: TrainState, batches, metric=None) -> dict:
         sums = eval_step_jit(state.trainable, state.frozen, batch, state.constants)
         predictions = sums.pop("predictions", None)
         if metric is not None and predictions is not None:
-            metric.update(jax.device_get(batch), jax.device_get(predictions))
+            # A sharded batch may span other processes' devices: gathering it is a collective
+            # every process joins.
+            metric.update(fetch(batch), fetch(predictions))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     results = eval_metrics(jax.device_get(totals), eval_step_jit.terms)
     if metric is not None:
