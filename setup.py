@@ -30,6 +30,8 @@ setup(
         "sacrebleu>=2.4",
         # Suggests the right encoding when a local data file does not decode (ftjax.data.readers).
         "charset-normalizer>=3",
+        # Reads the SWORD Bible modules behind the bible-es-en asset (ftjax.assets.bible).
+        "pysword>=0.2.8",
     ],
     extras_require={
         # Reference implementations for parity tests and fixture scripts. torch is pinned to the

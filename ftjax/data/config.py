@@ -48,7 +48,8 @@ class TaskConfig:
                                "instead of single tokens")
     template: str | None = setting(
         None, "classification as instruction following (ftjax.data.prompting): each text goes "
-        "into the template at {text}")
+        "into the template at {text}; causal_lm with a prompt field (translation): the prompt "
+        "goes there, the target follows the template")
     chat: bool = setting(False, "render the template as a user turn of the tokenizer's chat "
                          "template")
     system_prompt: str | None = setting(None, "chat only: the system turn; None: the chat "
@@ -69,9 +70,11 @@ class TaskConfig:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if not 0.0 <= self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
-        if (self.template is not None or self.label_words) and self.kind != "classification":
-            raise ValueError(f"template / label_words are for kind='classification', not "
-                             f"{self.kind!r}")
+        if self.label_words and self.kind != "classification":
+            raise ValueError(f"label_words are for kind='classification', not {self.kind!r}")
+        if self.template is not None and self.kind not in ("classification", "causal_lm"):
+            raise ValueError(f"template wraps a classification text or a causal_lm prompt, "
+                             f"not kind={self.kind!r}")
         if self.template is not None and self.template.count("{text}") != 1:
             raise ValueError(f"template must contain {{text}} exactly once: {self.template!r}")
         if self.system_prompt is not None and not self.chat:
@@ -144,6 +147,10 @@ class SourceConfig:
         (), "local / polarity: (train, validation, test) fractions that split ONE file (a path "
         "without {split}) by a seeded permutation, stratified by label; (): one file per split "
         "(polarity: (0.8, 0.1, 0.1)); a fraction of 0 means no such split")
+    split_group_column: str | None = setting(
+        None, "with split_fractions: the column whose values are split (a book, a speaker, a "
+        "document): every record of one value lands in one split, so nothing of a held-out "
+        "group is trained on; the fractions then count groups, not records")
     split_seed: int = setting(0, "the permutation of split_fractions, and the draw of the "
                               "max_*_examples subsets")
     text_column: str = setting("text", "the column holding the text")
@@ -227,6 +234,9 @@ class SourceConfig:
                 if fraction > 0 and getattr(self, f"{role}_split") is None:
                     raise ValueError(f"split_fractions give the {role} split {fraction} of the "
                                      f"file, but {role}_split is None: make its fraction 0")
+        elif self.split_group_column:
+            raise ValueError(f"split_group_column {self.split_group_column!r} groups the "
+                             f"split_fractions split; set split_fractions too")
         elif self.one_file():
             named = [f"{role}_split={getattr(self, f'{role}_split')!r}"
                      for role in ("validation", "test") if getattr(self, f"{role}_split")]

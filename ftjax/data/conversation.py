@@ -18,6 +18,7 @@ one conversation per row; a conversation longer than ``max_length`` is truncated
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,6 +31,8 @@ from ftjax.data.types import TokenizerLike
 
 @dataclasses.dataclass(frozen=True)
 class Conversation:
+    language_model: ClassVar[bool] = True  # evaluation reports perplexity
+
     messages_key: str
     max_length: int
     packing: bool = True

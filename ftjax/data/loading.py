@@ -37,7 +37,7 @@ from ftjax.data.labels import LabelSet, label_text
 from ftjax.data.readers import ParsedRow, read_rows
 from ftjax.data.records import as_int, messages_field, require_column, text_field
 from ftjax.data.sources import hf_dataset, polarity_splits, tfds_source
-from ftjax.data.splitting import stratified_split, subsample
+from ftjax.data.splitting import grouped_split, stratified_split, subsample
 from ftjax.data.types import Record, RecordSource
 
 ROLES = ("train", "validation", "test")
@@ -208,11 +208,16 @@ def _load_local(name: str, config: SourceConfig, wanted: Mapping[str, str], colu
     if config.split_fractions:
         path = Path(config.path)
         rows = read(path)
-        strata = None
-        if columns.label is not None:
-            strata = [label_text(columns.raw_label(r.fields, r.where)) for r in rows]
-        parts = dict(zip(ROLES, stratified_split(len(rows), config.split_fractions,
-                                                 config.split_seed, strata)))
+        if config.split_group_column:
+            groups = [_group_of(r, config.split_group_column) for r in rows]
+            parts = dict(zip(ROLES, grouped_split(groups, config.split_fractions,
+                                                  config.split_seed)))
+        else:
+            strata = None
+            if columns.label is not None:
+                strata = [label_text(columns.raw_label(r.fields, r.where)) for r in rows]
+            parts = dict(zip(ROLES, stratified_split(len(rows), config.split_fractions,
+                                                     config.split_seed, strata)))
         raw = {}
         for role in wanted:
             if not parts[role]:
@@ -235,6 +240,13 @@ def _load_local(name: str, config: SourceConfig, wanted: Mapping[str, str], colu
     splits = {role: [columns.record(r.fields, r.where, labels) for r in rows]
               for role, rows in raw.items()}
     return splits, labels
+
+
+def _group_of(row: ParsedRow, column: str) -> str:
+    if column not in row.fields:
+        raise DataError(f"{row.where}: no {column!r} column to group the split by "
+                        f"(split_group_column); the row has {sorted(row.fields)}")
+    return str(row.fields[column])
 
 
 def _split_path(config: SourceConfig, split: str) -> str:

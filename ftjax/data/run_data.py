@@ -77,6 +77,12 @@ def check_columns_for_task(task: TaskConfig, source: SourceConfig, name: str = "
                         f"messages_column")
 
 
+def _prompt_template(task: TaskConfig) -> PromptTemplate | None:
+    if task.template is None:
+        return None
+    return PromptTemplate(task.template, chat=task.chat, system=task.system_prompt)
+
+
 def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None,
               label_names: Sequence[str] | None = None) -> Task:
     """The task of one source: the run's task block over the source's canonical records."""
@@ -85,19 +91,18 @@ def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None,
                                    label_all_subtokens=task.label_all_subtokens,
                                    scheme=task.tag_scheme)
     if task.kind == "classification":
-        prompt = None
-        if task.template is not None:
-            prompt = PromptTemplate(task.template, chat=task.chat, system=task.system_prompt)
         return SequenceClassification(
             "text", "label", num_labels=num_labels, max_length=task.max_length,
-            text_pair_key="text_pair" if source.text_pair_column else None, prompt=prompt,
+            text_pair_key="text_pair" if source.text_pair_column else None,
+            prompt=_prompt_template(task),
             label_words=tuple(task.label_words))
     if task.kind == "chat":
         check_columns_for_task(task, source)
         return Conversation("messages", task.max_length, packing=task.packing)
     if task.kind == "causal_lm":
         return CausalLM("text", task.max_length, packing=task.packing,
-                        prompt_key="prompt" if source.prompt_column else None)
+                        prompt_key="prompt" if source.prompt_column else None,
+                        prompt=_prompt_template(task))
     if task.kind == "extractive_qa":
         return ExtractiveQA(max_length=task.max_length, doc_stride=task.doc_stride,
                             null_threshold=task.null_threshold)

@@ -68,6 +68,25 @@ def stratified_split(
     return parts
 
 
+def grouped_split(
+    groups: Sequence[Hashable], fractions: Sequence[float], seed: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Indices of items split so that each group (items sharing a ``groups`` value: a book, a
+    speaker, a document) lands whole in one split: the distinct groups, sorted, are permuted by
+    ``default_rng(seed)`` and cut by ``fractions`` of their number. No item of a held-out
+    group is ever trained on. Each list ascending."""
+    fractions = check_fractions(fractions)
+    distinct = sorted(set(groups))
+    order = [distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))]
+    role_of = {}
+    for role, (start, stop) in enumerate(split_bounds(len(distinct), fractions)):
+        role_of.update({group: role for group in order[start:stop]})
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for index, group in enumerate(groups):
+        parts[role_of[group]].append(index)
+    return parts
+
+
 def subsample(records: Any, n: int, *, seed: int) -> list:
     """A random ``n`` of ``records`` (all of them if fewer), in their original order.
 

@@ -10,7 +10,7 @@ returns a picklable callable over ``IndexedRecord``:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import jax.numpy as jnp
 import numpy as np
@@ -171,8 +171,12 @@ class CausalLM:
     document of n tokens has n - 1 targets: labels[t] = token t+1 of the same document; the
     last token of each document has loss_mask 0.
 
-    With ``prompt_key`` a document is ``encode(prompt) + encode(text, no specials) + EOS`` and
-    the loss counts only on predictions of text (target) tokens and the EOS.
+    With ``prompt_key`` a document is ``prompt ids + encode(text, no specials) + EOS`` and
+    the loss counts only on predictions of text (target) tokens and the EOS. The prompt ids are
+    ``encode(prompt)``, or with a ``prompt`` template (ftjax.data.prompting) the prompt field
+    placed in the template, chat framing and the assistant's generation prompt included: a
+    translation or instruction prompt. ``prompt_ids`` gives them alone, so that generation
+    (ftjax.generate.evaluation) decodes from exactly what training conditioned on.
 
     packing=True: documents are packed whole into rows of exactly ``max_length`` by grain's
     first-fit packer (``packing.pack_documents``); ``segment_ids`` number the documents in a
@@ -185,11 +189,19 @@ class CausalLM:
     ``max_length`` tokens (the last kept token still predicts the next document token).
     """
 
+    language_model: ClassVar[bool] = True  # evaluation reports perplexity
+
     text_key: str
     max_length: int
     packing: bool = True
     add_eos: bool = True
     prompt_key: str | None = None
+    prompt: PromptTemplate | None = None
+
+    def __post_init__(self):
+        if self.prompt is not None and self.prompt_key is None:
+            raise DataError("a prompt template wraps the prompt field: set prompt_key (the "
+                            "source's prompt_column)")
 
     @property
     def packed(self) -> bool:
@@ -219,6 +231,18 @@ def lm_shapes(max_length: int) -> Shapes:
 class _CausalLMFeaturizer:
     def __init__(self, task: CausalLM, tokenizer: TokenizerLike):
         self.task, self.tokenizer = task, tokenizer
+        self.template = None
+        if task.prompt is not None:
+            self.template = task.prompt.encode(tokenizer, answer_follows=True)
+
+    def prompt_ids(self, record, where: str = "") -> list[int]:
+        """The ids a record's target follows (the prompt, in its template if any)."""
+        text = text_field(record, self.task.prompt_key, where)
+        if self.template is None:
+            return self.tokenizer.encode(text, add_special_tokens=True)
+        return [*self.template.prefix,
+                *self.tokenizer.encode(self.template.text_lead + text, add_special_tokens=False),
+                *self.template.suffix]
 
     def document(self, item: IndexedRecord) -> dict[str, np.ndarray]:
         """The whole document: input_ids, labels (next token, pad at the end), loss_mask."""
@@ -228,8 +252,7 @@ class _CausalLMFeaturizer:
             n_prompt = 0
             tokens = tokenizer.encode(text, add_special_tokens=True)
         else:
-            prompt = tokenizer.encode(text_field(item.record, task.prompt_key, where),
-                                      add_special_tokens=True)
+            prompt = self.prompt_ids(item.record, where)
             n_prompt = len(prompt)
             tokens = prompt + tokenizer.encode(text, add_special_tokens=False)
         if task.add_eos and (not tokens or tokens[-1] != tokenizer.eos_id):
@@ -291,6 +314,8 @@ class MaskedLM:
     token's word is known; for WordPiece tokenizers (BERT, MiniLM), which split on whitespace
     first, that is the same token sequence as encoding the whole text.
     """
+
+    language_model: ClassVar[bool] = True  # evaluation reports perplexity
 
     text_key: str
     max_length: int

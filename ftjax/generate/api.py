@@ -35,6 +35,15 @@ def complete(model: Model, params, tokenizer: Any, texts: Sequence[str], *,
         if not text.strip():
             raise ValueError(f"prompt {i} is empty or blank: give some text to continue or answer")
     prompt_ids = encode_prompts(tokenizer, texts, chat=chat, system=system)
+    return complete_ids(model, params, tokenizer, prompt_ids, sampling=sampling,
+                        max_new_tokens=max_new_tokens, warmup=warmup, num_beams=num_beams,
+                        length_penalty=length_penalty)
+
+
+def complete_ids(model: Model, params, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], *,
+                 sampling: SamplingConfig, max_new_tokens: int, warmup: bool = False,
+                 num_beams: int = 1, length_penalty: float = 1.0) -> tuple[list[str], Generation]:
+    """`complete` for prompts already encoded (a task's own prompt ids)."""
     if num_beams > 1:
         result = beam_search(model, params, prompt_ids, max_new_tokens=max_new_tokens,
                              num_beams=num_beams, length_penalty=length_penalty,

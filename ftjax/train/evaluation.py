@@ -7,6 +7,7 @@ sources that have it (the mean of each metric), which selection and early stoppi
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -16,7 +17,8 @@ from ftjax.parallel import fetch
 from ftjax.train.state import TrainState
 
 
-def evaluate(eval_step_jit, state: TrainState, batches, metric=None) -> dict:
+def evaluate(eval_step_jit, state: TrainState, batches, metric=None, *,
+             perplexity: bool = False) -> dict:
     """Sum the eval step over a finite pass of batches; metrics are exact per-example means,
     plus the task metric's (ftjax.data.metrics) when one is given: it sees each batch's
     predictions with the batch's own features.
@@ -32,16 +34,18 @@ def evaluate(eval_step_jit, state: TrainState, batches, metric=None) -> dict:
             # every process joins.
             metric.update(fetch(batch), fetch(predictions))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    results = eval_metrics(jax.device_get(totals), eval_step_jit.terms)
+    results = eval_metrics(jax.device_get(totals), eval_step_jit.terms, perplexity=perplexity)
     if metric is not None:
         results.update(metric.result())
     return results
 
 
-def eval_metrics(totals: dict, terms) -> dict:
+def eval_metrics(totals: dict, terms, *, perplexity: bool = False) -> dict:
     """Means from the eval step's sums: `loss` (the evaluated terms weighted as in training,
     at their final weights), each term's `loss/<name>` when there are several, each stat
-    normalized like its term, and `examples` (the task term's normalizer)."""
+    normalized like its term, and `examples` (the task term's normalizer). perplexity: also
+    `perplexity`, exp of the task term's mean loss per predicted token (language-model
+    tasks, whose task term is a token-level cross entropy)."""
     weights = {t.name: max(float(totals[f"weight/{t.name}"]), 1.0) for t in terms}
     out = {"loss": sum(t.config.weight * float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
                        for t in terms)}
@@ -55,6 +59,9 @@ def eval_metrics(totals: dict, terms) -> dict:
         owner = key.split("/", 1)[0] if "/" in key else first
         out[key] = float(value) / weights.get(owner, weights[first])
     out["examples"] = float(totals["weight"])
+    if perplexity:
+        task_loss = float(totals[f"loss_sum/{first}"]) / weights[first]
+        out["perplexity"] = math.exp(min(task_loss, 700.0))  # 700: exp's float64 range
     return out
 
 
@@ -65,10 +72,15 @@ def eval_metric_names(exp) -> list[str]:
     sums = jax.eval_shape(exp.eval_step, exp.state.trainable, exp.state.frozen, batch,
                           exp.state.constants)
     totals = {k: 1.0 for k in sums if k != "predictions"}
-    names = set(eval_metrics(totals, exp.eval_step.terms))
+    names = set(eval_metrics(totals, exp.eval_step.terms, perplexity=reports_perplexity(exp.task)))
     if hasattr(exp.task, "metric"):
         names |= set(exp.task.metric([], exp.tokenizer).names)
     return sorted(names)
+
+
+def reports_perplexity(task) -> bool:
+    """Language-model tasks (causal, chat, masked) report the perplexity of their targets."""
+    return bool(getattr(task, "language_model", False))
 
 
 def task_metric(exp, source, split: str):
@@ -88,11 +100,13 @@ def evaluate_splits(exp, eval_step_jit, state: TrainState, splits: Sequence[str]
                            f"{exp.splits}")
         if len(exp.sources) == 1:
             results[split] = evaluate(eval_step_jit, state, exp.placed_eval_batches(split),
-                                      task_metric(exp, exp.sources[0], split))
+                                      task_metric(exp, exp.sources[0], split),
+                                      perplexity=reports_perplexity(exp.sources[0].task))
             continue
         per_source = {s.name: evaluate(eval_step_jit, state,
                                        exp.placed_eval_batches(split, s.name),
-                                       task_metric(exp, s, split))
+                                       task_metric(exp, s, split),
+                                       perplexity=reports_perplexity(s.task))
                       for s in exp.sources if s.name in having}
         results[split] = macro_average(per_source.values())
         results.update({f"{split}/{name}": metrics for name, metrics in per_source.items()})

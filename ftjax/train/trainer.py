@@ -95,8 +95,13 @@ class Trainer:
     def evaluate(self, splits: Sequence[str] | None = None) -> dict:
         """{split: metrics} of the current parameters (cfg.eval_splits by default; with
         several sources also {split/source: metrics}, the split's own entry their average)."""
-        return evaluate_splits(self.exp, self.eval_step, self.state,
-                               splits or self.cfg.eval_splits)
+        results = evaluate_splits(self.exp, self.eval_step, self.state,
+                                  splits or self.cfg.eval_splits)
+        for hook in self.hooks:  # generation-based metrics (ftjax.train.hooks.base)
+            extend = getattr(hook, "extend_eval", None)
+            if extend is not None:
+                extend(self, results)
+        return results
 
     def save(self, *, best: bool = False) -> None:
         meta = {"model": self.cfg.model.name, "base_hash": self.exp.base_hash,
@@ -163,7 +168,8 @@ class Trainer:
         position), write the run's files and open its logs. The lock is released on failure."""
         metric = self.cfg.best_metric  # checked before anything is written
         if metric and metric not in ("loss", "accuracy", "examples"):
-            known = eval_metric_names(self.exp)
+            known = eval_metric_names(self.exp) + [
+                name for hook in self.hooks for name in getattr(hook, "eval_metric_names", ())]
             if metric not in known:
                 raise ConfigError(f"best_metric {metric!r} is not a metric the evaluation "
                                   f"reports: {known}")

@@ -11,6 +11,16 @@ A hook is an object with any of these methods (the Hook base class gives no-op d
                                              "interrupted" (a signal; the run resumes later)
                                              or "failed" (an exception is on its way out)
 
+A hook can also add metrics to every evaluation (generation-based ones: BLEU of decoded
+translations, exact match of generated answers) with
+
+    extend_eval(trainer, results)            add {metric: value} to results[split] for the
+                                             splits it measures, before any on_eval sees them
+    eval_metric_names                        the names it adds (checked against best_metric)
+
+so selection, early stopping, metrics.jsonl and the final report treat them like the eval
+step's own.
+
 on_start, on_step_end and on_eval may return a Request: an evaluation, a checkpoint, or a
 stop (with its reason; a stop saves a checkpoint too, and `interrupt=True` marks a run to be
 resumed, which gets no final evaluation); the Trainer ORs the requests of all hooks and
@@ -82,6 +92,11 @@ def fetch_all(pending: list[StepMetrics]) -> list[dict[str, float]]:
 
 class Hook:
     """Base class with no-op methods; override what you need (see the module docstring)."""
+
+    eval_metric_names: tuple[str, ...] = ()
+
+    def extend_eval(self, trainer: Any, results: dict) -> None:
+        pass
 
     def on_start(self, trainer: Any) -> Request | None:
         return None

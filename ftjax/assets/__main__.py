@@ -1,0 +1,5 @@
+import sys
+
+from ftjax.assets.fetching import main
+
+sys.exit(main(sys.argv[1:]))

