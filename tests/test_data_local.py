@@ -402,3 +402,17 @@ def test_local_file_path_must_exist_as_the_train_split(tmp_path):
         load_source("n", config)
     with pytest.raises(DataError, match="unknown role"):
         load_source("n", config, roles=("dev",))
+
+
+def test_a_glob_path_reads_every_matching_file_with_its_name(tmp_path):
+    from ftjax.data.errors import MissingFileError
+    from ftjax.data.readers import read_rows
+
+    (tmp_path / "b.txt").write_text("second file\n\nits paragraph\n")
+    (tmp_path / "a.txt").write_text("first file\n")
+    (tmp_path / "notes.md").write_text("not matched\n")
+    rows = read_rows(tmp_path / "*.txt", txt_unit="document")
+    assert [(r.fields["file"], r.fields["text"]) for r in rows] == [
+        ("a.txt", "first file\n"), ("b.txt", "second file\n\nits paragraph\n")]
+    with pytest.raises(MissingFileError, match="matches no file"):
+        read_rows(tmp_path / "*.csv")

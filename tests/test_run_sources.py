@@ -165,3 +165,28 @@ def test_undecodable_bytes_name_the_line_and_suggest_an_encoding(tiny_config_fil
     overrides = _local(tmp_path, train=cp1252, validation=GOOD, test=GOOD)
     _fails_cleanly(capsys, tiny_config_file, tmp_path / "w", overrides, "d_train.csv line 3",
                    "0xe9", "encoding")
+
+
+def test_an_evaluated_only_source_changes_no_training(tiny_config_file, tiny_text_data, reviews,
+                                                      tmp_path):
+    """A source with train=False is never drawn from, reads no train split, and is reported on
+    its own: the run trains bit-identically to the run without it, and the split's average
+    (what selection follows) is the trained source's alone."""
+    alone_cfg = load_config(tiny_config_file, [
+        "sources.tweets.kind=local", f"sources.tweets.path={tiny_text_data}",
+        "data.source=polarity", "data.path=None", "steps=4", "eval_every=4"])
+    with_cfg = load_config(tiny_config_file, [
+        *_two_sources(tiny_text_data, reviews), "sources.reviews.train=False",
+        "sources.reviews.train_split=absent", "steps=4", "eval_every=4"])
+    alone = train(alone_cfg, tmp_path / "alone", quiet=True)
+    both = train(with_cfg, tmp_path / "both", quiet=True)
+    assert [s.name for s in both.experiment.sources] == ["tweets", "reviews"]  # trained first
+    assert "train" not in both.experiment.sources[1].splits  # no reviews_absent.csv was read
+    for a, b in zip(jax.tree.leaves(alone.state.trainable), jax.tree.leaves(both.state.trainable)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert both.eval["validation"]["loss"] == both.eval["validation/tweets"]["loss"]
+    assert both.eval["validation/tweets"] == pytest.approx(alone.eval["validation"])
+    assert "validation/reviews" in both.eval and "test/reviews" in both.eval
+    train_row = next(json.loads(x) for x in (tmp_path / "both" / "metrics.jsonl")
+                     .read_text().splitlines() if "split" not in json.loads(x))
+    assert not any(key.endswith("/reviews") for key in train_row)

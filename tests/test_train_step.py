@@ -111,7 +111,11 @@ def test_token_loss_normalizes_by_real_tokens_of_global_batch():
         tx = optax.sgd(0.0)
         state = create_train_state(params, jax.tree.map(lambda _: True, params), tx, 0)
         step = make_train_step(model, tx, loss_for_task("causal_lm"), accumulation_steps=k)
-        losses.append(float(jax.jit(step)(state, batch)[1]["loss"]))
+        metrics = jax.jit(step)(state, batch)[1]
+        losses.append(float(metrics["loss"]))
+        # Real tokens over cells, whichever micro-batches they were split into.
+        np.testing.assert_allclose(float(metrics["real_token_share"]),
+                                   sum(lengths) / batch["attention_mask"].size, rtol=1e-6)
     logits = model.apply({"params": params}, batch["input_ids"],
                          attention_mask=batch["attention_mask"],
                          segment_ids=batch["segment_ids"], positions=batch["positions"]).logits

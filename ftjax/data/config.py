@@ -172,6 +172,10 @@ class SourceConfig:
                             "| paragraph (blank-line separated) | document (the whole file)",
                             choices=TXT_UNITS)
     weight: float = setting(1.0, "the source's sampling weight with mixing='fixed' (> 0)")
+    train: bool = setting(
+        True, "False: the source is only evaluated (its validation / test splits), never "
+        "trained on, and reported on its own (<split>/<source>), outside the split's average "
+        "that selection follows: held-out general text, to see what training forgets")
     max_train_examples: int = setting(
         0, "n > 0 keeps a random n of the train split (drawn with split_seed, order kept); 0 "
         "keeps it whole")
@@ -222,7 +226,7 @@ class SourceConfig:
                                  f"test), got {fractions}")
             if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
                 raise ValueError(f"split_fractions must sum to 1, got {fractions}")
-            if fractions[0] == 0:
+            if fractions[0] == 0 and self.train:
                 raise ValueError(f"split_fractions {fractions} leave nothing to train on")
             if self.kind in ("hf", "tfds"):
                 raise ValueError(f"split_fractions splits a local file; {self.kind} datasets "

@@ -34,7 +34,7 @@ from ftjax.data.errors import (
 )
 from ftjax.data.extractive_qa import read_squad
 from ftjax.data.labels import LabelSet, label_text
-from ftjax.data.readers import ParsedRow, read_rows
+from ftjax.data.readers import ParsedRow, is_pattern, read_rows
 from ftjax.data.records import as_int, messages_field, require_column, text_field
 from ftjax.data.sources import hf_dataset, polarity_splits, tfds_source
 from ftjax.data.splitting import grouped_split, stratified_split, subsample
@@ -255,6 +255,8 @@ def _split_path(config: SourceConfig, split: str) -> str:
 
 def _split_file(name: str, config: SourceConfig, role: str, split: str) -> Path:
     path = Path(_split_path(config, split))
+    if is_pattern(path):  # several files; read_rows names a pattern that matches none
+        return path
     if path.is_dir():
         raise MissingSplitError(f"source {name!r}: the {role} split {split!r} reads {path}, a "
                                 f"directory: give a file, or a pattern with {SPLIT_PLACEHOLDER}")

@@ -77,6 +77,28 @@ def file_format(path: Path, format: str = "auto") -> str:
     return SUFFIX_FORMATS[suffix]
 
 
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def is_pattern(path: str | Path) -> bool:
+    """Whether a data path is a glob pattern over several files."""
+    return bool(GLOB_CHARACTERS & set(str(path)))
+
+
+def _read_matching(pattern: Path, **options) -> list[ParsedRow]:
+    if is_pattern(pattern.parent):
+        raise DataError(f"data path {pattern}: only the file name may be a pattern")
+    files = sorted(p for p in pattern.parent.glob(pattern.name) if p.is_file())
+    if not files:
+        raise MissingFileError(f"data files not found: {pattern} matches no file")
+    rows = []
+    for path in files:
+        for row in read_rows(path, **options):
+            fields = row.fields if "file" in row.fields else {**row.fields, "file": path.name}
+            rows.append(row._replace(fields=fields))
+    return rows
+
+
 def read_rows(
     path: str | Path,
     *,
@@ -85,7 +107,14 @@ def read_rows(
     txt_unit: str = "line",
 ) -> list[ParsedRow]:
     """Every row of ``path``; a missing file, undecodable bytes, a malformed row or no rows at
-    all raise a ``DataError``."""
+    all raise a ``DataError``.
+
+    A path with glob characters (``speeches/*.txt``) reads every matching file, in sorted
+    order, each row with a ``file`` field (the file's name) unless it has one: one document
+    per file with ``txt_unit="document"``, groups for ``split_group_column="file"``.
+    """
+    if is_pattern(path):
+        return _read_matching(Path(path), format=format, encoding=encoding, txt_unit=txt_unit)
     path = Path(path)
     kind = file_format(path, format)
     if kind == "txt" and txt_unit not in TXT_UNITS:

@@ -40,6 +40,7 @@ class RunSource:
     label_names: tuple[str, ...] | None
     weight: float
     num_train: int  # train records (the saved count when the train split was not loaded)
+    trained: bool = True  # False: evaluated only (SourceConfig.train)
 
     def train_source(self) -> TrainSource:
         return TrainSource(self.name, self.splits["train"], self.task, self.weight)
@@ -62,11 +63,16 @@ def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
 
 def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
                    task: TaskConfig) -> dict[str, SourceConfig]:
-    """The run's sources in name order (a source's index in batches is its place here): the
-    `sources` block, or the `data` block as one source."""
+    """The run's sources (a source's index in batches is its place here): the `sources` block,
+    or the `data` block as one source. The trained sources come first, in name order, so that
+    their indices are their places in the train mixture; sources only evaluated follow."""
     if not sources:
         return {SINGLE_SOURCE: legacy_source(data, task)}
-    return {name: sources[name] for name in sorted(sources)}
+    order = sorted(sources, key=lambda name: (not sources[name].train, name))
+    if not sources[order[0]].train:
+        raise DataError(f"every source ({', '.join(order)}) has train=False: a run needs one "
+                        f"to train on")
+    return {name: sources[name] for name in order}
 
 
 def check_columns_for_task(task: TaskConfig, source: SourceConfig, name: str = "") -> None:
@@ -129,18 +135,20 @@ def load_run_data(configs: Mapping[str, SourceConfig], task: TaskConfig, *,
     for name, config in configs.items():
         check_columns_for_task(task, config, name)
         saved = known.get(name, {})
+        source_roles = roles if config.train else tuple(r for r in roles if r != "train")
         if task.kind == "token_classification":
-            loaded = load_tagged_source(name, config, roles=roles, num_labels=num_labels,
+            loaded = load_tagged_source(name, config, roles=source_roles, num_labels=num_labels,
                                         label_names=saved.get("labels"))
         else:
-            loaded = load_source(name, config, roles=roles, needs_labels=needs_labels,
+            loaded = load_source(name, config, roles=source_roles, needs_labels=needs_labels,
                                  label_names=saved.get("labels"),
                                  num_labels=num_labels if needs_labels else None)
         num_train = len(loaded.splits["train"]) if "train" in loaded.splits else \
             saved.get("train_examples", 0)
         out.append(RunSource(name, make_task(task, config, num_labels=num_labels,
                                              label_names=loaded.label_names),
-                             loaded.splits, loaded.label_names, config.weight, num_train))
+                             loaded.splits, loaded.label_names, config.weight, num_train,
+                             config.train))
     return out
 
 

@@ -66,7 +66,10 @@ class GenerationEval(Hook):
                 continue
             for name, metrics in scored.items():
                 results[f"{split}/{name}"].update(metrics)
-            results[split].update({metric: sum(m[metric] for m in scored.values()) / len(scored)
+            # The split's average follows the trained sources, as evaluate_splits' does.
+            averaged = [scored[s.name] for s in exp.sources if s.name in scored and s.trained]
+            averaged = averaged or list(scored.values())
+            results[split].update({metric: sum(m[metric] for m in averaged) / len(averaged)
                                    for metric in self.eval_metric_names})
 
     def _score(self, trainer, source, split: str) -> dict[str, float]:

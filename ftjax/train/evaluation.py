@@ -2,7 +2,9 @@
 
 A run with one source reports each split under its name ("validation"); with several, each
 source's split as "<split>/<source>" and the split's name holds the macro average over the
-sources that have it (the mean of each metric), which selection and early stopping follow.
+trained sources that have it (the mean of each metric), which selection and early stopping
+follow; sources that are only evaluated (`train = False`) stay out of it unless no trained
+source has the split.
 """
 
 from __future__ import annotations
@@ -108,7 +110,9 @@ def evaluate_splits(exp, eval_step_jit, state: TrainState, splits: Sequence[str]
                                        task_metric(exp, s, split),
                                        perplexity=reports_perplexity(s.task))
                       for s in exp.sources if s.name in having}
-        results[split] = macro_average(per_source.values())
+        # Selection follows the trained sources; sources only evaluated are reported alone.
+        trained = [per_source[s.name] for s in exp.sources if s.name in per_source and s.trained]
+        results[split] = macro_average(trained or per_source.values())
         results.update({f"{split}/{name}": metrics for name, metrics in per_source.items()})
     return results
 

@@ -107,7 +107,7 @@ class Experiment:
         batch_size / n rows; place_train_batch joins them)."""
         count = jax.process_count()
         return make_mixed_train_iterator(
-            [s.train_source() for s in self.sources], self.tokenizer,
+            [s.train_source() for s in self.sources if s.trained], self.tokenizer,
             batch_size=self.cfg.batch_size // count, seed=self.cfg.seed,
             mixing=self.cfg.data.mixing, temperature=self.cfg.data.temperature,
             shard_index=jax.process_index(), shard_count=count)
@@ -252,8 +252,9 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     mesh = build_mesh(cfg)
     own_rules = parse_spec(cfg.rules)
     check_rules_match(own_rules, params)
+    trained = [s for s in sources if s.trained]  # first, in mixture order (source_configs)
     spec = own_rules + presets.method_spec(cfg.method, pretrained.model.config,
-                                           method_cfg=method_args(cfg, sum(s.num_train for s in sources)),
+                                           method_cfg=method_args(cfg, sum(s.num_train for s in trained)),
                                            head_kind=cfg.head.kind)
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
@@ -275,7 +276,7 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
         resolved=resolved, mask=mask, terms=tuple(loss_terms), tx=tx, state=state,
         train_step=make_train_step(pretrained.model, tx, loss_terms,
                                    accumulation_steps=cfg.accumulation_steps,
-                                   learning_rate_fn=lr_fn, sources=[s.name for s in sources]),
+                                   learning_rate_fn=lr_fn, sources=[s.name for s in trained]),
         eval_step=make_eval_step(pretrained.model, loss_terms,
                                  predict=getattr(task, "predict", None)),
         learning_rate=lr_fn, plan=plan, base_hash=base_hash,

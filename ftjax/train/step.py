@@ -14,7 +14,8 @@ whether to stop).
 Metrics: `loss` (the weighted sum), `loss/<term>` (each term's own value, unweighted),
 `weight/<term>` for scheduled weights, the task term's stats (`accuracy`; other terms' stats as
 `<term>/<stat>`), `loss/<term>/<source>` per data source when the batch mixes several,
-`grad_norm`, `tokens`, `examples` (the first term's normalizer), `nonfinite`, `learning_rate`.
+`grad_norm`, `tokens`, `real_token_share` (real tokens over the batch's cells: what padding
+wastes), `examples` (the first term's normalizer), `nonfinite`, `learning_rate`.
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ def make_train_step(
         )
         metrics = {"loss": loss, "grad_norm": grad_norm,
                    "tokens": jnp.sum(batch["attention_mask"]),
+                   # The share of the batch's cells that hold real tokens, not padding.
+                   "real_token_share": jnp.mean(batch["attention_mask"].astype(jnp.float32)),
                    "nonfinite": (~finite).astype(jnp.int32),
                    **_term_metrics(example_terms, sums, normalizers, row_weights, batch,
                                    sources)}
