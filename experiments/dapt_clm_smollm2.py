@@ -7,8 +7,8 @@ Run:
   ftjax train experiments/dapt_clm_smollm2.py --workdir workdirs/dapt_clm --record
 
 Data: asset sotu (233 speeches, 1790-2021, one file each: `data/*.txt`, each file one document,
-txt_unit="document"), split 90/5/5 by speech with seed 0 (6 of the 12 held-out speeches of each split evaluated); documents are packed whole into rows
-of 512 tokens, a long speech cut into pieces that each restart positions and keep their targets
+txt_unit="document"), split 90/5/5 by speech with seed 0 (4 of the 12 held-out speeches of each split evaluated); documents are packed whole into rows
+of 256 tokens, a long speech cut into pieces that each restart positions and keep their targets
 (segment ids: no attention across documents). The general-text source is the movie-review
 sentences of asset polarity, evaluated only (train=False): it never trains, and its perplexity
 (validation/general, test/general) shows what the domain adaptation forgets. Selection follows
@@ -30,27 +30,27 @@ def get_config():
     c.head.kind = "lm"
     c.method = "lora"
     c.task.kind = "causal_lm"
-    c.task.max_length = 512
+    c.task.max_length = 256
     c.sources.sotu = ml_collections.ConfigDict({
         "kind": "local", "format": "txt", "txt_unit": "document",
         "path": str(assets.resolve("sotu") / "*.txt"), "label_column": None,
-        "split_fractions": (0.9, 0.05, 0.05), "split_seed": 0, "max_eval_examples": 6,
+        "split_fractions": (0.9, 0.05, 0.05), "split_seed": 0, "max_eval_examples": 4,
     })
     c.sources.general = ml_collections.ConfigDict({
-        "kind": "polarity", "label_column": None, "train": False, "max_eval_examples": 400,
+        "kind": "polarity", "label_column": None, "train": False, "max_eval_examples": 300,
     })
     c.data.source = "polarity"
     c.eval_splits = ("validation", "test")
     c.eval_at_start = True
-    c.steps = 150
+    c.steps = 80
     c.batch_size = 4
     c.eval_batch_size = 8
-    c.eval_every = 150
-    c.checkpoint_every = 50
+    c.eval_every = 80
+    c.checkpoint_every = 40
     c.log_every = 10
     c.best_metric = "perplexity"
     c.best_mode = "min"
     c.optimizer.learning_rate = 5e-4
-    c.optimizer.warmup_steps = 10
+    c.optimizer.warmup_steps = 8
     c.optimizer.schedule = "cosine"
     return c

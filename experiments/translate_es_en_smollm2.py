@@ -42,7 +42,7 @@ def get_config():
         "prompt_column": "es", "text_column": "en", "label_column": None,
         "keep_columns": ("book",),
         "split_fractions": (0.8, 0.1, 0.1), "split_group_column": "book", "split_seed": 0,
-        "max_eval_examples": 100,
+        "max_eval_examples": 100, "generation_metrics": ("bleu", "chrf"),
     })
     c.hooks = ("ftjax.generate.evaluation:GenerationEval",)
     c.eval_splits = ("validation", "test")

@@ -123,9 +123,12 @@ def test_short_real_run_scores_bleu_at_start_and_end(tmp_path):
         metrics = result.eval[split]
         assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["chrf"] <= 100
         assert metrics["perplexity"] == pytest.approx(np.exp(metrics["loss"]), rel=1e-6)
+        # The final report scores the kept checkpoint (step 0 or 2, by validation BLEU).
+        kept = result.best_step if result.best_step is not None else 2
         generated = [json.loads(line) for line in open(tmp_path / "generations" /
-                                                       f"{split}-2.jsonl")]
+                                                       f"{split}-{kept}.jsonl")]
         assert len(generated) == 3 and all(g["reference"] for g in generated)
+        assert all(g["prompt"].startswith("<|im_start|>system") for g in generated)
     sources = result.experiment.sources[0].splits
     books = [{r["book"] for r in sources[role]} for role in ("train", "validation", "test")]
     assert not (books[0] & books[1] or books[0] & books[2])

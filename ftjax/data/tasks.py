@@ -244,6 +244,14 @@ class _CausalLMFeaturizer:
                 *self.tokenizer.encode(self.template.text_lead + text, add_special_tokens=False),
                 *self.template.suffix]
 
+    def generation_example(self, record, where: str = "") -> tuple[list[int], str]:
+        """(prompt ids, reference) to score generation: the prompt as training conditions on
+        it, and the target text."""
+        if self.task.prompt_key is None:
+            raise DataError("generation is scored on prompt / target data: this causal LM "
+                            "source has no prompt_column")
+        return self.prompt_ids(record, where), text_field(record, self.task.text_key, where)
+
     def document(self, item: IndexedRecord) -> dict[str, np.ndarray]:
         """The whole document: input_ids, labels (next token, pad at the end), loss_mask."""
         task, tokenizer, where = self.task, self.tokenizer, _where(item)
@@ -394,6 +402,16 @@ class _MaskedLMFeaturizer:
         row["loss_mask"] = selected.astype(np.float32)
         return row
 
+    def unmasked_row(self, record, where: str = "") -> Row:
+        """The record's row with nothing masked (labels: the original ids, loss_mask 0)."""
+        text = text_field(record, self.task.text_key, where)
+        tokens = [*self.template.prefix, *self._encode(text)[0], *self.template.suffix]
+        row = single_row(tokens, self.task.max_length, self.tokenizer.pad_id)
+        row["labels"] = row["input_ids"].copy()
+        row["loss_mask"] = np.zeros(self.task.max_length, np.float32)
+        row["real"] = np.arange(self.task.max_length) < len(tokens)
+        return row
+
     def _encode(self, text: str) -> tuple[list[int], list[bool]]:
         """The text's tokens (truncated to the budget) and, per token, whether it starts a
         word (whole-word masking only; otherwise every token is its own word)."""
@@ -408,4 +426,47 @@ class _MaskedLMFeaturizer:
         return content[: self.budget], starts[: self.budget]
 
 
-__all__ = ["Task", "SequenceClassification", "CausalLM", "MaskedLM", "document_rows", "lm_shapes"]
+@dataclasses.dataclass(frozen=True)
+class PseudoLikelihood:
+    """Pseudo-log-likelihood rows of a masked LM (Salazar et al., 2020): for each record, one
+    row per real non-special token with that token alone replaced by the mask token, its
+    loss on it. The eval step's mean loss over these rows is then -PLL per token, and
+    exp(loss) the pseudo-perplexity. Deterministic (nothing is drawn)."""
+
+    masked_lm: MaskedLM
+    multi_row: ClassVar[bool] = True
+
+    @property
+    def packed(self) -> bool:
+        return False
+
+    @property
+    def max_length(self) -> int:
+        return self.masked_lm.max_length
+
+    def row_shapes(self) -> Shapes:
+        return self.masked_lm.row_shapes()
+
+    def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_PseudoLikelihoodRows":
+        return _PseudoLikelihoodRows(self.masked_lm.featurizer(tokenizer, seed=seed))
+
+
+class _PseudoLikelihoodRows:
+    def __init__(self, masked: _MaskedLMFeaturizer):
+        self.masked = masked
+
+    def __call__(self, item: IndexedRecord) -> list[Row]:
+        row = self.masked.unmasked_row(item.record, _where(item))
+        real = row.pop("real")
+        positions = np.flatnonzero(real & ~np.isin(row["input_ids"], self.masked.special_ids))
+        rows = []
+        for t in positions:
+            one = {name: value.copy() for name, value in row.items()}
+            one["input_ids"][t] = self.masked.mask_id
+            one["loss_mask"][t] = 1.0
+            rows.append(one)
+        return rows
+
+
+__all__ = ["Task", "SequenceClassification", "CausalLM", "MaskedLM", "PseudoLikelihood",
+           "document_rows", "lm_shapes"]

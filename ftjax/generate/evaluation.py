@@ -1,18 +1,20 @@
 """Generation-based evaluation: decode each eval example's target from its prompt and score it.
 
-`GenerationEval` is a Trainer hook (ftjax.train.hooks.base, `extend_eval`): at every evaluation
-it generates the target of every example of the evaluated splits of each prompt / target
-source (task kind causal_lm with a prompt field, e.g. translation), from exactly the prompt ids
-training conditions on (`CausalLM` featurizer's `prompt_ids`, template and chat framing
-included), and adds sacrebleu's corpus `bleu` and `chrf` to the split's metrics. Selection
-(`best_metric = "bleu"`), early stopping, metrics.jsonl, TensorBoard and the final report then
-treat them like the eval step's own. Each evaluation's generations are also written to
-`<workdir>/generations/<split>-<step>.jsonl` (prompt, reference, hypothesis) for reading.
+`GenerationEval` is a Trainer hook (ftjax.train.hooks.base, `extend_eval`). At every evaluation,
+for each source that names `generation_metrics` (bleu, chrf, exact_match), it generates the
+target of every example of the evaluated splits from exactly the prompt ids training
+conditions on (the featurizer's `generation_example`: a causal-LM prompt in its template and
+chat framing, or a conversation up to its last assistant turn) and adds the metrics to the
+split's results: sacrebleu's corpus BLEU and chrF, and the percentage of generations equal to
+the reference after stripping whitespace. Selection (`best_metric = "bleu"`), early
+stopping, metrics.jsonl, TensorBoard and the final report treat them like the eval step's
+own. Each evaluation's generations are also written to
+`<workdir>/generations/<split>[-<source>]-<step>.jsonl` (prompt, reference, hypothesis).
 
 A config names it with its defaults (`hooks = ("ftjax.generate.evaluation:GenerationEval",)`);
 Python passes one with other settings (`train(cfg, workdir, hooks=[GenerationEval(
 num_beams=4)])`). Decoding runs the whole model on this process's devices, so a run over
-several processes evaluates by generation on none of them (the hook says so once).
+several processes evaluates by generation on none of them (the hook says so).
 """
 
 from __future__ import annotations
@@ -28,16 +30,35 @@ from ftjax.generate.scoring import bleu_chrf
 from ftjax.train.hooks import Hook
 
 
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Percent of hypotheses equal to their reference, surrounding whitespace ignored."""
+    if not references:
+        return 0.0
+    same = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True))
+    return 100.0 * same / len(references)
+
+
+def score_generations(metrics: Sequence[str], hypotheses: Sequence[str],
+                      references: Sequence[str]) -> dict[str, float]:
+    """The named generation metrics (ftjax.data.config.GENERATION_METRICS)."""
+    out = {}
+    if {"bleu", "chrf"} & set(metrics):
+        out.update({k: v for k, v in bleu_chrf(hypotheses, references).items() if k in metrics})
+    if "exact_match" in metrics:
+        out["exact_match"] = exact_match(hypotheses, references)
+    return out
+
+
 class GenerationEval(Hook):
-    """BLEU / chrF of generated targets on every evaluated split of prompt / target sources.
+    """Generation metrics of every source with `generation_metrics`, on each evaluated split.
 
     max_new_tokens: the longest generated target; num_beams > 1: beam search with
     `length_penalty` (score sum(log p) / length ** length_penalty), else greedy decoding;
     batch_size: prompts decoded together; max_examples: n > 0 scores the first n examples of
-    each split (the data block's max_eval_examples draws a random subset instead).
+    each split (the source's max_eval_examples draws a random subset instead).
     """
 
-    eval_metric_names = ("bleu", "chrf")
+    eval_metric_names = ("bleu", "chrf", "exact_match")
 
     def __init__(self, *, max_new_tokens: int = 128, num_beams: int = 1,
                  length_penalty: float = 1.0, batch_size: int = 32, max_examples: int = 0):
@@ -50,27 +71,24 @@ class GenerationEval(Hook):
         self.max_examples = max_examples
 
     def extend_eval(self, trainer, results: dict) -> None:
+        exp = trainer.exp
+        if not any(s.generation_metrics for s in exp.sources):
+            return
         if jax.process_count() > 1:
             trainer.say("generation eval: skipped (the run spans several processes)")
             return
-        exp = trainer.exp
+        several = len(exp.sources) > 1
         for split in [key for key in results if "/" not in key]:
-            scored = {}
             for source in exp.sources:
-                if split in source.splits and getattr(source.task, "prompt_key", None):
-                    scored[source.name] = self._score(trainer, source, split)
-            if not scored:
-                continue
-            if len(exp.sources) == 1:
-                results[split].update(next(iter(scored.values())))
-                continue
-            for name, metrics in scored.items():
-                results[f"{split}/{name}"].update(metrics)
-            # The split's average follows the trained sources, as evaluate_splits' does.
-            averaged = [scored[s.name] for s in exp.sources if s.name in scored and s.trained]
-            averaged = averaged or list(scored.values())
-            results[split].update({metric: sum(m[metric] for m in averaged) / len(averaged)
-                                   for metric in self.eval_metric_names})
+                if source.generation_metrics and split in source.splits:
+                    key = f"{split}/{source.name}" if several else split
+                    results[key].update(self._score(trainer, source, split))
+            if several:  # the split's average over the trained sources, as evaluate_splits'
+                scored = [results[f"{split}/{s.name}"] for s in exp.sources
+                          if s.trained and s.generation_metrics and split in s.splits]
+                for metric in {m for r in scored for m in r if m in self.eval_metric_names}:
+                    having = [r[metric] for r in scored if metric in r]
+                    results[split][metric] = sum(having) / len(having)
 
     def _score(self, trainer, source, split: str) -> dict[str, float]:
         exp = trainer.exp
@@ -78,13 +96,14 @@ class GenerationEval(Hook):
         if self.max_examples:
             records = records[: self.max_examples]
         featurizer = source.task.featurizer(exp.tokenizer)
-        prompts = [featurizer.prompt_ids(r, f"{source.name} {split} example {i}")
-                   for i, r in enumerate(records)]
-        references = [r[source.task.text_key] for r in records]
+        examples = [featurizer.generation_example(r, f"{source.name} {split} example {i}")
+                    for i, r in enumerate(records)]
+        prompts = [prompt for prompt, _ in examples]
+        references = [reference for _, reference in examples]
         hypotheses = self.decode(exp.model, trainer.state.params, exp.tokenizer, prompts)
         if trainer.primary:
-            self._write(trainer, source, split, records, references, hypotheses)
-        return bleu_chrf(hypotheses, references)
+            self._write(trainer, source.name, split, prompts, references, hypotheses)
+        return score_generations(source.generation_metrics, hypotheses, references)
 
     def decode(self, model, params, tokenizer, prompts: Sequence[Sequence[int]]) -> list[str]:
         """Each prompt's generated text, stripped, in `batch_size` chunks."""
@@ -99,12 +118,13 @@ class GenerationEval(Hook):
             out.extend(text.strip() for text in texts)
         return out
 
-    def _write(self, trainer, source, split: str, records, references, hypotheses):
-        name = split if len(trainer.exp.sources) == 1 else f"{split}-{source.name}"
+    def _write(self, trainer, source: str, split: str, prompts, references, hypotheses):
+        name = split if len(trainer.exp.sources) == 1 else f"{split}-{source}"
         path = trainer.workdir / "generations" / f"{name}-{int(trainer.state.step)}.jsonl"
         path.parent.mkdir(exist_ok=True)
-        prompt_key = source.task.prompt_key
+        tokenizer = trainer.exp.tokenizer
         with open(path, "w", encoding="utf-8") as f:
-            for record, reference, hypothesis in zip(records, references, hypotheses):
-                f.write(json.dumps({"prompt": record[prompt_key], "reference": reference,
-                                    "hypothesis": hypothesis}, ensure_ascii=False) + "\n")
+            for prompt, reference, hypothesis in zip(prompts, references, hypotheses):
+                f.write(json.dumps({"prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+                                    "reference": reference, "hypothesis": hypothesis},
+                                   ensure_ascii=False) + "\n")

@@ -112,12 +112,17 @@ class Experiment:
             mixing=self.cfg.data.mixing, temperature=self.cfg.data.temperature,
             shard_index=jax.process_index(), shard_count=count)
 
-    def eval_batches(self, split: str, source: str | None = None):
+    def eval_batches(self, split: str, source: str | None = None, *, task=None,
+                     max_records: int | None = None):
         """numpy eval batches of one source's split (every process reads all of them); the
-        source may be left out when the run has one."""
+        source may be left out when the run has one. task: rows of another task over the same
+        records (a masked LM's pseudo-likelihood rows); max_records: the first n only."""
         index = self._source_index(source)
         s = self.sources[index]
-        return make_eval_batches(s.splits[split], s.task, self.tokenizer,
+        records = s.splits[split]
+        if max_records is not None and max_records < len(records):
+            records = [records[i] for i in range(max_records)]
+        return make_eval_batches(records, task or s.task, self.tokenizer,
                                  batch_size=self.cfg.eval_batch_size, source_index=index)
 
     def _source_index(self, source: str | None) -> int:
@@ -133,8 +138,8 @@ class Experiment:
     def place_train_batch(self, batch: dict) -> dict:
         return parallel.place_batch(batch, self.plan.batch, per_process=True)
 
-    def placed_eval_batches(self, split: str, source: str | None = None):
-        for batch in self.eval_batches(split, source):
+    def placed_eval_batches(self, split: str, source: str | None = None, **options):
+        for batch in self.eval_batches(split, source, **options):
             yield parallel.place_batch(batch, self.plan.batch, per_process=False)
 
     def jit_train_step(self):

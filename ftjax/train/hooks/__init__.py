@@ -5,6 +5,7 @@ from __future__ import annotations
 from ftjax.train.hooks.base import NOTHING, Gathering, Hook, Request, StepMetrics, fetch_all
 from ftjax.train.hooks.metrics_log import MetricsLog, StepClock
 from ftjax.train.hooks.nonfinite import NonFinite, NonFiniteLossError
+from ftjax.train.hooks.pseudo_perplexity import PseudoPerplexity
 from ftjax.train.hooks.results import FinalReport
 from ftjax.train.hooks.schedules import CheckpointEvery, EvalEvery, Every
 from ftjax.train.hooks.selection import BestCheckpoint, EarlyStopping, MetricTracker
@@ -15,7 +16,8 @@ from ftjax.utils.imports import import_object
 __all__ = [
     "NOTHING", "BestCheckpoint", "CheckpointEvery", "EarlyStopping", "EvalEvery", "Every",
     "FinalReport", "Gathering",
-    "Hook", "MetricTracker", "MetricsLog", "NonFinite", "NonFiniteLossError", "Request",
+    "Hook", "MetricTracker", "MetricsLog", "NonFinite", "NonFiniteLossError",
+    "PseudoPerplexity", "Request",
     "StepClock", "StepMetrics", "StopOnSignal", "UnfreezeReport", "default_hooks", "fetch_all",
     "hooks_from_config",
 ]
