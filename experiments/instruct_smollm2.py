@@ -48,15 +48,15 @@ def get_config():
     c.hooks = ("ftjax.generate.evaluation:GenerationEval",)
     c.eval_splits = ("validation",)  # the test split once, at the end
     c.eval_at_start = True
-    c.steps = 150
+    c.steps = 100
     c.batch_size = 4
     c.eval_batch_size = 8
-    c.eval_every = 150
+    c.eval_every = 100
     c.checkpoint_every = 50
     c.log_every = 10
     c.best_metric = "exact_match"
     c.best_mode = "max"
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 15
+    c.optimizer.warmup_steps = 10
     c.optimizer.schedule = "cosine"
     return c

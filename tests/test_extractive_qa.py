@@ -284,3 +284,13 @@ def test_squad_source_format_loads_records(tmp_path):
     task = make_task(TaskConfig(kind="extractive_qa", max_length=128, doc_stride=32), config,
                      num_labels=None)
     assert isinstance(task, ExtractiveQA) and task.doc_stride == 32
+
+
+def test_decoding_limits_are_config_keys():
+    task = make_task(TaskConfig(kind="extractive_qa", max_length=128, doc_stride=32,
+                                max_query_length=20, max_answer_length=8, n_best=5),
+                     SourceConfig(kind="local", path="{split}.json", format="squad",
+                                  label_column=None), num_labels=None)
+    assert (task.max_query_length, task.max_answer_length, task.n_best) == (20, 8, 5)
+    with pytest.raises(ValueError, match="n_best"):
+        TaskConfig(kind="extractive_qa", n_best=0)

@@ -41,6 +41,11 @@ class TaskConfig:
                             "max_length")
     doc_stride: int = setting(128, "extractive_qa: tokens of overlap between the windows of a "
                               "long context")
+    max_query_length: int = setting(64, "extractive_qa: questions are cut to this many tokens")
+    max_answer_length: int = setting(30, "extractive_qa: the longest answer span decoded, in "
+                                     "tokens")
+    n_best: int = setting(20, "extractive_qa: start and end positions tried per window when "
+                          "decoding")
     null_threshold: float | None = setting(
         None, "extractive_qa: None always answers (SQuAD v1.1); a number answers '' when the "
         "null score beats the best span's by more (v2.0)")
@@ -69,6 +74,9 @@ class TaskConfig:
     def __post_init__(self):
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if min(self.max_query_length, self.max_answer_length, self.n_best) < 1:
+            raise ValueError(f"max_query_length, max_answer_length and n_best must be >= 1, got "
+                             f"{self.max_query_length}, {self.max_answer_length}, {self.n_best}")
         if not 0.0 <= self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
         if self.label_words and self.kind != "classification":

@@ -112,6 +112,8 @@ def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None,
                         prompt=_prompt_template(task))
     if task.kind == "extractive_qa":
         return ExtractiveQA(max_length=task.max_length, doc_stride=task.doc_stride,
+                            max_query_length=task.max_query_length,
+                            max_answer_length=task.max_answer_length, n_best=task.n_best,
                             null_threshold=task.null_threshold)
     return MaskedLM("text", task.max_length, mask_prob=task.mask_prob,
                     whole_word=task.whole_word)
