@@ -15,16 +15,23 @@ def test_record_path_names_the_experiment_and_its_config_function():
 
 def test_record_holds_every_result_metric_and_how_it_was_measured(tmp_path):
     experiment = str(tmp_path / "exp.py")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "metrics.jsonl").write_text(
+        '{"step": 0, "split": "validation", "accuracy": 0.5}\n'
+        '{"step": 10, "loss": 0.7}\n'
+        '{"step": 100, "split": "validation", "accuracy": 0.8}\n')
     result = types.SimpleNamespace(
         eval={"validation": {"accuracy": 0.8, "loss": 0.4}, "test": {"accuracy": 0.75}},
         final_step=120, best_step=100, stopped_early=False, wall_s=12.345,
-        train_tokens_per_s=999.0)
+        train_tokens_per_s=999.0, workdir=workdir)
     cfg = types.SimpleNamespace(seed=3)
     path = write_record(experiment, result, cfg, ["ftjax", "train", experiment, "--record"])
     record = json.loads(path.read_text())
     assert path == tmp_path / "results" / "exp.json"
     assert record["metrics"] == {"validation/accuracy": 0.8, "validation/loss": 0.4,
                                  "test/accuracy": 0.75}
+    assert record["metrics_at_start"] == {"validation/accuracy": 0.5}  # before any step
     assert record["command"] == f"ftjax train {experiment} --record"
     assert record["seeds"] == [3] and record["steps"] == 120 and record["wall_time_s"] == 12.3
     assert record["machine"].startswith(("CPU", "GPU", "TPU"))

@@ -1,13 +1,15 @@
 """An experiment's record: what a finished run measured, beside the experiment file.
 
 `ftjax train experiments/NAME.py --workdir W --record` writes experiments/results/NAME.json
-(`NAME_FN.json` for `NAME.py:FN`): every result split's metrics, the command that produced them,
-the seed, the steps, the wall time and the machine. README tables quote these files, so a
+(`NAME_FN.json` for `NAME.py:FN`): every result split's metrics (and those of the evaluation
+before any step, with eval_at_start), the command that produced them, the seed, the steps, the
+wall time and the machine. README tables quote these files, so a
 figure in the README always has the run that measured it.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Sequence
@@ -34,6 +36,8 @@ def write_record(experiment: str, result, cfg, argv: Sequence[str]) -> Path:
     write_json(path, {
         "experiment": experiment,
         "metrics": metrics,
+        # Before any training (eval_at_start): zero-shot, or the model before adaptation.
+        "metrics_at_start": metrics_at_step(Path(result.workdir), 0),
         "command": shlex.join(argv),
         "seeds": [int(cfg.seed)],
         "steps": int(result.final_step),
@@ -45,6 +49,21 @@ def write_record(experiment: str, result, cfg, argv: Sequence[str]) -> Path:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     })
     return path
+
+
+def metrics_at_step(workdir: Path, step: int) -> dict:
+    """{"split/metric": value} of the evaluation a run logged at `step` (metrics.jsonl); empty
+    when it logged none then."""
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if "split" in row and row.get("step") == step:
+            out.update({f"{row['split']}/{k}": v for k, v in row.items()
+                        if k not in ("split", "step")})
+    return out
 
 
 def write_pipeline_record(experiment: str, summary: dict, argv: Sequence[str]) -> Path:
