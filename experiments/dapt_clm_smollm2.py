@@ -14,8 +14,18 @@ sentences of asset polarity, evaluated only (train=False): it never trains, and 
 (validation/general, test/general) shows what the domain adaptation forgets. Selection follows
 the speeches' validation perplexity.
 
-Figures: validation and test perplexity of both sources at step 0 (the model as it ships) and at
-the end; see experiments/results/dapt_clm_smollm2.json and the README's task table.
+Measured (2-core CPU shared with up to four other runs, 2026-12-06, the config as written: 80
+steps of 4 packed rows of 256 tokens, LoRA r=8, AdamW 5e-4 cosine, 3,320 s wall;
+experiments/results/dapt_clm_smollm2.json, "before" = its metrics_at_start):
+  ftjax train experiments/dapt_clm_smollm2.py --workdir workdirs/dapt_clm --record
+                                     before    after 80 steps
+  speeches, validation (4 held out)   30.24     25.50
+  speeches, test (4 held out)         36.18     30.21
+  movie reviews, validation (never trained)  161.53    159.25
+  movie reviews, test                 180.17    173.65
+The domain's perplexity falls by a sixth; the general text's does not rise (it falls slightly:
+80 LoRA steps on plain English prose also move the instruct model toward plain text without
+its chat framing), so this short run shows no forgetting.
 """
 
 import ml_collections
