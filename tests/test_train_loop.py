@@ -173,28 +173,28 @@ def test_missing_data_file_is_a_clear_error(tiny_config_file, tmp_path):
         train(cfg, tmp_path / "run", quiet=True)
 
 
-def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tmp_path,
-                                                              monkeypatch):
-    """Scripted validation accuracies: best at step 4, then 3 evals without improvement."""
+def test_early_stopping_stops_on_schedule_and_restores_best(tiny_config_file, tmp_path):
+    """Scripted validation accuracies (set by a hook's extend_eval, which runs before selection
+    and early stopping see the results): best at step 4, then 3 evals without improvement."""
     import jax
     import numpy as np
 
-    from ftjax.train import evaluation
+    from ftjax.train.hooks import Hook
 
-    script = iter([0.50, 0.70, 0.69, 0.70, 0.65, 0.99, 0.99])
-    real_evaluate = evaluation.evaluate
+    class Scripted(Hook):
+        script = iter([0.50, 0.70, 0.69, 0.70, 0.65, 0.99, 0.99])
 
-    def scripted(eval_step, state, batches, metric=None):
-        metrics = real_evaluate(eval_step, state, batches, metric)
-        return {**metrics, "accuracy": next(script, metrics["accuracy"])}
+        def extend_eval(self, trainer, results):
+            if "validation" in results:
+                metrics = results["validation"]
+                metrics["accuracy"] = next(self.script, metrics["accuracy"])
 
-    monkeypatch.setattr(evaluation, "evaluate", scripted)
     overrides = ["steps=20", "eval_every=2", "early_stopping.patience=3",
                  "early_stopping.min_delta=0.005"]
-    stopped = train(load_config(tiny_config_file, overrides), tmp_path / "es", quiet=True)
+    stopped = train(load_config(tiny_config_file, overrides), tmp_path / "es", quiet=True,
+                    hooks=[Scripted()])
     assert stopped.stopped_early and stopped.final_step == 10 and stopped.best_step == 4
 
-    monkeypatch.setattr(evaluation, "evaluate", real_evaluate)
     reference = train(load_config(tiny_config_file, ["steps=4"]), tmp_path / "ref", quiet=True)
     same = [np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(stopped.state.trainable),
