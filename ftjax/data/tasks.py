@@ -366,14 +366,9 @@ class _MaskedLMFeaturizer:
             raise TokenizerError("MaskedLM: the vocabulary has no non-special token")
 
     def __call__(self, item: IndexedRecord) -> Row:
-        task, template = self.task, self.template
-        text = text_field(item.record, task.text_key, _where(item))
-        content, word_starts = self._encode(text)
-        tokens = [*template.prefix, *content, *template.suffix]
-        row = single_row(tokens, task.max_length, self.tokenizer.pad_id)
-        original = row["input_ids"]
-        real = np.zeros(task.max_length, bool)
-        real[: len(tokens)] = True  # not attention_mask: an empty row attends to one pad
+        task = self.task
+        row, real, word_starts = self._unmasked(item.record, _where(item))
+        original = row["labels"]
         maskable = real & ~np.isin(original, self.special_ids)
 
         # Fixed-size draws, independent of the text, so the stream of random numbers for an
@@ -383,8 +378,8 @@ class _MaskedLMFeaturizer:
         if task.whole_word:
             # A word is selected by the draw at its first token; its other tokens follow it.
             word_of = np.full(task.max_length, -1)
-            offset = len(template.prefix)
-            word_of[offset: offset + len(content)] = np.cumsum(word_starts) - 1
+            offset = len(self.template.prefix)
+            word_of[offset: offset + len(word_starts)] = np.cumsum(word_starts) - 1
             first = np.flatnonzero(np.asarray(word_starts)) + offset
             chosen_words = np.flatnonzero(draw[first])
             draw = np.isin(word_of, chosen_words) & (word_of >= 0)
@@ -398,19 +393,26 @@ class _MaskedLMFeaturizer:
         input_ids[to_random] = random_ids[to_random]
 
         row["input_ids"] = input_ids
-        row["labels"] = original
         row["loss_mask"] = selected.astype(np.float32)
         return row
 
     def unmasked_row(self, record, where: str = "") -> Row:
-        """The record's row with nothing masked (labels: the original ids, loss_mask 0)."""
+        """The record's row with nothing masked (labels: the original ids, loss_mask 0), and
+        `real`: which positions hold the text's tokens."""
+        row, real, _ = self._unmasked(record, where)
+        row["real"] = real
+        return row
+
+    def _unmasked(self, record, where: str) -> tuple[Row, np.ndarray, list[bool]]:
+        """The unmasked row, its real-token positions (not attention_mask: an empty row attends
+        to one pad) and, per content token, whether it starts a word."""
         text = text_field(record, self.task.text_key, where)
-        tokens = [*self.template.prefix, *self._encode(text)[0], *self.template.suffix]
+        content, word_starts = self._encode(text)
+        tokens = [*self.template.prefix, *content, *self.template.suffix]
         row = single_row(tokens, self.task.max_length, self.tokenizer.pad_id)
         row["labels"] = row["input_ids"].copy()
         row["loss_mask"] = np.zeros(self.task.max_length, np.float32)
-        row["real"] = np.arange(self.task.max_length) < len(tokens)
-        return row
+        return row, np.arange(self.task.max_length) < len(tokens), word_starts
 
     def _encode(self, text: str) -> tuple[list[int], list[bool]]:
         """The text's tokens (truncated to the budget) and, per token, whether it starts a

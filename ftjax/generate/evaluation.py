@@ -27,6 +27,7 @@ import jax
 from ftjax.generate.api import complete_ids
 from ftjax.generate.sampling import SamplingConfig
 from ftjax.generate.scoring import bleu_chrf
+from ftjax.train.evaluation import add_source_metrics
 from ftjax.train.hooks import Hook
 
 
@@ -77,18 +78,11 @@ class GenerationEval(Hook):
         if jax.process_count() > 1:
             trainer.say("generation eval: skipped (the run spans several processes)")
             return
-        several = len(exp.sources) > 1
         for split in [key for key in results if "/" not in key]:
-            for source in exp.sources:
-                if source.generation_metrics and split in source.splits:
-                    key = f"{split}/{source.name}" if several else split
-                    results[key].update(self._score(trainer, source, split))
-            if several:  # the split's average over the trained sources, as evaluate_splits'
-                scored = [results[f"{split}/{s.name}"] for s in exp.sources
-                          if s.trained and s.generation_metrics and split in s.splits]
-                for metric in {m for r in scored for m in r if m in self.eval_metric_names}:
-                    having = [r[metric] for r in scored if metric in r]
-                    results[split][metric] = sum(having) / len(having)
+            per_source = {s.name: self._score(trainer, s, split) for s in exp.sources
+                          if s.generation_metrics and split in s.splits}
+            if per_source:
+                add_source_metrics(exp, results, split, per_source)
 
     def _score(self, trainer, source, split: str) -> dict[str, float]:
         exp = trainer.exp

@@ -4,7 +4,8 @@ A run with one source reports each split under its name ("validation"); with sev
 source's split as "<split>/<source>" and the split's name holds the macro average over the
 trained sources that have it (the mean of each metric), which selection and early stopping
 follow; sources that are only evaluated (`train = False`) stay out of it unless no trained
-source has the split.
+source has the split. A metric that only some sources report (accuracy of the classification
+sources, BLEU of the translation one) is averaged over those that report it.
 """
 
 from __future__ import annotations
@@ -110,17 +111,33 @@ def evaluate_splits(exp, eval_step_jit, state: TrainState, splits: Sequence[str]
                                        task_metric(exp, s, split),
                                        perplexity=reports_perplexity(s.task))
                       for s in exp.sources if s.name in having}
-        # Selection follows the trained sources; sources only evaluated are reported alone.
-        trained = [per_source[s.name] for s in exp.sources if s.name in per_source and s.trained]
-        results[split] = macro_average(trained or per_source.values())
-        results.update({f"{split}/{name}": metrics for name, metrics in per_source.items()})
+        results[split] = {}
+        add_source_metrics(exp, results, split, per_source)
     return results
 
 
+def add_source_metrics(exp, results: dict, split: str, per_source: dict[str, dict]) -> None:
+    """Put metrics measured per source on `split` into `results`: under the split's name in a
+    run of one source; else under "<split>/<source>", and under the split's name their average
+    (macro_average) over the trained sources that have them. Sources only evaluated are
+    reported alone, out of the average that selection follows, unless no trained source has
+    the metrics. Evaluation hooks that measure per source use this too, so every metric of
+    a split is averaged by one rule."""
+    if len(exp.sources) == 1:
+        results.setdefault(split, {}).update(per_source[exp.sources[0].name])
+        return
+    for name, metrics in per_source.items():
+        results.setdefault(f"{split}/{name}", {}).update(metrics)
+    trained = [per_source[s.name] for s in exp.sources if s.name in per_source and s.trained]
+    results.setdefault(split, {}).update(macro_average(trained or per_source.values()))
+
+
 def macro_average(results) -> dict:
-    """The mean of each metric over several sources' results (examples: their sum)."""
+    """The mean of each metric over the results that have it (examples: their sum)."""
     results = list(results)
-    keys = [k for k in results[0] if all(k in r for r in results)]
-    out = {k: sum(r[k] for r in results) / len(results) for k in keys if k != "examples"}
-    out["examples"] = sum(r.get("examples", 0.0) for r in results)
+    keys = dict.fromkeys(k for r in results for k in r if k != "examples")
+    out = {k: sum(r[k] for r in results if k in r) / sum(k in r for r in results)
+           for k in keys}
+    if any("examples" in r for r in results):
+        out["examples"] = sum(r.get("examples", 0.0) for r in results)
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from ftjax.data import PseudoLikelihood
-from ftjax.train.evaluation import evaluate
+from ftjax.train.evaluation import add_source_metrics, evaluate
 from ftjax.train.hooks.base import Hook
 
 
@@ -29,17 +29,19 @@ class PseudoPerplexity(Hook):
 
     def extend_eval(self, trainer, results: dict) -> None:
         exp = trainer.exp
-        several = len(exp.sources) > 1
         for split in [key for key in results if "/" not in key]:
-            for source in exp.sources:
-                if split not in source.splits or not hasattr(source.task, "mask_prob"):
-                    continue
-                batches = exp.placed_eval_batches(split, source.name,
+            per_source = {s.name: {"pseudo_perplexity": self._measure(trainer, s, split)}
+                          for s in exp.sources
+                          if split in s.splits and hasattr(s.task, "mask_prob")}
+            if per_source:
+                add_source_metrics(exp, results, split, per_source)
+
+    def _measure(self, trainer, source, split: str) -> float:
+        batches = trainer.exp.placed_eval_batches(split, source.name,
                                                   task=PseudoLikelihood(source.task),
                                                   max_records=self.max_examples)
-                metrics = evaluate(trainer.eval_step, trainer.state, batches)
-                # The masked-token loss alone (other terms, if any, are not the likelihood).
-                task_term = trainer.eval_step.terms[0].name
-                loss = metrics.get(f"loss/{task_term}", metrics["loss"])
-                key = f"{split}/{source.name}" if several else split
-                results[key]["pseudo_perplexity"] = math.exp(min(loss, 700.0))
+        metrics = evaluate(trainer.eval_step, trainer.state, batches)
+        # The masked-token loss alone (other terms, if any, are not the likelihood).
+        task_term = trainer.eval_step.terms[0].name
+        loss = metrics.get(f"loss/{task_term}", metrics["loss"])
+        return math.exp(min(loss, 700.0))
