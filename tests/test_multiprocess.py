@@ -103,7 +103,12 @@ def runs(tiny_bert_dir, tiny_text_data, tmp_path_factory):
     lora_one, lora_two = root / "lora_one", root / "lora_two"
     _train(tiny_config_file, lora_one, 1, *lora)
     _train(tiny_config_file, lora_two, 2, *lora)
-    return {"one": one, "two": two, "two_outputs": two_outputs,
+    bucketed = ["--set", "data.buckets=(7, 10)", "--set", "steps=6", "--set",
+                "checkpoint_every=6"]
+    bucket_one, bucket_two = root / "bucket_one", root / "bucket_two"
+    _train(tiny_config_file, bucket_one, 1, *bucketed)
+    _train(tiny_config_file, bucket_two, 2, *bucketed)
+    return {"bucket_one": bucket_one, "bucket_two": bucket_two,"one": one, "two": two, "two_outputs": two_outputs,
             "resumed2": (resumed2, _train(tiny_config_file, resumed2, 2)),
             # One process cannot resume two streams exactly: allowed explicitly.
             "resumed1": (resumed1, _train(tiny_config_file, resumed1, 1,
@@ -124,6 +129,15 @@ def test_two_processes_train_like_one(runs):
         a, b = (r["eval"][split] for r in results)
         assert a["accuracy"] == b["accuracy"]
         np.testing.assert_allclose(b["loss"], a["loss"], rtol=2e-5)
+
+
+def test_two_processes_agree_on_each_batch_s_bucket(runs):
+    """Each process holds half a batch's rows; cut to its own longest row, the halves would not
+    join. They agree on the longest of all, so the global batch is the one process's batch,
+    cut to the same bucket: the same losses."""
+    one, two = _losses(runs["bucket_one"]), _losses(runs["bucket_two"])
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=2e-5)
 
 
 def test_process_zero_alone_writes_the_run_files(runs):

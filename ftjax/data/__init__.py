@@ -18,6 +18,7 @@ Local files and several sources:
 ``datasets`` and ``tensorflow_datasets`` are imported only by the sources that use them.
 """
 
+from ftjax.data.bucketing import LengthGroupedBatches, batch_length, bucket_lengths, cut_to_bucket
 from ftjax.data.config import SourceConfig
 from ftjax.data.errors import (
     DataError,
@@ -66,6 +67,10 @@ from ftjax.data.types import RecordSource, TokenizerLike
 
 __all__ = [
     "ROLES",
+    "LengthGroupedBatches",
+    "batch_length",
+    "bucket_lengths",
+    "cut_to_bucket",
     "RunSource",
     "data_facts",
     "load_run_data",

@@ -120,8 +120,21 @@ class DataConfig:
                                                                    "temperature"))
     temperature: float = setting(2.0, "mixing='temperature': T (1 = proportional; larger "
                                  "approaches uniform)")
+    buckets: tuple[int, ...] = setting(
+        (), "lengths a batch's token axis is cut to: each batch takes the shortest that holds "
+        "its longest row (task.max_length is always one); each length compiles the train and "
+        "eval steps once. (): every batch is max_length long")
+    group_by_length: int = setting(
+        0, "unpacked tasks, n > 0: rows are sorted by length within windows of n batches and "
+        "batched, the window's batches in seeded random order (HF's group_by_length uses 50), "
+        "so batches hold rows of similar length and buckets cut most padding; eval batches are "
+        "grouped the same way. 0: batches in shuffled order")
 
     def __post_init__(self):
+        if any(b < 1 for b in self.buckets):
+            raise ValueError(f"buckets must be lengths >= 1, got {list(self.buckets)}")
+        if self.group_by_length < 0:
+            raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.source != "polarity" and not self.path:

@@ -2,8 +2,10 @@
 
 Shapes: every batch a pipeline emits has exactly the shapes of ``batch_shapes(task,
 batch_size)``: (B, T) token features with T = ``task.max_length``, (B,) or (B, T) labels and
-masks, and the (B,) "source" of each row. There is no bucketing, so a train step compiles once
-for training and once for eval (if its batch size differs).
+masks, and the (B,) "source" of each row. ``group_by_length`` (unpacked tasks) batches rows of
+similar length together (``ftjax.data.bucketing``); cutting a batch's token axis to a bucket
+length is left to the consumer (``cut_to_bucket``), which with several processes must agree on
+one length first.
 
 Train order: records are shuffled by index (grain's ``index_shuffle``, a pure function of
 (seed, epoch, index): no buffer, identical on every machine), re-shuffled every epoch, and
@@ -26,6 +28,7 @@ import grain
 import grain.experimental
 import numpy as np
 
+from ftjax.data.bucketing import LengthGroupedBatches, group_order, row_length
 from ftjax.data.errors import DataError, EmptySplitError
 from ftjax.data.features import (
     IndexedRecord,
@@ -70,6 +73,7 @@ def make_train_iterator(
     shard_index: int = 0,
     shard_count: int = 1,
     packing_bins: int | None = None,
+    group_by_length: int = 0,
     read_options: grain.ReadOptions | None = None,
 ) -> grain.DatasetIterator:
     """An infinite iterator of train batches (dicts of numpy arrays of fixed shapes).
@@ -80,11 +84,13 @@ def make_train_iterator(
     ``shard_count``-th example of the one global shuffled stream, so hosts see disjoint
     examples; ``batch_size`` is then the per-host batch. ``packing_bins`` (packed tasks only,
     default ``batch_size``): rows per first-fit packing round; more rows pack tighter.
+    ``group_by_length`` (unpacked tasks) n > 0: rows sorted by length within windows of n
+    batches (``ftjax.data.bucketing.LengthGroupedBatches``); 0: batches in stream order.
     """
     return make_mixed_train_iterator(
         [TrainSource("train", records, task)], tokenizer, batch_size=batch_size, seed=seed,
         shard_index=shard_index, shard_count=shard_count, packing_bins=packing_bins,
-        read_options=read_options)
+        group_by_length=group_by_length, read_options=read_options)
 
 
 def make_mixed_train_iterator(
@@ -98,6 +104,7 @@ def make_mixed_train_iterator(
     shard_index: int = 0,
     shard_count: int = 1,
     packing_bins: int | None = None,
+    group_by_length: int = 0,
     read_options: grain.ReadOptions | None = None,
 ) -> grain.DatasetIterator:
     """An infinite iterator of train batches drawn from several sources (``mixing``
@@ -108,9 +115,12 @@ def make_mixed_train_iterator(
     then shard and featurize the mixed stream. Packed tasks pack each source's documents
     separately (every packed row comes from one source) and mix the rows, so for them the
     weights are shares of rows. One source is exactly ``make_train_iterator``'s stream.
-    Sharding and ``get_state`` / ``set_state`` work as for ``make_train_iterator``.
+    Sharding, ``group_by_length`` and ``get_state`` / ``set_state`` work as for
+    ``make_train_iterator``.
     """
     _check_batching(batch_size, shard_index, shard_count)
+    if group_by_length < 0:
+        raise DataError(f"group_by_length must be >= 0, got {group_by_length}")
     if not 0 <= seed < 2**32:
         raise DataError(f"seed must lie in [0, 2**32), got {seed}")
     sources = tuple(sources)
@@ -137,12 +147,17 @@ def make_mixed_train_iterator(
         examples = mixed.map_with_index(_ExampleIndex())
         if shard_count > 1:
             examples = examples[shard_index::shard_count]
-        batches = examples.map(_FeaturizeWithSource(featurizers))
-        if multi_row(sources[0].task):
-            rows = _flatten(batches.to_iter_dataset(read_options))
-            batches = rows.batch(batch_size, drop_remainder=True)
+        featurized = examples.map(_FeaturizeWithSource(featurizers))
+        if multi_row(sources[0].task) or group_by_length:
+            rows = featurized.to_iter_dataset(read_options)
+            if multi_row(sources[0].task):
+                rows = _flatten(rows)
+            batches = (LengthGroupedBatches(rows, batch_size=batch_size, window=group_by_length,
+                                            seed=seed)
+                       if group_by_length else rows.batch(batch_size, drop_remainder=True))
         else:
-            batches = batches.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
+            batches = featurized.batch(batch_size, drop_remainder=True).to_iter_dataset(
+                read_options)
     return iter(batches)
 
 
@@ -174,12 +189,19 @@ class EvalBatches:
     The last batch is filled up to ``batch_size`` with copies of one of its rows whose
     ``example_mask`` / ``loss_mask`` is 0, so summing masked losses counts every example (or
     target token) exactly once. Every row's "source" is ``source_index``.
+
+    ``group_by_length`` n > 0 (unpacked tasks): rows are batched by length within windows of n
+    batches (a short batch per window, filled like the last), so the batches come in another
+    order; every row still comes exactly once, and the task metrics are order-free.
     """
 
     def __init__(self, records: RecordSource, task: Task, tokenizer: TokenizerLike, *,
                  batch_size: int, seed: int, read_options: grain.ReadOptions | None,
-                 source_index: int = 0):
+                 source_index: int = 0, group_by_length: int = 0):
         _check_batching(batch_size, 0, 1)
+        if group_by_length < 0:
+            raise DataError(f"group_by_length must be >= 0, got {group_by_length}")
+        self.group_by_length = 0 if task.packed else group_by_length
         self.num_examples = _num_records(records, "eval records")
         self.batch_size = batch_size
         self.source_index = source_index
@@ -208,15 +230,27 @@ class EvalBatches:
         return _flatten(rows) if multi_row(self._task) else rows
 
     def __iter__(self) -> Iterator[Batch]:
+        window = (self.group_by_length or 1) * self.batch_size
         pending: list[Row] = []
         for row in self._rows():
             pending.append(row)
-            if len(pending) == self.batch_size:
-                yield stack_rows(pending)
+            if len(pending) == window:
+                yield from self._batches(pending)
                 pending = []
         if pending:
-            pending += [filler_like(pending[0])] * (self.batch_size - len(pending))
-            yield stack_rows(pending)
+            yield from self._batches(pending)
+
+    def _batches(self, rows: list[Row]) -> Iterator[Batch]:
+        if self.group_by_length:
+            # Eval order is free, so the window's order is fixed (seed 0, window 0).
+            order = group_order([row_length(r) for r in rows], self.batch_size, 0, 0)
+        else:
+            order = [list(range(i, min(i + self.batch_size, len(rows))))
+                     for i in range(0, len(rows), self.batch_size)]
+        for positions in order:
+            batch = [rows[i] for i in positions]
+            batch += [filler_like(batch[0])] * (self.batch_size - len(batch))
+            yield stack_rows(batch)
 
 
 def make_eval_batches(
@@ -228,14 +262,17 @@ def make_eval_batches(
     seed: int = 0,
     read_options: grain.ReadOptions | None = None,
     source_index: int = 0,
+    group_by_length: int = 0,
 ) -> EvalBatches:
-    """Every record once, in order, in batches of ``batch_size`` (see ``EvalBatches``).
+    """Every record once, in order (or grouped by length), in batches of ``batch_size`` (see
+    ``EvalBatches``).
 
     ``seed`` only matters for random tasks (MLM masking, seeded by (seed, record index)).
     ``source_index``: the rows' "source" feature (the source's index in the train mixture).
     """
     return EvalBatches(records, task, tokenizer, batch_size=batch_size, seed=seed,
-                       read_options=read_options, source_index=source_index)
+                       read_options=read_options, source_index=source_index,
+                       group_by_length=group_by_length)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, shard_count: int = 1) -> int:

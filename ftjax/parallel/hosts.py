@@ -33,3 +33,11 @@ def fetch(tree: Any) -> Any:
         return np.asarray(jax.device_get(x))
 
     return jax.tree.map(one, tree)
+
+
+def agreed_max(value: int) -> int:
+    """The largest of every process's `value` (a collective: call it on all processes, in the
+    same order); `value` itself on one process."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))

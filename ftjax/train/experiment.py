@@ -17,6 +17,9 @@ import ml_collections
 from ftjax import parallel
 from ftjax.data import (
     ROLES,
+    batch_length,
+    bucket_lengths,
+    cut_to_bucket,
     data_facts,
     load_run_data,
     make_eval_batches,
@@ -110,7 +113,8 @@ class Experiment:
             [s.train_source() for s in self.sources if s.trained], self.tokenizer,
             batch_size=self.cfg.batch_size // count, seed=self.cfg.seed,
             mixing=self.cfg.data.mixing, temperature=self.cfg.data.temperature,
-            shard_index=jax.process_index(), shard_count=count)
+            shard_index=jax.process_index(), shard_count=count,
+            group_by_length=self.cfg.data.group_by_length)
 
     def eval_batches(self, split: str, source: str | None = None, *, task=None,
                      max_records: int | None = None):
@@ -123,7 +127,8 @@ class Experiment:
         if max_records is not None and max_records < len(records):
             records = [records[i] for i in range(max_records)]
         return make_eval_batches(records, task or s.task, self.tokenizer,
-                                 batch_size=self.cfg.eval_batch_size, source_index=index)
+                                 batch_size=self.cfg.eval_batch_size, source_index=index,
+                                 group_by_length=self.cfg.data.group_by_length)
 
     def _source_index(self, source: str | None) -> int:
         names = [s.name for s in self.sources]
@@ -135,12 +140,24 @@ class Experiment:
             raise KeyError(f"no source {source!r}; the run has {names}")
         return names.index(source)
 
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The lengths batches are cut to (ftjax.data.bucketing); () when they keep
+        task.max_length."""
+        return bucket_lengths(self.cfg.data.buckets, self.task.max_length)
+
     def place_train_batch(self, batch: dict) -> dict:
+        """A numpy train batch (this process's rows) cut to its bucket and placed on the mesh.
+        Processes hold different rows, so they first agree on the longest row of all."""
+        if self.buckets:
+            batch = cut_to_bucket(batch, self.buckets, parallel.agreed_max(batch_length(batch)))
         return parallel.place_batch(batch, self.plan.batch, per_process=True)
 
     def placed_eval_batches(self, split: str, source: str | None = None, **options):
+        """Eval batches cut to their buckets and placed (every process reads them all)."""
         for batch in self.eval_batches(split, source, **options):
-            yield parallel.place_batch(batch, self.plan.batch, per_process=False)
+            yield parallel.place_batch(cut_to_bucket(batch, self.buckets), self.plan.batch,
+                                       per_process=False)
 
     def jit_train_step(self):
         """The train step jitted with the state's shardings (state donated, frozen kept)."""
