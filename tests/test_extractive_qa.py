@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from ftjax import assets
+from ftjax.cli import main
 from ftjax.data.config import SourceConfig, TaskConfig
 from ftjax.data.errors import DataError
 from ftjax.data.extractive_qa import (
@@ -294,3 +296,22 @@ def test_decoding_limits_are_config_keys():
     assert (task.max_query_length, task.max_answer_length, task.n_best) == (20, 8, 5)
     with pytest.raises(ValueError, match="n_best"):
         TaskConfig(kind="extractive_qa", n_best=0)
+
+
+def test_a_short_real_run_of_the_experiment_writes_f1(tmp_path):
+    """experiments/qa_squad_minilm.py for two steps on real SQuAD windows, grouped by length and
+    cut to its buckets: exact_match and f1 reach metrics.jsonl."""
+    experiment = Path(__file__).resolve().parents[1] / "experiments" / "qa_squad_minilm.py"
+    workdir = tmp_path / "run"
+    code = main(["train", str(experiment), "--workdir", str(workdir), "--quiet",
+                 "--set", "steps=2", "--set", "eval_every=2", "--set", "log_every=1",
+                 "--set", "checkpoint_every=2", "--set", "batch_size=4",
+                 "--set", "data.group_by_length=2", "--set", "optimizer.warmup_steps=1",
+                 "--set", "sources.squad.max_train_examples=16",
+                 "--set", "sources.squad.max_eval_examples=12"])
+    assert code in (0, None)
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "split" not in r]
+    assert all(r["real_token_share"] > 0.5 for r in train_rows)
+    evals = [r for r in rows if r.get("split") == "validation"]
+    assert evals and 0.0 <= evals[-1]["f1"] <= 100.0 and "exact_match" in evals[-1]

@@ -7,6 +7,7 @@ import codecs
 import dataclasses
 import math
 from pathlib import Path
+from typing import ClassVar
 
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
@@ -96,7 +97,13 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the records come from (ftjax.data.sources)."""
+    """Where the records come from (ftjax.data.sources), and how the train stream mixes and
+    batches them."""
+
+    # Keys of the whole stream, which a run with a `sources` block keeps here; the others
+    # describe the one source of a run without that block.
+    STREAM_KEYS: ClassVar[tuple[str, ...]] = ("mixing", "temperature", "buckets",
+                                              "group_by_length")
 
     source: str = setting("polarity", "polarity (the bundled corpus) | local (csv / tsv / jsonl "
                           "/ json files) | hf (HF datasets) | tfds", choices=SOURCE_KINDS)

@@ -196,7 +196,7 @@ def _check_across_blocks(run: RunConfig) -> None:
             raise ValueError(f"config block {field!r} (method={run.method!r}): "
                              f"{err.args[0] if err.args else err}") from None
     if run.sources:
-        legacy = {f.name for f in dataclasses.fields(DataConfig)} - {"mixing", "temperature"}
+        legacy = {f.name for f in dataclasses.fields(DataConfig)} - set(DataConfig.STREAM_KEYS)
         changed = sorted(k for k in legacy if getattr(run.data, k) != getattr(DataConfig(), k))
         if changed:
             raise ValueError(f"the sources block names the data; data.{', data.'.join(changed)} "
