@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from conftest import make_sentences
+from conftest import WORDS, make_sentences
 from ftjax.cli import main
-from ftjax.data.multitask import task_view
+from ftjax.data import SequenceClassification, TrainSource, make_mixed_train_iterator
+from ftjax.data.extractive_qa import ExtractiveQA
+from ftjax.data.multitask import TaskOfMany, task_view
 from ftjax.io import load_pretrained
 from ftjax.io.adapter import load_adapter
+from ftjax.io.tokenizer import load_tokenizer
 from ftjax.settings import ConfigError
 from ftjax.train.config import load_config
 from ftjax.train.experiment import build_experiment
@@ -158,3 +161,41 @@ def test_a_multi_task_lora_adapter_round_trips_and_hf_export_refuses(config, tin
                  str(tmp_path / "hf")])
     assert code == 2
     assert "task heads ['length', 'ner', 'sentiment']" in capsys.readouterr().err
+
+
+def test_classification_and_qa_windows_share_batches_and_resume_exactly(tiny_bert_dir):
+    """A multi-row task (QA windows) makes every task's rows lists, so one pipeline flattens
+    them all; batches hold both tasks with every feature of each, and resume exactly."""
+    words = WORDS
+    tokenizer = load_tokenizer(tiny_bert_dir)  # a real HF tokenizer: QA needs char offsets
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, 12)) for _ in range(20)]
+    qa_records = [{"id": str(i), "question": "w1 w2", "context": t,
+                   "answers": [{"text": t.split()[3], "answer_start": t.index(t.split()[3])}]}
+                  for i, t in enumerate(texts)]
+    tasks = (("label", SequenceClassification("text", "label", num_labels=2, max_length=16)),
+             ("qa", ExtractiveQA(max_length=16, doc_stride=4, max_query_length=4)))
+    sources = [TrainSource("label", [{"text": t, "label": i % 2} for i, t in enumerate(texts)],
+                           TaskOfMany("label", tasks[0][1], tasks)),
+               TrainSource("qa", qa_records, TaskOfMany("qa", tasks[1][1], tasks))]
+
+    def stream():
+        return make_mixed_train_iterator(sources, tokenizer, batch_size=6, seed=0)
+
+    it = stream()
+    batches = [next(it) for _ in range(8)]
+    assert {"labels@label", "example_mask@label", "start_positions@qa", "offsets@qa"} <= \
+        set(batches[0])
+    assert {0, 1} <= set(np.concatenate([b["source"] for b in batches]).tolist())
+    for b in batches:  # a task's mask is zero on the other task's rows
+        assert np.all(b["example_mask@label"][b["source"] == 1] == 0)
+        assert np.all(b["example_mask@qa"][b["source"] == 0] == 0)
+    it = stream()
+    for _ in range(3):
+        next(it)
+    resumed = stream()
+    resumed.set_state(json.loads(json.dumps(it.get_state())))
+    for expected in batches[3:]:
+        got = next(resumed)
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)

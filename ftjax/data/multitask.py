@@ -95,7 +95,9 @@ class TaskOfMany:
 
     @property
     def multi_row(self) -> bool:
-        return bool(getattr(self.task, "multi_row", False))
+        """Whether rows come as lists: when ANY task of the run makes several rows of a record
+        (QA windows), every task does (one-row lists), since the sources share a pipeline."""
+        return any(getattr(task, "multi_row", False) for _, task in self.tasks)
 
     def row_shapes(self) -> Shapes:
         shapes = {name: spec for name, spec in self.task.row_shapes().items()
@@ -108,7 +110,8 @@ class TaskOfMany:
         blanks = {task_feature(f, name): np.zeros(shape, dtype)
                   for name, task in self.tasks if name != self.name
                   for f, (shape, dtype) in _own_shapes(task).items()}
-        return _TaskRows(self.task.featurizer(tokenizer, seed=seed), self.name, blanks)
+        return _TaskRows(self.task.featurizer(tokenizer, seed=seed), self.name, blanks,
+                         as_list=self.multi_row)
 
     def predict(self, logits: Mapping[str, Any]) -> dict:
         """Every task's predictions from its own head's logits ({task: predictions}): the
@@ -133,14 +136,15 @@ class TaskOfMany:
 class _TaskRows:
     """The wrapped featurizer's rows, renamed and completed with the other tasks' blanks."""
 
-    def __init__(self, featurize, name: str, blanks: dict[str, np.ndarray]):
+    def __init__(self, featurize, name: str, blanks: dict[str, np.ndarray], *, as_list: bool):
         self.featurize, self.name, self.blanks = featurize, name, blanks
+        self.as_list = as_list
 
     def __call__(self, item) -> Row | list[Row]:
         rows = self.featurize(item)
         if isinstance(rows, list):
             return [self._complete(row) for row in rows]
-        return self._complete(rows)
+        return [self._complete(rows)] if self.as_list else self._complete(rows)
 
     def _complete(self, row: Row) -> Row:
         out = {(f if f in SHARED_FEATURES else task_feature(f, self.name)): value
