@@ -82,7 +82,7 @@ def test_mixture_weights_fixed_proportional_temperature():
         mixture_weights(sources, "proportional"))
     assert mixture_weights(sources, "temperature", 1e6) == pytest.approx((0.5, 0.5), abs=1e-5)
     with pytest.raises(DataError, match="mixing must be one of"):
-        mixture_weights(sources, "uniform")
+        mixture_weights(sources, "uniformly")
     with pytest.raises(DataError, match="temperature must be > 0"):
         mixture_weights(sources, "temperature", 0.0)
     with pytest.raises(DataError, match="'small': weight must be > 0"):
