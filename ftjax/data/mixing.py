@@ -42,6 +42,8 @@ from ftjax.data.types import RecordSource
 MIXINGS = ("fixed", "proportional", "temperature", "uniform", "annealed", "round_robin")
 # Strategies whose probabilities change along the stream (mixture_weights' `example`).
 SCHEDULED_MIXINGS = ("annealed",)
+# mixed: rows of several sources share a batch; per_source: each batch holds one source's rows.
+BATCHINGS = ("mixed", "per_source")
 
 
 class TrainSource(NamedTuple):

@@ -13,9 +13,25 @@ repeated forever; batches cross epoch boundaries, so every batch is full. The it
 ``get_state()`` is a small JSON-serializable dict; ``set_state()`` on a fresh iterator (also in
 a fresh process) continues with exactly the same batches.
 
-Several sources (``make_mixed_train_iterator``): each is shuffled and repeated on its own and
-grain's ``mix`` interleaves them in the mixture's proportions (``ftjax.data.mixing``); one
-source is the plain train stream, so ``make_train_iterator`` is that one-source case.
+Several sources (``make_mixed_train_iterator``): each is shuffled and repeated on its own, and a
+mixing strategy (``ftjax.data.mixing``: fixed, proportional, temperature, uniform, annealed,
+round_robin) says how often each is drawn. ``batching="mixed"`` (the default): rows of several
+sources share a batch; grain's ``mix`` interleaves the sources deterministically in the
+strategy's proportions, except "annealed", whose proportions change along the stream: its source
+of each example is drawn at random (``ftjax.data.schedule.SourceSchedule``).
+``batching="per_source"``: every batch holds rows of one source (one task per step, as in
+MT-DNN), the source of each global batch drawn at random with the strategy's probabilities
+(round_robin: in turn); batches keep one shape, so one compiled step serves every source.
+
+Determinism and resuming with several sources: a draw is a pure function of (seed, position in
+the global stream), never of an iterator's history. Row tasks stay random-access grain
+``MapDataset``s (``select_from_datasets`` with the schedule as its selection map), so host i's
+``[i::n]`` slice and ``get_state()`` (a position) work as for one source; per-source batches
+are drawn per global batch index, so every host's share of a global batch comes from one
+source. Packed rows, QA windows and length-grouped batches exist only as iterators: there
+``ftjax.data.scheduled_iter.ScheduledMix`` picks the scheduled source's next element and keeps
+each source's iterator state. One source is the plain train stream, so ``make_train_iterator``
+is that one-source case (mixing and batching then play no part).
 """
 
 from __future__ import annotations
@@ -40,6 +56,7 @@ from ftjax.data.features import (
     with_source,
 )
 from ftjax.data.mixing import (
+    BATCHINGS,
     SCHEDULED_MIXINGS,
     TrainSource,
     check_compatible,
@@ -53,7 +70,6 @@ from ftjax.data.tasks import Task
 from ftjax.data.types import RecordSource, TokenizerLike
 
 Batch = dict[str, np.ndarray]
-BATCHINGS = ("mixed", "per_source")
 
 
 def default_read_options() -> grain.ReadOptions:
