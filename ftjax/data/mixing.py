@@ -105,11 +105,11 @@ def anneal_alpha(examples, anneal_examples: int) -> np.ndarray:
 
 def annealed_weights(sizes: Sequence[int], examples, anneal_examples: int) -> np.ndarray:
     """Annealed probabilities, one row per position of ``examples``: p_i(t) proportional to
-    n_i ** alpha(t) (``anneal_alpha``). Computed as a softmax of alpha * log n_i, which stays
-    finite for any size."""
+    n_i ** alpha(t) (``anneal_alpha``), computed as (n_i / max n) ** alpha, which stays finite
+    for any size."""
     alpha = anneal_alpha(examples, anneal_examples)
-    logits = alpha[:, None] * np.log(np.asarray(sizes, dtype=np.float64))[None, :]
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    log_sizes = np.log(np.asarray(sizes, dtype=np.float64))
+    weights = np.exp(alpha[:, None] * (log_sizes - log_sizes.max())[None, :])  # in (0, 1]
     return weights / weights.sum(axis=1, keepdims=True)
 
 

@@ -110,7 +110,8 @@ class SourceSchedule(grain.transforms.DatasetSelectionMap):
     def _counts_before_block(self, block: int) -> np.ndarray:
         while len(self._counts_before) <= block:
             b = len(self._counts_before) - 1
-            sources = self._block(b)[0]
+            # Counting needs the draws only (a resumed run counts every block before it).
+            sources = self._blocks[b][0] if b in self._blocks else self._draw(b)
             self._counts_before.append(
                 self._counts_before[b] + np.bincount(sources, minlength=self.num_sources))
         return self._counts_before[block]
@@ -136,13 +137,20 @@ class SourceSchedule(grain.transforms.DatasetSelectionMap):
             return units % self.num_sources
         uniform = np.random.default_rng([self.seed, SALT, block]).random(BLOCK)
         if self.draw == "weights":
-            cdf = np.broadcast_to(np.cumsum(self.probabilities), (BLOCK, self.num_sources))
+            probabilities = np.broadcast_to(self.probabilities, (BLOCK, self.num_sources))
         else:
-            cdf = np.cumsum(annealed_weights(self.sizes, units * self.unit_examples,
-                                             self.anneal_examples), axis=1)
-        # The source is the number of CDF steps at or below the draw; the last step (1.0, up
-        # to rounding) is left out so a draw can never fall past the last source.
-        return (uniform[:, None] >= cdf[:, :-1]).sum(axis=1).astype(np.int64)
+            probabilities = annealed_weights(self.sizes, units * self.unit_examples,
+                                             self.anneal_examples)
+        # Inverse CDF: the source is the number of CDF steps at or below the draw. The last
+        # step (1.0, up to rounding) is left out, so a draw never falls past the last source.
+        # Column by column: numpy reduces a short last axis slowly, and a resumed run draws
+        # every block before its position.
+        sources = np.zeros(BLOCK, np.int64)
+        step = np.zeros(BLOCK)
+        for source in range(self.num_sources - 1):
+            step = step + probabilities[:, source]
+            sources += uniform >= step
+        return sources
 
     def __repr__(self) -> str:
         return (f"SourceSchedule({self.draw!r}, {self.num_sources} sources, "
