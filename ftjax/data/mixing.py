@@ -14,8 +14,9 @@ source i's number of train records):
   example (t = 0: proportional) to 0 at example ``anneal_examples`` (uniform), and uniform
   after: alpha(t) = max(0, 1 - t / anneal_examples). This is the annealed sampling of
   Stickland & Murray 2019 ("BERT and PALs"), whose alpha = 1 - 0.8 (e - 1) / (E - 1) steps down
-  once per epoch e of E and stops at 0.2; here it moves with every example (t counts examples
-  of the one global stream: all hosts, all sources) and ends at uniform;
+  once per epoch e of E and stops at 0.2; here it moves with every example and ends at
+  uniform. t counts examples of the one global stream (all hosts, all sources); packed tasks
+  mix rows, so there t counts rows; a per-source batch is drawn at its first example;
 - "round_robin": the sources in turn (each gets 1 / k of the stream, exactly).
 
 How the draws are made depends on the batching (``pipeline``): with mixed batches, rows of
