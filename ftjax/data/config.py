@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import ClassVar
 
+from ftjax.data.mixing import BATCHINGS, MIXINGS
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
 
@@ -102,8 +103,8 @@ class DataConfig:
 
     # Keys of the whole stream, which a run with a `sources` block keeps here; the others
     # describe the one source of a run without that block.
-    STREAM_KEYS: ClassVar[tuple[str, ...]] = ("mixing", "temperature", "buckets",
-                                              "group_by_length")
+    STREAM_KEYS: ClassVar[tuple[str, ...]] = ("mixing", "temperature", "anneal_examples",
+                                              "batching", "buckets", "group_by_length")
 
     source: str = setting("polarity", "polarity (the bundled corpus) | local (csv / tsv / jsonl "
                           "/ json files) | hf (HF datasets) | tfds", choices=SOURCE_KINDS)
@@ -121,12 +122,25 @@ class DataConfig:
     max_test_examples: int | None = setting(None, "the test split's own limit (None: "
                                             "max_eval_examples): a small validation subset to "
                                             "evaluate often, a whole test split at the end")
-    mixing: str = setting("fixed", "with several sources (the `sources` block): fixed (each "
-                          "source's weight) | proportional (to its train size) | temperature "
-                          "(size ** (1 / temperature))", choices=("fixed", "proportional",
-                                                                   "temperature"))
+    mixing: str = setting(
+        "fixed", "with several sources (the `sources` block), how often each trained source is "
+        "drawn (ftjax.data.mixing): fixed (each source's weight) | proportional (to its train "
+        "size) | temperature (size ** (1 / temperature)) | uniform (every source equally, "
+        "whatever its size) | annealed (size ** alpha, alpha falling linearly from 1 = "
+        "proportional at the first example to 0 = uniform at anneal_examples, uniform after; "
+        "Stickland & Murray 2019) | round_robin (the sources in turn: with batching='mixed' the "
+        "same stream as uniform, with 'per_source' batches from each source in turn)",
+        choices=MIXINGS)
     temperature: float = setting(2.0, "mixing='temperature': T (1 = proportional; larger "
                                  "approaches uniform)")
+    anneal_examples: int = setting(
+        0, "mixing='annealed': the example (packed tasks: row) of the global train stream at "
+        "which sampling reaches uniform; 0: the run's whole stream, steps * batch_size")
+    batching: str = setting(
+        "mixed", "with several sources: mixed (a batch holds rows of several sources, drawn per "
+        "example) | per_source (every batch holds rows of one source, drawn per global batch "
+        "with the mixing's probabilities, or in turn with round_robin; one task per step, as "
+        "in MT-DNN)", choices=BATCHINGS)
     buckets: tuple[int, ...] = setting(
         (), "lengths a batch's token axis is cut to: each batch takes the shortest that holds "
         "its longest row (task.max_length is always one); each length compiles the train and "
@@ -144,6 +158,13 @@ class DataConfig:
             raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {self.mixing!r}")
+        if self.anneal_examples < 0:
+            raise ValueError(f"anneal_examples must be >= 0 (0: the whole run), got "
+                             f"{self.anneal_examples}")
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
         if self.source != "polarity" and not self.path:
             raise ValueError(f"source={self.source!r} needs path")
         for key in ("max_train_examples", "max_eval_examples", "max_test_examples"):

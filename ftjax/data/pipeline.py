@@ -13,16 +13,32 @@ repeated forever; batches cross epoch boundaries, so every batch is full. The it
 ``get_state()`` is a small JSON-serializable dict; ``set_state()`` on a fresh iterator (also in
 a fresh process) continues with exactly the same batches.
 
-Several sources (``make_mixed_train_iterator``): each is shuffled and repeated on its own and
-grain's ``mix`` interleaves them in the mixture's proportions (``ftjax.data.mixing``); one
-source is the plain train stream, so ``make_train_iterator`` is that one-source case.
+Several sources (``make_mixed_train_iterator``): each is shuffled and repeated on its own, and a
+mixing strategy (``ftjax.data.mixing``: fixed, proportional, temperature, uniform, annealed,
+round_robin) says how often each is drawn. ``batching="mixed"`` (the default): rows of several
+sources share a batch; grain's ``mix`` interleaves the sources deterministically in the
+strategy's proportions, except "annealed", whose proportions change along the stream: its source
+of each example is drawn at random (``ftjax.data.schedule.SourceSchedule``).
+``batching="per_source"``: every batch holds rows of one source (one task per step, as in
+MT-DNN), the source of each global batch drawn at random with the strategy's probabilities
+(round_robin: in turn); batches keep one shape, so one compiled step serves every source.
+
+Determinism and resuming with several sources: a draw is a pure function of (seed, position in
+the global stream), never of an iterator's history. Row tasks stay random-access grain
+``MapDataset``s (``select_from_datasets`` with the schedule as its selection map), so host i's
+``[i::n]`` slice and ``get_state()`` (a position) work as for one source; per-source batches
+are drawn per global batch index, so every host's share of a global batch comes from one
+source. Packed rows, QA windows and length-grouped batches exist only as iterators: there
+``ftjax.data.scheduled_iter.ScheduledMix`` picks the scheduled source's next element and keeps
+each source's iterator state. One source is the plain train stream, so ``make_train_iterator``
+is that one-source case (mixing and batching then play no part).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import grain.experimental
@@ -40,12 +56,16 @@ from ftjax.data.features import (
     with_source,
 )
 from ftjax.data.mixing import (
+    BATCHINGS,
+    SCHEDULED_MIXINGS,
     TrainSource,
     check_compatible,
     mixture_weights,
     num_records,
 )
 from ftjax.data.packing import pack_documents
+from ftjax.data.schedule import SourceSchedule, source_schedule
+from ftjax.data.scheduled_iter import ScheduledMix
 from ftjax.data.tasks import Task
 from ftjax.data.types import RecordSource, TokenizerLike
 
@@ -101,6 +121,8 @@ def make_mixed_train_iterator(
     seed: int,
     mixing: str = "fixed",
     temperature: float = 2.0,
+    anneal_examples: int = 0,
+    batching: str = "mixed",
     shard_index: int = 0,
     shard_count: int = 1,
     packing_bins: int | None = None,
@@ -108,57 +130,148 @@ def make_mixed_train_iterator(
     read_options: grain.ReadOptions | None = None,
 ) -> grain.DatasetIterator:
     """An infinite iterator of train batches drawn from several sources (``mixing``
-    weights: ``ftjax.data.mixing``); each row's "source" is its source's index in ``sources``.
+    strategies: ``ftjax.data.mixing``); each row's "source" is its source's index in ``sources``.
 
-    Each source is shuffled and repeated on its own (its own epochs); grain's ``mix``
-    interleaves them deterministically in the weights' proportions. Row tasks mix examples,
-    then shard and featurize the mixed stream. Packed tasks pack each source's documents
-    separately (every packed row comes from one source) and mix the rows, so for them the
-    weights are shares of rows. One source is exactly ``make_train_iterator``'s stream.
-    Sharding, ``group_by_length`` and ``get_state`` / ``set_state`` work as for
-    ``make_train_iterator``.
+    Each source is shuffled and repeated on its own (its own epochs). ``batching="mixed"``:
+    rows of several sources share a batch. Row tasks mix examples (grain's ``mix``, or a
+    ``SourceSchedule`` for "annealed"), then shard and featurize the mixed stream. Packed tasks
+    pack each source's documents separately (every packed row comes from one source) and mix
+    the rows, so for them the weights are shares of rows (and "annealed" counts rows).
+    ``batching="per_source"``: every batch holds rows of one source, the source drawn per
+    global batch (``SourceSchedule``), so all hosts' shares of one global batch come from it;
+    ``anneal_examples``: mixing="annealed" reaches uniform after this many examples (rows) of
+    the global stream (>= 1). One source is exactly ``make_train_iterator``'s stream, whatever
+    the mixing and batching. Sharding, ``group_by_length`` and ``get_state`` / ``set_state``
+    work as for ``make_train_iterator``.
     """
     _check_batching(batch_size, shard_index, shard_count)
     if group_by_length < 0:
         raise DataError(f"group_by_length must be >= 0, got {group_by_length}")
     if not 0 <= seed < 2**32:
         raise DataError(f"seed must lie in [0, 2**32), got {seed}")
+    if batching not in BATCHINGS:
+        raise DataError(f"batching must be one of {BATCHINGS}, got {batching!r}")
+    if mixing == "annealed" and anneal_examples < 1:
+        raise DataError(f"mixing='annealed' needs anneal_examples >= 1 (the examples over which "
+                        f"it anneals), got {anneal_examples}")
     sources = tuple(sources)
     weights = mixture_weights(sources, mixing, temperature)
     check_compatible(sources)
     streams = [_shuffled_forever(source, index, seed) for index, source in enumerate(sources)]
     featurizers = [source.task.featurizer(tokenizer, seed=seed) for source in sources]
     read_options = read_options or default_read_options()
-    if sources[0].task.packed:
-        rows = []
-        for index, stream in enumerate(streams):
-            examples = stream.map_with_index(_ExampleIndex())
-            if shard_count > 1:
-                examples = examples[shard_index::shard_count]
-            documents = examples.map(featurizers[index]).to_iter_dataset(read_options)
-            packed = pack_documents(documents, length=sources[index].task.max_length,
-                                    num_bins=packing_bins or batch_size,
-                                    pad_id=tokenizer.pad_id)
-            rows.append(packed.map(_AddSource(index)))
-        mixed_rows = rows[0] if len(rows) == 1 else grain.IterDataset.mix(rows, weights)
+    task = sources[0].task
+    layout = _Layout(tokenizer, batch_size, shard_index, shard_count, packing_bins,
+                     group_by_length, read_options)
+    if len(sources) > 1 and batching == "per_source":
+        schedule = source_schedule(sources, mixing, seed=seed, temperature=temperature,
+                                   anneal_examples=anneal_examples,
+                                   unit_examples=batch_size * shard_count)
+        return iter(_per_source_batches(streams, sources, featurizers, schedule, layout, seed))
+    scheduled = len(sources) > 1 and mixing in SCHEDULED_MIXINGS
+    if scheduled:  # one draw per example (row task) or packed row of the global stream
+        schedule = source_schedule(sources, mixing, seed=seed, anneal_examples=anneal_examples)
+    if task.packed:
+        rows = [_packed_rows(stream, index, featurizers[index], task, layout)
+                for index, stream in enumerate(streams)]
+        if len(rows) == 1:
+            mixed_rows = rows[0]
+        elif scheduled:
+            mixed_rows = ScheduledMix(rows, schedule, stride=shard_count, offset=shard_index)
+        else:
+            mixed_rows = grain.IterDataset.mix(rows, weights)
         batches = mixed_rows.batch(batch_size, drop_remainder=True)
     else:
-        mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
-        examples = mixed.map_with_index(_ExampleIndex())
-        if shard_count > 1:
-            examples = examples[shard_index::shard_count]
-        featurized = examples.map(_FeaturizeWithSource(featurizers))
-        if multi_row(sources[0].task) or group_by_length:
-            rows = featurized.to_iter_dataset(read_options)
-            if multi_row(sources[0].task):
-                rows = _flatten(rows)
-            batches = (LengthGroupedBatches(rows, batch_size=batch_size, window=group_by_length,
-                                            seed=seed)
-                       if group_by_length else rows.batch(batch_size, drop_remainder=True))
+        if len(streams) == 1:
+            mixed = streams[0]
+        elif scheduled:
+            mixed = grain.MapDataset.select_from_datasets(streams, schedule)
         else:
-            batches = featurized.batch(batch_size, drop_remainder=True).to_iter_dataset(
-                read_options)
+            mixed = grain.MapDataset.mix(streams, weights)
+        featurized = _examples(mixed, layout).map(_FeaturizeWithSource(featurizers))
+        batches = _as_iter(_row_batches(featurized, task, layout, seed), read_options)
     return iter(batches)
+
+
+class _Layout(NamedTuple):
+    """How one host batches its share of the stream (make_mixed_train_iterator's arguments)."""
+
+    tokenizer: TokenizerLike
+    batch_size: int
+    shard_index: int
+    shard_count: int
+    packing_bins: int | None
+    group_by_length: int
+    read_options: grain.ReadOptions
+
+
+def _examples(stream: grain.MapDataset, layout: _Layout) -> grain.MapDataset:
+    """A stream of (source, record index, record) as this host's IndexedRecords: every
+    shard_count-th example of it, each numbered by its position in ``stream``."""
+    examples = stream.map_with_index(_ExampleIndex())
+    if layout.shard_count > 1:
+        examples = examples[layout.shard_index::layout.shard_count]
+    return examples
+
+
+def _packed_rows(stream: grain.MapDataset, index: int, featurize: Any, task: Task,
+                 layout: _Layout) -> grain.IterDataset:
+    """One source's documents on this host, packed into rows that carry the source."""
+    documents = _examples(stream, layout).map(featurize).to_iter_dataset(layout.read_options)
+    packed = pack_documents(documents, length=task.max_length,
+                            num_bins=layout.packing_bins or layout.batch_size,
+                            pad_id=layout.tokenizer.pad_id)
+    return packed.map(_AddSource(index))
+
+
+def _row_batches(featurized: grain.MapDataset, task: Task, layout: _Layout,
+                 seed: int) -> grain.MapDataset | grain.IterDataset:
+    """Featurized examples of an unpacked task in batches: still a MapDataset when every
+    example is one row and batches come in stream order, else an IterDataset (the windows of
+    a multi-row task flattened; rows grouped by length)."""
+    if not (multi_row(task) or layout.group_by_length):
+        return featurized.batch(layout.batch_size, drop_remainder=True)
+    rows = featurized.to_iter_dataset(layout.read_options)
+    if multi_row(task):
+        rows = _flatten(rows)
+    if layout.group_by_length:
+        return LengthGroupedBatches(rows, batch_size=layout.batch_size,
+                                    window=layout.group_by_length, seed=seed)
+    return rows.batch(layout.batch_size, drop_remainder=True)
+
+
+def _per_source_batches(streams: Sequence[grain.MapDataset], sources: Sequence[TrainSource],
+                        featurizers: Sequence[Any], schedule: SourceSchedule, layout: _Layout,
+                        seed: int) -> grain.IterDataset:
+    """Batches of one source each, the source of global batch i drawn by ``schedule[i]``.
+
+    Each source is batched on its own (sharded, featurized, packed or grouped like a one-source
+    stream), so this host's j-th batch of a source is its share of that source's j-th global
+    batch; the schedule picks which source's next batch comes. Row tasks stay random access
+    (grain's select_from_datasets over the sources' batches); packed, multi-row and grouped
+    batches exist only as iterators, which ``ScheduledMix`` picks from.
+    """
+    task = sources[0].task
+    batches = []
+    for index, stream in enumerate(streams):
+        if task.packed:
+            rows = _packed_rows(stream, index, featurizers[index], task, layout)
+            batches.append(rows.batch(layout.batch_size, drop_remainder=True))
+        else:
+            featurized = _examples(stream, layout).map(_FeaturizeWithSource(featurizers))
+            # Each source's length windows get their own order.
+            batches.append(_row_batches(featurized, task, layout, _shuffle_seed(seed, index)))
+    if all(isinstance(b, grain.MapDataset) for b in batches):
+        return grain.MapDataset.select_from_datasets(batches, schedule).to_iter_dataset(
+            layout.read_options)
+    return ScheduledMix([_as_iter(b, layout.read_options) for b in batches], schedule)
+
+
+def _as_iter(dataset: grain.MapDataset | grain.IterDataset,
+             read_options: grain.ReadOptions) -> grain.IterDataset:
+    if isinstance(dataset, grain.MapDataset):
+        return dataset.to_iter_dataset(read_options)
+    return dataset
 
 
 def multi_row(task: Task) -> bool:

@@ -105,16 +105,19 @@ class Experiment:
         return data_facts(self.sources)
 
     def train_iterator(self):
-        """This process's share of the train stream, the sources mixed as configured (with
-        several processes, process i reads every n-th example and batches of
-        batch_size / n rows; place_train_batch joins them)."""
+        """This process's share of the train stream, the sources mixed and batched as
+        configured (with several processes, process i reads every n-th example and batches of
+        batch_size / n rows; place_train_batch joins them). data.anneal_examples 0 anneals over
+        the whole run: steps * batch_size examples of the global stream."""
         count = jax.process_count()
+        data = self.cfg.data
         return make_mixed_train_iterator(
             [s.train_source() for s in self.sources if s.trained], self.tokenizer,
             batch_size=self.cfg.batch_size // count, seed=self.cfg.seed,
-            mixing=self.cfg.data.mixing, temperature=self.cfg.data.temperature,
-            shard_index=jax.process_index(), shard_count=count,
-            group_by_length=self.cfg.data.group_by_length)
+            mixing=data.mixing, temperature=data.temperature,
+            anneal_examples=data.anneal_examples or self.cfg.steps * self.cfg.batch_size,
+            batching=data.batching, shard_index=jax.process_index(), shard_count=count,
+            group_by_length=data.group_by_length)
 
     def eval_batches(self, split: str, source: str | None = None, *, task=None,
                      max_records: int | None = None):
