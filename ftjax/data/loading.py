@@ -34,7 +34,7 @@ from ftjax.data.errors import (
 )
 from ftjax.data.extractive_qa import read_squad
 from ftjax.data.labels import LabelSet, label_text
-from ftjax.data.readers import ParsedRow, is_pattern, read_rows
+from ftjax.data.readers import ParsedRow, is_pattern, one_file, read_rows
 from ftjax.data.records import as_int, messages_field, require_column, text_field
 from ftjax.data.sources import hf_dataset, polarity_splits, tfds_source
 from ftjax.data.splitting import grouped_split, stratified_split, subsample
@@ -206,7 +206,7 @@ def _load_local(name: str, config: SourceConfig, wanted: Mapping[str, str], colu
                          txt_unit=config.txt_unit)
 
     if config.split_fractions:
-        path = Path(config.path)
+        path = one_file(config.path)
         rows = read(path)
         if config.split_group_column:
             groups = [_group_of(r, config.split_group_column) for r in rows]

@@ -34,6 +34,8 @@ from typing import Any, NamedTuple
 
 import charset_normalizer
 
+from ftjax.assets import ASSETS, resolve
+
 from ftjax.data.errors import (
     DataError,
     EmptySplitError,
@@ -375,3 +377,11 @@ def _conll_rows(text: str, path: Path) -> Iterator[ParsedRow]:
         tokens.append(fields[0])
         tags.append(fields[-1])
         lines.append(number)
+
+
+def one_file(path: str) -> Path:
+    """The file a source's `path` names when it is one file: a path, or the name of an asset
+    (ftjax.assets: "wnut16", "bbc-news"), fetched on first use; an existing path wins."""
+    if path in ASSETS and not Path(path).exists():
+        return resolve(path)
+    return Path(path)

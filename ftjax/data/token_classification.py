@@ -31,14 +31,13 @@ import numpy as np
 from seqeval import metrics as seqeval_metrics
 from seqeval.scheme import IOB2, IOBES
 
-from ftjax.assets import ASSETS, resolve
 from ftjax.data.config import SPLIT_PLACEHOLDER, SourceConfig
 from ftjax.data.errors import DataError, LabelOutOfRangeError
 from ftjax.data.features import IndexedRecord, Row, Shapes, SpecialTokenTemplate, single_row, \
     token_shapes
 from ftjax.data.loading import ROLES, LoadedSource, limit_splits, split_name
 from ftjax.data.metrics import real_rows
-from ftjax.data.readers import ParsedRow, read_rows
+from ftjax.data.readers import ParsedRow, one_file, read_rows
 from ftjax.data.sources import hf_dataset
 from ftjax.data.splitting import stratified_split
 from ftjax.data.types import TokenizerLike
@@ -101,8 +100,7 @@ def load_tagged_source(name: str, config: SourceConfig, *, roles: Sequence[str] 
 
     wanted = {role: split for role in roles if (split := split_name(config, role)) is not None}
     if config.split_fractions:
-        path = config.path  # one file, or an asset's name ("wnut16")
-        rows = read(resolve(path) if path in ASSETS and not Path(path).exists() else Path(path))
+        rows = read(one_file(config.path))
         parts = dict(zip(ROLES, stratified_split(len(rows), config.split_fractions,
                                                  config.split_seed)))
         raw = {role: [rows[i] for i in parts[role]] for role in wanted}
