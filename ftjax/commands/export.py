@@ -117,10 +117,14 @@ def _export(args, out: Path) -> int:
             model, params = merge_peft(model, params)
         except ValueError as err:
             return _refuse(f"--format hf: {err}")
-    if model.head_config.kind not in ("lm", "none"):
+    heads = ([name for name, _ in model.task_heads] if model.task_heads
+             else [] if model.head_config.kind in ("lm", "none") else [model.head_config.kind])
+    if heads:
         if not args.backbone_only:
-            return _refuse(f"HF format holds no {model.head_config.kind!r} head of ours; pass "
-                           f"--backbone-only to export the fine-tuned backbone without it")
+            what = (f"the task heads {heads} of a multi-task run" if model.task_heads
+                    else f"a {heads[0]!r} head of ours")
+            return _refuse(f"HF format holds no {what}; pass --backbone-only to export the "
+                           f"fine-tuned backbone without it")
         params = {"backbone": params["backbone"]}
     save_hf(model, params, out, tokenizer=exp.tokenizer, dtype=args.dtype,
             overwrite=args.overwrite)

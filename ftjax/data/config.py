@@ -226,6 +226,9 @@ class SourceConfig:
         (), "metrics of the model's generated targets on this source's eval splits, scored by "
         "the GenerationEval hook (ftjax.generate.evaluation): bleu | chrf | exact_match; "
         "prompt / target causal_lm data or chat conversations (the last assistant turn)")
+    task: str | None = setting(
+        None, "multi-task runs: the entry of the `tasks` block this source's records are a "
+        "task of (several sources may feed one task)")
     train: bool = setting(
         True, "False: the source is only evaluated (its validation / test splits), never "
         "trained on, and reported on its own (<split>/<source>), outside the split's average "

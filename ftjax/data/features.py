@@ -19,6 +19,9 @@ plus, per task, either
 or
   labels          int32   (B, T)  target ids            } causal / masked LM
   loss_mask       float32 (B, T)  1 where the loss counts }
+
+In a multi-task batch (ftjax.data.multitask) each task's own features carry its name after
+TASK_SEPARATOR ("labels@ner", "example_mask@topic"); the shared ones above keep theirs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ TOKEN_FEATURES = ("input_ids", "attention_mask", "positions", "segment_ids", "to
 MASK_FEATURES = ("example_mask", "loss_mask")
 SOURCE_FEATURE = "source"
 EXAMPLE_FEATURE = "example_id"
+TASK_SEPARATOR = "@"
+
+
+def base_feature(name: str) -> str:
+    """A feature's name without its task ("loss_mask@ner" -> "loss_mask")."""
+    return name.split(TASK_SEPARATOR, 1)[0]
 
 
 class IndexedRecord(NamedTuple):
@@ -109,8 +118,8 @@ def filler_like(row: Row) -> Row:
     ``single_row``).
     """
     filler = {name: value.copy() for name, value in row.items()}
-    for name in MASK_FEATURES:
-        if name in filler:
+    for name in filler:
+        if base_feature(name) in MASK_FEATURES:
             filler[name] = np.zeros_like(filler[name])
     if EXAMPLE_FEATURE in filler:
         filler[EXAMPLE_FEATURE] = np.full_like(filler[EXAMPLE_FEATURE], -1)

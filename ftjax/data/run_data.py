@@ -21,6 +21,7 @@ from ftjax.data.errors import DataError
 from ftjax.data.extractive_qa import ExtractiveQA
 from ftjax.data.loading import ROLES, load_source
 from ftjax.data.mixing import TrainSource
+from ftjax.data.multitask import TaskOfMany
 from ftjax.data.conversation import Conversation
 from ftjax.data.prompting import PromptTemplate
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
@@ -121,38 +122,67 @@ def make_task(task: TaskConfig, source: SourceConfig, *, num_labels: int | None,
 
 def load_run_data(configs: Mapping[str, SourceConfig], task: TaskConfig, *,
                   num_labels: int | None, roles: Sequence[str] = ROLES,
-                  facts: Mapping | None = None) -> list[RunSource]:
+                  facts: Mapping | None = None,
+                  tasks: Mapping[str, tuple[TaskConfig, int | None]] | None = None
+                  ) -> list[RunSource]:
     """Every source loaded and checked (ftjax.data.loading): the first bad file, column or label
     raises a DataError naming it, before anything trains.
 
     roles: the splits to load; a restored run passes ("validation", "test") with `facts`.
     facts: what `data_facts` saved for the run (label names, train sizes).
+    tasks: a multi-task run's tasks (name -> (task block, num_labels)); each source's `task`
+    names its own, `task` / `num_labels` are then unused, and every source's task is a
+    TaskOfMany (ftjax.data.multitask) whose rows carry all the tasks' features.
     """
     known = (facts or {}).get("sources", {})
     missing = sorted(set(known) - set(configs)) if facts else []
     if missing:
         raise DataError(f"the run was trained with source(s) {missing} that its config no "
                         f"longer names")
-    needs_labels = task.kind == "classification"
     out = []
     for name, config in configs.items():
-        check_columns_for_task(task, config, name)
-        saved = known.get(name, {})
-        source_roles = roles if config.train else tuple(r for r in roles if r != "train")
-        if task.kind == "token_classification":
-            loaded = load_tagged_source(name, config, roles=source_roles, num_labels=num_labels,
-                                        label_names=saved.get("labels"))
+        if tasks:
+            if config.task not in tasks:
+                raise DataError(f"source {name!r}: task must name one of the tasks block's "
+                                f"entries {sorted(tasks)}, got {config.task!r}")
+            source_task, source_labels = tasks[config.task]
         else:
-            loaded = load_source(name, config, roles=source_roles, needs_labels=needs_labels,
-                                 label_names=saved.get("labels"),
-                                 num_labels=num_labels if needs_labels else None)
-        num_train = len(loaded.splits["train"]) if "train" in loaded.splits else \
-            saved.get("train_examples", 0)
-        out.append(RunSource(name, make_task(task, config, num_labels=num_labels,
-                                             label_names=loaded.label_names),
-                             loaded.splits, loaded.label_names, config.weight, num_train,
-                             config.train, tuple(config.generation_metrics)))
-    return out
+            source_task, source_labels = task, num_labels
+        out.append(_load_one(name, config, source_task, source_labels, roles,
+                             known.get(name, {})))
+    return with_task_features(out, configs) if tasks else out
+
+
+def _load_one(name: str, config: SourceConfig, task: TaskConfig, num_labels: int | None,
+              roles: Sequence[str], saved: Mapping) -> RunSource:
+    check_columns_for_task(task, config, name)
+    needs_labels = task.kind == "classification"
+    source_roles = roles if config.train else tuple(r for r in roles if r != "train")
+    if task.kind == "token_classification":
+        loaded = load_tagged_source(name, config, roles=source_roles, num_labels=num_labels,
+                                    label_names=saved.get("labels"))
+    else:
+        loaded = load_source(name, config, roles=source_roles, needs_labels=needs_labels,
+                             label_names=saved.get("labels"),
+                             num_labels=num_labels if needs_labels else None)
+    num_train = len(loaded.splits["train"]) if "train" in loaded.splits else \
+        saved.get("train_examples", 0)
+    return RunSource(name, make_task(task, config, num_labels=num_labels,
+                                     label_names=loaded.label_names),
+                     loaded.splits, loaded.label_names, config.weight, num_train,
+                     config.train, tuple(config.generation_metrics))
+
+
+def with_task_features(sources: Sequence[RunSource], configs: Mapping[str, SourceConfig]
+                       ) -> list[RunSource]:
+    """A multi-task run's sources, each task wrapped so that every row carries every task's
+    features (TaskOfMany), the tasks in the order of their first source."""
+    first: dict[str, Task] = {}
+    for source in sources:
+        first.setdefault(configs[source.name].task, source.task)
+    tasks = tuple(first.items())
+    return [dataclasses.replace(s, task=TaskOfMany(configs[s.name].task, s.task, tasks))
+            for s in sources]
 
 
 def data_facts(sources: Sequence[RunSource]) -> dict:

@@ -136,6 +136,7 @@ def save_adapter(out_dir: str | os.PathLike, model: Model, params: dict, trainab
         "method": method,
         "peft": peft_to_dict(model.config),
         "head": dataclasses.asdict(model.head_config),
+        "task_heads": {name: dataclasses.asdict(head) for name, head in model.task_heads},
         "num_params": num_params,
         "step": step,
     }
@@ -186,10 +187,12 @@ def load_adapter(adapter_dir: str | os.PathLike, pretrained: Pretrained) -> tupl
 
     try:
         head = from_config(HeadConfig, meta["head"], f"{where}: head")
+        task_heads = tuple((name, from_config(HeadConfig, values, f"{where}: task_heads"))
+                           for name, values in meta.get("task_heads", {}).items())
         config = with_peft(pretrained.model.config, meta["peft"], where=where)
     except (KeyError, TypeError, ValueError) as err:  # unknown keys, bad values
         raise CheckpointError(f"{where}: {err}") from None
-    model = Model(config, head)
+    model = Model(config, head, task_heads=task_heads)
 
     weights = adapter / WEIGHTS_FILE
     try:

@@ -119,6 +119,10 @@ def peft_refusal(model: Model, params: dict[str, Any], trainable_mask: Any = Non
     if model.config.lora is None or model.config.peft_methods != ("lora",):
         return (f"a PEFT adapter here holds LoRA only, and this model's methods are "
                 f"{', '.join(model.config.peft_methods) or 'none'}")
+    if model.task_heads:
+        return (f"the run is multi-task: its task heads {[n for n, _ in model.task_heads]} "
+                f"map to no one transformers model, so peft would load the adapter without "
+                f"them")
     head = model.head_config
     arch = model.config.arch
     if head.kind not in _BASE_HEADS:

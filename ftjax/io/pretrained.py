@@ -54,6 +54,7 @@ def load_pretrained(
     scan_layers: bool = False,
     rng_seed: int = 0,
     label_tokens: Sequence[int] | Callable[[Tokenizer], Sequence[int]] | None = None,
+    task_heads: Sequence[tuple[str, HeadConfig]] = (),
 ) -> Pretrained:
     """Load a pretrained model strictly: every parameter filled, every checkpoint tensor used.
 
@@ -67,12 +68,18 @@ def load_pretrained(
     label_tokens: a verbalizer's label-word token ids, or a function of the tokenizer returning
       them (where a word is one token depends on the tokenizer and the prompt: see
       ftjax.data.SequenceClassification.label_token_ids).
+    task_heads: (name, HeadConfig) pairs: a multi-task model, one new head per task under
+      head/<name>/ (ftjax.models.TaskHeads) from `rng_seed`; `head` must then be None or
+      kind "none".
     """
+    if task_heads and head is not None and head.kind != "none":
+        raise ValueError(f"a model with task heads has no head of its own; got head kind "
+                         f"{head.kind!r}")
     start = time.perf_counter()
     source = assets.resolve(name_or_path)
     checkpoint, tokenizer = _read(source, name=str(name_or_path))
     pretrained_head = pretraining_head(checkpoint)
-    head = head or pretrained_head
+    head = HeadConfig(kind="none") if task_heads else (head or pretrained_head)
     config = checkpoint.config.with_policy(
         dtype=dtype or default_compute_dtype(), param_dtype=param_dtype, scan_layers=False)
 
@@ -80,7 +87,7 @@ def load_pretrained(
     # (an "lm" head with dropout is still the pretrained LM head), and a verbalizer is made from
     # them; another kind is attached afterwards, so its random init never mixes with checkpoint
     # values.
-    keeps_head = head.kind in (pretrained_head.kind, "verbalizer")
+    keeps_head = head.kind in (pretrained_head.kind, "verbalizer") and not task_heads
     model = Model(config, pretrained_head if keeps_head else HeadConfig(kind="none"))
     params = fill_params(model, checkpoint.conversion, where=str(source))
     if head.kind == "verbalizer":
@@ -96,9 +103,10 @@ def load_pretrained(
     elif keeps_head:
         model = Model(config, head)
     else:
-        model, params = replace_head(model, params, head, jax.random.key(rng_seed))
+        model, params = replace_head(model, params, head, jax.random.key(rng_seed),
+                                     task_heads=tuple(task_heads))
     if scan_layers:
-        model = Model(config.with_policy(scan_layers=True), model.head_config)
+        model = dataclasses.replace(model, config=config.with_policy(scan_layers=True))
         params = to_layout(params, scan_layers=True)
 
     logger.debug("loaded %s from %s in %.2f s", name_or_path, source, time.perf_counter() - start)

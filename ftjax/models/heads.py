@@ -93,3 +93,36 @@ class MaskedLMHead(nn.Module):
             (logits.shape[-1],), self.param_dtype,
         )
         return logits + bias.astype(logits.dtype)
+
+
+TASK_HEAD_KINDS = ("sequence", "token", "span")
+
+
+class TaskHeads(nn.Module):
+    """One head per task over the shared backbone (multi-task fine-tuning): head `name` owns
+    the subtree head/<name>/, so each task's head is a rule target of its own and the backbone
+    below is shared. Returns {name: logits}, every head applied to every row; the loss terms
+    weigh each row by its own task (ftjax.objectives.task_view), so a head's gradient comes
+    from its task's rows only."""
+
+    heads: tuple[tuple[str, HeadConfig], ...]
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_BTD, attention_mask_BT, pooled_BD, deterministic):
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        out = {}
+        for name, config in self.heads:
+            if config.kind == "sequence":
+                out[name] = SequenceClassificationHead(config, **dtypes, name=name)(
+                    hidden_BTD, attention_mask_BT, pooled_BD, deterministic)
+            elif config.kind == "token":
+                out[name] = TokenClassificationHead(config, **dtypes, name=name)(
+                    hidden_BTD, deterministic)
+            elif config.kind == "span":
+                out[name] = SpanHead(**dtypes, name=name)(hidden_BTD)
+            else:
+                raise ValueError(f"task head {name!r}: kind must be one of {TASK_HEAD_KINDS}, "
+                                 f"got {config.kind!r}")
+        return out

@@ -19,6 +19,7 @@ from ftjax.objectives.registry import (
     term_class,
 )
 from ftjax.objectives.span import SpanCrossEntropy
+from ftjax.objectives.task_term import TaskTerm
 from ftjax.objectives.term import (
     LossTerm,
     TermConfig,
@@ -29,7 +30,7 @@ from ftjax.objectives.term import (
 
 __all__ = [
     "L1", "L2", "L2SP", "TASK_TERMS", "TERMS", "CrossEntropy", "CrossEntropyConfig", "LossTerm",
-    "RegularizerConfig", "SpanCrossEntropy", "TermConfig", "TermContext", "TermSetup", "TermValue",
+    "RegularizerConfig", "SpanCrossEntropy", "TaskTerm", "TermConfig", "TermContext", "TermSetup", "TermValue",
     "entry_config_class", "l1", "l2", "l2sp", "loss_for_task", "make_term", "term_class",
     "weighted_cross_entropy",
 ]

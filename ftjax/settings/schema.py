@@ -214,6 +214,9 @@ class Schema:
             if spec is None or spec.kind == "value":
                 return
             if spec.kind == "block":
+                if part not in node:  # a block of a map entry just created
+                    with node.unlocked():
+                        node[part] = ml_collections.ConfigDict()
                 node, cls = node[part], spec.type
                 continue
             entries = node[part]
@@ -338,7 +341,9 @@ def _collect(cls: type, prefix: str, cfg: Any, out: dict[str, Key]) -> None:
     for key in block_keys(cls):
         path = f"{prefix}{key.name}"
         if key.kind == "block":
-            _collect(key.type, path + ".", cfg[key.name] if cfg is not None else None, out)
+            # A map entry's nested block may be absent until one of its keys is set.
+            _collect(key.type, path + ".", cfg[key.name] if cfg is not None and
+                     key.name in cfg else None, out)
         elif key.kind == "map":
             entries = cfg[key.name] if cfg is not None and key.name in cfg else {}
             for name in entries.keys():

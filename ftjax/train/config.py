@@ -79,6 +79,34 @@ class EarlyStoppingConfig:
                              f"{self.min_delta}")
 
 
+# The head each multi-task task kind is trained through.
+TASK_HEADS = {"classification": "sequence", "token_classification": "token",
+              "extractive_qa": "span"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+    """One task of a multi-task run (an entry of the `tasks` block): how its sources' records
+    become rows, the head it trains on the shared backbone, and its loss weight."""
+
+    task: TaskConfig = setting(factory=TaskConfig)
+    head: HeadConfig = setting(factory=lambda: HeadConfig(kind="sequence", num_labels=2,
+                                                          pooling="mean"))
+    weight: float = setting(1.0, "the weight of this task's loss (each task's loss is the mean "
+                            "over its own rows of the batch)")
+
+    def __post_init__(self):
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        expected = TASK_HEADS.get(self.task.kind)
+        if expected is None:
+            raise ValueError(f"task.kind {self.task.kind!r} cannot share batches with other "
+                             f"tasks; multi-task kinds: {', '.join(TASK_HEADS)}")
+        if self.head.kind != expected:
+            raise ValueError(f"task.kind {self.task.kind!r} trains a {expected!r} head, got "
+                             f"head.kind {self.head.kind!r}")
+
+
 _POSITIVE = ("steps", "eval_every", "checkpoint_every", "log_every", "batch_size",
              "eval_batch_size", "accumulation_steps", "keep_checkpoints")
 
@@ -135,6 +163,11 @@ class RunConfig:
         factory=dict, help="several data sources by name, each a block of its location, "
         "columns, label names and weight (ftjax.data.SourceConfig), mixed in the train stream "
         "by data.mixing; empty: the data block is the one source")
+    tasks: Mapping[str, TaskEntry] = setting(
+        factory=dict, help="multi-task fine-tuning: tasks by name, each a block of its task, "
+        "head and loss weight; every source names its task (sources.<name>.task), one head "
+        "per task shares the backbone, and a batch mixes the tasks' rows. Empty: the task "
+        "and head blocks are the run's one task")
     optimizer: OptimizerConfig = setting(factory=OptimizerConfig)
     method_args: MethodConfig = setting(factory=MethodConfig)
     lora: LoraConfig = setting(factory=LoraConfig)
@@ -201,6 +234,8 @@ def _check_across_blocks(run: RunConfig) -> None:
         if changed:
             raise ValueError(f"the sources block names the data; data.{', data.'.join(changed)} "
                              f"would be ignored: move them into a source")
+    if run.tasks:
+        _check_tasks(run)
     task, head = run.task, run.head
     if head.kind == "verbalizer":
         if len(task.label_words) != head.num_labels:
@@ -210,6 +245,28 @@ def _check_across_blocks(run: RunConfig) -> None:
     elif task.label_words:
         raise ValueError(f"task.label_words are scored by a verbalizer head: set "
                          f"head.kind='verbalizer' (got {head.kind!r})")
+
+
+def _check_tasks(run: RunConfig) -> None:
+    """A multi-task run: its sources name its tasks, each task trains, rows share one length."""
+    if not run.sources:
+        raise ValueError("a tasks block needs a sources block whose entries name their task")
+    unused = [key for key in ("task", "head")
+              if getattr(run, key) != getattr(RunConfig(), key)]
+    if unused:
+        raise ValueError(f"with a tasks block each task has its own task and head blocks; "
+                         f"the top-level {', '.join(unused)} would be ignored")
+    for name, source in run.sources.items():
+        if source.task not in run.tasks:
+            raise ValueError(f"sources.{name}.task must name one of the tasks "
+                             f"{sorted(run.tasks)}, got {source.task!r}")
+    untrained = sorted(set(run.tasks) - {s.task for s in run.sources.values() if s.train})
+    if untrained:
+        raise ValueError(f"task(s) {untrained}: no trained source feeds them")
+    lengths = {name: entry.task.max_length for name, entry in run.tasks.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"the tasks share rows, so they need one task.max_length; got "
+                         f"{lengths}")
 
 
 def typed(cfg: ml_collections.ConfigDict, where: str = "config") -> RunConfig:

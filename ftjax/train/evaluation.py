@@ -16,17 +16,20 @@ from typing import Sequence
 import jax
 
 from ftjax.data import batch_shapes
+from ftjax.data.multitask import TaskOfMany
 from ftjax.parallel import fetch
 from ftjax.train.state import TrainState
 
 
 def evaluate(eval_step_jit, state: TrainState, batches, metric=None, *,
-             perplexity: bool = False) -> dict:
+             perplexity: bool = False, primary: str | None = None) -> dict:
     """Sum the eval step over a finite pass of batches; metrics are exact per-example means,
     plus the task metric's (ftjax.data.metrics) when one is given: it sees each batch's
     predictions with the batch's own features.
 
     batches: Experiment.placed_eval_batches(split) (or numpy batches for an unsharded state).
+    primary: the task term these batches are of (a multi-task run's source: its task's term;
+    see eval_metrics); None: the first.
     """
     totals = None
     for batch in batches:
@@ -37,33 +40,46 @@ def evaluate(eval_step_jit, state: TrainState, batches, metric=None, *,
             # every process joins.
             metric.update(fetch(batch), fetch(predictions))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    results = eval_metrics(jax.device_get(totals), eval_step_jit.terms, perplexity=perplexity)
+    results = eval_metrics(jax.device_get(totals), eval_step_jit.terms, perplexity=perplexity,
+                           primary=primary)
     if metric is not None:
         results.update(metric.result())
     return results
 
 
-def eval_metrics(totals: dict, terms, *, perplexity: bool = False) -> dict:
+def eval_metrics(totals: dict, terms, *, perplexity: bool = False,
+                 primary: str | None = None) -> dict:
     """Means from the eval step's sums: `loss` (the evaluated terms weighted as in training,
     at their final weights), each term's `loss/<name>` when there are several, each stat
-    normalized like its term, and `examples` (the task term's normalizer). perplexity: also
-    `perplexity`, exp of the task term's mean loss per predicted token (language-model
-    tasks, whose task term is a token-level cross entropy)."""
+    normalized like its term, and `examples` (the primary term's normalizer). perplexity: also
+    `perplexity`, exp of the primary term's mean loss per predicted token (language-model
+    tasks, whose task term is a token-level cross entropy).
+
+    primary: the term whose stats are reported by their plain names (`accuracy`) and whose
+    normalizer counts the examples: the first term (the task's) by default; in a multi-task
+    run, the task term of the evaluated source, and the other tasks' terms, which have no rows
+    in its batches, are left out."""
+    first = terms[0].name
+    primary = primary or first
     weights = {t.name: max(float(totals[f"weight/{t.name}"]), 1.0) for t in terms}
+    if primary != first:
+        terms = [t for t in terms if t.name == primary or float(totals[f"weight/{t.name}"]) > 0]
+    names = {t.name for t in terms}
     out = {"loss": sum(t.config.weight * float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
                        for t in terms)}
     if len(terms) > 1:
         out.update({f"loss/{t.name}": float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
                     for t in terms})
-    first = terms[0].name
     for key, value in totals.items():
         if key.startswith(("loss_sum", "weight")):
             continue
-        owner = key.split("/", 1)[0] if "/" in key else first
-        out[key] = float(value) / weights.get(owner, weights[first])
-    out["examples"] = float(totals["weight"])
+        owner, stat = key.split("/", 1) if key.split("/", 1)[0] in weights else (first, key)
+        if owner not in names:
+            continue
+        out[stat if owner == primary else f"{owner}/{stat}"] = float(value) / weights[owner]
+    out["examples"] = float(totals[f"weight/{primary}"])
     if perplexity:
-        task_loss = float(totals[f"loss_sum/{first}"]) / weights[first]
+        task_loss = float(totals[f"loss_sum/{primary}"]) / weights[primary]
         out["perplexity"] = math.exp(min(task_loss, 700.0))  # 700: exp's float64 range
     return out
 
@@ -75,15 +91,27 @@ def eval_metric_names(exp) -> list[str]:
     sums = jax.eval_shape(exp.eval_step, exp.state.trainable, exp.state.frozen, batch,
                           exp.state.constants)
     totals = {k: 1.0 for k in sums if k != "predictions"}
-    names = set(eval_metrics(totals, exp.eval_step.terms, perplexity=reports_perplexity(exp.task)))
-    if hasattr(exp.task, "metric"):
-        names |= set(exp.task.metric([], exp.tokenizer).names)
+    names: set[str] = set()
+    for source in exp.sources:
+        names |= set(eval_metrics(totals, exp.eval_step.terms, primary=task_term_of(source),
+                                  perplexity=reports_perplexity(source.task)))
+        metric = source.task.metric([], exp.tokenizer) if hasattr(source.task, "metric") \
+            else None
+        names |= set(metric.names) if metric is not None else set()
+        if isinstance(source.task, TaskOfMany):
+            names.add("score")
     return sorted(names)
 
 
 def reports_perplexity(task) -> bool:
     """Language-model tasks (causal, chat, masked) report the perplexity of their targets."""
     return bool(getattr(task, "language_model", False))
+
+
+def task_term_of(source) -> str | None:
+    """The task term a source's batches are scored by: its task's in a multi-task run (the
+    term is named after the task), else None (the run's one task term)."""
+    return source.task.name if isinstance(source.task, TaskOfMany) else None
 
 
 def task_metric(exp, source, split: str):
@@ -109,8 +137,14 @@ def evaluate_splits(exp, eval_step_jit, state: TrainState, splits: Sequence[str]
         per_source = {s.name: evaluate(eval_step_jit, state,
                                        exp.placed_eval_batches(split, s.name),
                                        task_metric(exp, s, split),
-                                       perplexity=reports_perplexity(s.task))
+                                       perplexity=reports_perplexity(s.task),
+                                       primary=task_term_of(s))
                       for s in exp.sources if s.name in having}
+        for source in exp.sources:
+            if source.name in per_source and isinstance(source.task, TaskOfMany):
+                score = source.task.score(per_source[source.name])
+                if score is not None:
+                    per_source[source.name]["score"] = score
         results[split] = {}
         add_source_metrics(exp, results, split, per_source)
     return results

@@ -170,6 +170,12 @@ class Experiment:
         return jit_eval_step(self.eval_step, state_shardings(self.state), self.plan.batch)
 
 
+def labels_of(task, head) -> int | None:
+    """The label count a task's data is checked against: its head's (classification and
+    token classification), None for the other kinds."""
+    return head.num_labels if task.kind in ("classification", "token_classification") else None
+
+
 def head_config(cfg) -> HeadConfig:
     return HeadConfig(kind=cfg.head.kind, num_labels=cfg.head.num_labels,
                       pooling=cfg.head.pooling, dropout=cfg.head.dropout)
@@ -227,9 +233,9 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     loss_terms = terms_from_config(cfg, run, terms)
     sources = load_run_data(
         source_configs(run.sources, run.data, run.task), run.task, roles=roles,
-        num_labels=cfg.head.num_labels if run.task.kind in ("classification",
-                                                            "token_classification") else None,
-        facts=data_facts)
+        num_labels=labels_of(run.task, run.head), facts=data_facts,
+        tasks={name: (entry.task, labels_of(entry.task, entry.head))
+               for name, entry in run.tasks.items()})
     available = {role for s in sources for role in s.splits} | set(
         role for role in ROLES if role not in roles)
     unknown = [s for s in cfg.eval_splits if s not in available]
@@ -238,12 +244,13 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
                           f"splits: {sorted(available)})")
     task = sources[0].task
     pretrained = load_pretrained(
-        cfg.model.name, head=head_config(cfg), dtype=cfg.model.dtype,
+        cfg.model.name, head=None if run.tasks else head_config(cfg), dtype=cfg.model.dtype,
         param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
         rng_seed=cfg.seed,
         # A verbalizer head starts from the LM's rows of the label words, found by the task
         # (where each word is one token depends on the prompt and the tokenizer).
         label_tokens=task.label_token_ids if cfg.head.kind == "verbalizer" else None,
+        task_heads=tuple((name, entry.head) for name, entry in run.tasks.items()),
     )
     changes = {"remat": cfg.model.remat}
     for key in ("attention_impl", "hidden_dropout", "attention_dropout", "embedding_dropout"):
@@ -278,9 +285,10 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     own_rules = parse_spec(cfg.rules)
     check_rules_match(own_rules, params)
     trained = [s for s in sources if s.trained]  # first, in mixture order (source_configs)
-    spec = own_rules + presets.method_spec(cfg.method, pretrained.model.config,
-                                           method_cfg=method_args(cfg, sum(s.num_train for s in trained)),
-                                           head_kind=cfg.head.kind)
+    spec = own_rules + presets.method_spec(
+        cfg.method, pretrained.model.config,
+        method_cfg=method_args(cfg, sum(s.num_train for s in trained)),
+        head_kind="sequence" if run.tasks else cfg.head.kind)  # task heads are new
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
     # Shapes suffice for the optimizer.

@@ -12,6 +12,7 @@ from ftjax.objectives import (
     CrossEntropyConfig,
     LossTerm,
     RegularizerConfig,
+    TaskTerm,
     make_term,
 )
 from ftjax.settings import ConfigError
@@ -27,17 +28,25 @@ def terms_from_config(cfg: ml_collections.ConfigDict, run,
     same term may not also be set by `label_smoothing` or the `regularizer` block.
     """
     entries = dict(run.losses)
-    task_name = TASK_TERMS[run.task.kind]
-    if task_name in entries and run.label_smoothing:
-        raise ConfigError(f"label_smoothing and losses.{task_name} both configure the task "
-                          f"term; set losses.{task_name}.label_smoothing only")
-    task = make_term(task_name, entries.pop(task_name, None) or CrossEntropyConfig(
-        label_smoothing=run.label_smoothing))
+    if run.tasks:
+        tasks = task_terms(run)
+        clash = sorted({TASK_TERMS[e.task.kind] for e in run.tasks.values()} & set(entries))
+        if clash:
+            raise ConfigError(f"losses {clash} would configure a task term; a multi-task run's "
+                              f"task losses are set per task (tasks.<name>.weight, "
+                              f"label_smoothing)")
+    else:
+        task_name = TASK_TERMS[run.task.kind]
+        if task_name in entries and run.label_smoothing:
+            raise ConfigError(f"label_smoothing and losses.{task_name} both configure the "
+                              f"task term; set losses.{task_name}.label_smoothing only")
+        tasks = [make_term(task_name, entries.pop(task_name, None) or CrossEntropyConfig(
+            label_smoothing=run.label_smoothing))]
     penalties = RegularizerConfig.from_config(cfg.regularizer).terms()
     clash = [t.name for t in penalties if t.name in entries]
     if clash:
         raise ConfigError(f"{clash} set both in the regularizer block and in losses; use one")
-    terms = [task, *penalties]
+    terms = [*tasks, *penalties]
     terms += [make_term(name, config) for name, config in entries.items()]
     terms += list(extra)
     names = [t.name for t in terms]
@@ -45,3 +54,11 @@ def terms_from_config(cfg: ml_collections.ConfigDict, run,
     if duplicates:
         raise ConfigError(f"loss terms named twice: {duplicates}")
     return terms
+
+
+def task_terms(run) -> list[LossTerm]:
+    """A multi-task run's task terms, one per task in the tasks block's order: the task kind's
+    loss on that task's rows and head (TaskTerm), weighted by tasks.<name>.weight."""
+    return [TaskTerm(name, make_term(TASK_TERMS[entry.task.kind], CrossEntropyConfig(
+                weight=entry.weight, label_smoothing=run.label_smoothing)))
+            for name, entry in run.tasks.items()]
