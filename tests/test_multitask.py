@@ -129,7 +129,9 @@ def test_a_multi_task_run_reports_each_task_with_its_metric_and_a_mean_score(con
     assert validation["score"] == pytest.approx(np.mean(scores))
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "split" not in r]
-    assert {"loss/sentiment", "loss/length", "loss/ner"} <= set(train_rows[-1])
+    assert {"loss/sentiment", "loss/length", "loss/ner", "sentiment/accuracy",
+            "length/accuracy", "ner/accuracy"} <= set(train_rows[-1])
+    assert "accuracy" not in train_rows[-1]  # no one task's accuracy passes for the run's
 
 
 def test_task_blocks_are_checked(config):

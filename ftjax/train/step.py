@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ftjax.objectives.task_term import TaskTerm
 from ftjax.objectives.term import LossTerm, TermContext
 from ftjax.train.forward import model_inputs, scan_split_view
 from ftjax.train.state import (
@@ -54,8 +55,9 @@ def as_terms(loss: LossTerm | Sequence[LossTerm]) -> tuple[LossTerm, ...]:
 
 
 def stat_key(term_index: int, term: LossTerm, stat: str) -> str:
-    """The first per-example term (the task's) logs its stats by name; others prefix theirs."""
-    return stat if term_index == 0 else f"{term.name}/{stat}"
+    """The first per-example term (the task's) logs its stats by name; others prefix theirs,
+    as every task of a multi-task run does (no one task is the run's)."""
+    return stat if term_index == 0 and not isinstance(term, TaskTerm) else f"{term.name}/{stat}"
 
 
 def _split_micro(batch: dict, n: int) -> dict:
