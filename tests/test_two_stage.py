@@ -158,3 +158,23 @@ def test_two_stage_polarity_experiment_stages_are_valid_configs(tmp_path):
         assert two.init_from == str(tmp_path / "mlm") and alone.init_from is None
         assert two.seed == alone.seed == seed
         assert two.data.max_train_examples == alone.data.max_train_examples == 500
+
+
+def test_an_interrupted_pipeline_records_its_finished_stages(tmp_path, monkeypatch):
+    """The record of an interrupted pipeline keeps what the finished stages measured and
+    names the rest; the command still exits 130 so that a rerun resumes."""
+    from ftjax.commands import pipeline as command
+    from ftjax.train import stages as stages_module
+
+    summary = {"stages": {"a": {"test": {"accuracy": 0.9}}},
+               "groups": {"arm": {"test/accuracy": {"mean": 0.9, "std": 0.0, "n": 1}}},
+               "steps": {"a": 4}, "seeds": [0], "wall_time_s": 1.0,
+               "interrupted": "b", "not_finished": ["b", "c"]}
+    monkeypatch.setattr(stages_module, "run_stages", lambda *a, **k: summary)
+    monkeypatch.chdir(tmp_path)
+    args = type("Args", (), {"config": "experiments/fake.py", "workdir": str(tmp_path),
+                             "set": [], "quiet": True, "record": True})()
+    assert command.run(args) == 130
+    record = json.loads((tmp_path / "experiments" / "results" / "fake.json").read_text())
+    assert record["metrics"] == {"a/test/accuracy": 0.9}
+    assert record["not_finished"] == ["b", "c"]

@@ -33,12 +33,14 @@ def run(args) -> int:
     except NonFiniteLossError as err:
         print(f"ftjax pipeline: {err}", file=sys.stderr)
         return 1
+    if args.record and summary["stages"]:
+        path = write_pipeline_record(args.config, summary, ["ftjax", *sys.argv[1:]])
+        print(f"ftjax pipeline: recorded in {path}"
+              + (" (the finished stages only)" if "interrupted" in summary else ""),
+              file=sys.stderr)
     if "interrupted" in summary:
         print(f"ftjax pipeline: interrupted in stage {summary['interrupted']!r}; run the same "
               f"command again to resume", file=sys.stderr)
         return 130
-    if args.record:
-        path = write_pipeline_record(args.config, summary, ["ftjax", *sys.argv[1:]])
-        print(f"ftjax pipeline: recorded in {path}", file=sys.stderr)
     print(json.dumps(summary["groups"] or summary["stages"], indent=2))
     return 0

@@ -82,6 +82,7 @@ def write_pipeline_record(experiment: str, summary: dict, argv: Sequence[str]) -
         "seeds": summary["seeds"],
         "steps": summary["steps"],
         "wall_time_s": summary["wall_time_s"],
+        **({"not_finished": summary["not_finished"]} if "not_finished" in summary else {}),
         "machine": device_description(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     })

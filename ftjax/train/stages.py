@@ -9,7 +9,8 @@ A pipeline file is an experiment file that also defines `get_stages()`, the stag
 
 `run_stages(FILE, ROOT)` trains each stage in ROOT/<name> (its workdir kept; a finished one,
 with results.json, is not run again; an interrupted one stops the pipeline, and the next call
-resumes it), setting the stage's
+resumes it; the summary of an interrupted pipeline holds the stages finished so far and names
+the others), setting the stage's
 `init_from` to the workdir of the earlier stage it names. The summary holds every stage's
 result splits and, per group, the mean and standard deviation of each metric over the group's
 stages (seeds of one arm).
@@ -72,18 +73,25 @@ def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] =
     # Every stage's config is checked before the first one trains.
     configs = {s.name: stage_config(path, s, root, overrides) for s in stages}
     results, wall, steps = {}, 0.0, {}
+    interrupted = None
     for stage in stages:
         workdir = root / stage.name
         done = workdir / "results.json"
         if not done.is_file() and train(configs[stage.name], workdir, quiet=quiet).interrupted:
-            return {"interrupted": stage.name, "stages": results}
+            interrupted = stage.name
+            break
         finished = json.loads(done.read_text())
         results[stage.name] = finished["eval"]
         steps[stage.name] = finished["final_step"]
         wall += float(finished.get("wall_s", 0.0))
-    return {"stages": results, "groups": group_summary(stages, results),
-            "steps": steps, "seeds": sorted({int(c.seed) for c in configs.values()}),
-            "wall_time_s": round(wall, 1)}
+    summary = {"stages": results, "groups": group_summary(
+                   [s for s in stages if s.name in results], results),
+               "steps": steps, "seeds": sorted({int(configs[n].seed) for n in results}),
+               "wall_time_s": round(wall, 1)}
+    if interrupted is not None:  # what the finished stages measured is kept
+        summary["interrupted"] = interrupted
+        summary["not_finished"] = [s.name for s in stages if s.name not in results]
+    return summary
 
 
 def group_summary(stages: Sequence[Stage], results: dict) -> dict:
