@@ -127,6 +127,10 @@ def test_a_multi_task_run_reports_each_task_with_its_metric_and_a_mean_score(con
     scores = [result.eval["validation/sentiment"]["accuracy"],
               result.eval["validation/length"]["accuracy"], result.eval["validation/tags"]["f1"]]
     assert validation["score"] == pytest.approx(np.mean(scores))
+    for source, task in (("sentiment", "sentiment"), ("length", "length"), ("tags", "ner")):
+        others = {t for t in ("sentiment", "length", "ner") if t != task}
+        assert not [k for k in result.eval[f"validation/{source}"]
+                    if k.split("/")[-1] in others or k.split("/")[0] in others], source
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "split" not in r]
     assert {"loss/sentiment", "loss/length", "loss/ner", "sentiment/accuracy",

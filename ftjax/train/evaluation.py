@@ -60,10 +60,10 @@ def eval_metrics(totals: dict, terms, *, perplexity: bool = False,
     run, the task term of the evaluated source, and the other tasks' terms, which have no rows
     in its batches, are left out."""
     first = terms[0].name
-    primary = primary or first
     weights = {t.name: max(float(totals[f"weight/{t.name}"]), 1.0) for t in terms}
-    if primary != first:
+    if primary is not None:  # a multi-task source: the other tasks' terms saw none of its rows
         terms = [t for t in terms if t.name == primary or float(totals[f"weight/{t.name}"]) > 0]
+    primary = primary or first
     names = {t.name for t in terms}
     out = {"loss": sum(t.config.weight * float(totals[f"loss_sum/{t.name}"]) / weights[t.name]
                        for t in terms)}
