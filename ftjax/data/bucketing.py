@@ -42,18 +42,20 @@ def bucket_lengths(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
     return tuple(sorted({*(b for b in buckets if b < max_length), max_length}))
 
 
-def row_length(row: Row) -> int:
-    """Positions a row needs: up to its last attended token (rows are right-padded)."""
-    attended = np.flatnonzero(np.asarray(row["attention_mask"]))
+def _positions_needed(attended_T) -> int:
+    """Up to the last attended position (rows are right-padded); at least one."""
+    attended = np.flatnonzero(attended_T)
     return int(attended[-1]) + 1 if attended.size else 1
+
+
+def row_length(row: Row) -> int:
+    """Positions a row needs."""
+    return _positions_needed(np.asarray(row["attention_mask"]))
 
 
 def batch_length(batch: Row) -> int:
     """Positions the longest row of a batch needs."""
-    mask = np.asarray(batch["attention_mask"])
-    any_attended = mask.any(axis=0)
-    attended = np.flatnonzero(any_attended)
-    return int(attended[-1]) + 1 if attended.size else 1
+    return _positions_needed(np.asarray(batch["attention_mask"]).any(axis=0))
 
 
 def fitting_bucket(length: int, buckets: Sequence[int]) -> int:

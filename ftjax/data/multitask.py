@@ -36,7 +36,6 @@ from ftjax.data.token_classification import TokenClassification
 from ftjax.data.types import TokenizerLike
 
 SHARED_FEATURES = (*TOKEN_FEATURES, SOURCE_FEATURE, EXAMPLE_FEATURE)
-MULTI_TASK_KINDS = ("classification", "token_classification", "extractive_qa")
 # Each task's headline figure on a 0..1 scale, which the tasks' mean `score` averages:
 # (metric, scale).
 SCORES = {SequenceClassification: ("accuracy", 1.0), TokenClassification: ("f1", 1.0),
@@ -165,4 +164,4 @@ class _TaskMetric:
         return self.metric.result()
 
 
-__all__ = ["MULTI_TASK_KINDS", "SHARED_FEATURES", "TaskOfMany", "task_feature", "task_view"]
+__all__ = ["SHARED_FEATURES", "TaskOfMany", "task_feature", "task_view"]

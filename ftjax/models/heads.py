@@ -95,7 +95,31 @@ class MaskedLMHead(nn.Module):
         return logits + bias.astype(logits.dtype)
 
 
+
+CLASSIFIER_KINDS = ("sequence", "verbalizer", "token", "span")
 TASK_HEAD_KINDS = ("sequence", "token", "span")
+
+
+def classifier_head(config: HeadConfig, *, dtype, param_dtype, name: str | None = None):
+    """The module of a classifier head kind (CLASSIFIER_KINDS): a verbalizer is a sequence head
+    whose initial values differ (ftjax.models.verbalizer_from_lm)."""
+    dtypes = dict(dtype=dtype, param_dtype=param_dtype, name=name)
+    if config.kind in ("sequence", "verbalizer"):
+        return SequenceClassificationHead(config, **dtypes)
+    if config.kind == "token":
+        return TokenClassificationHead(config, **dtypes)
+    if config.kind == "span":
+        return SpanHead(**dtypes)
+    raise ValueError(f"{config.kind!r} is not a classifier head kind {CLASSIFIER_KINDS}")
+
+
+def classifier_logits(kind: str, head, hidden_BTD, attention_mask_BT, pooled_BD, deterministic):
+    """A classifier head's logits: each kind reads what it needs of the backbone's outputs."""
+    if kind in ("sequence", "verbalizer"):
+        return head(hidden_BTD, attention_mask_BT, pooled_BD, deterministic)
+    if kind == "token":
+        return head(hidden_BTD, deterministic)
+    return head(hidden_BTD)  # span
 
 
 class TaskHeads(nn.Module):
@@ -111,18 +135,13 @@ class TaskHeads(nn.Module):
 
     @nn.compact
     def __call__(self, hidden_BTD, attention_mask_BT, pooled_BD, deterministic):
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out = {}
         for name, config in self.heads:
-            if config.kind == "sequence":
-                out[name] = SequenceClassificationHead(config, **dtypes, name=name)(
-                    hidden_BTD, attention_mask_BT, pooled_BD, deterministic)
-            elif config.kind == "token":
-                out[name] = TokenClassificationHead(config, **dtypes, name=name)(
-                    hidden_BTD, deterministic)
-            elif config.kind == "span":
-                out[name] = SpanHead(**dtypes, name=name)(hidden_BTD)
-            else:
+            if config.kind not in TASK_HEAD_KINDS:
                 raise ValueError(f"task head {name!r}: kind must be one of {TASK_HEAD_KINDS}, "
                                  f"got {config.kind!r}")
+            head = classifier_head(config, dtype=self.dtype, param_dtype=self.param_dtype,
+                                   name=name)
+            out[name] = classifier_logits(config.kind, head, hidden_BTD, attention_mask_BT,
+                                          pooled_BD, deterministic)
         return out

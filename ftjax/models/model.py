@@ -18,11 +18,11 @@ import jax.numpy as jnp
 from ftjax.models.bert import BertModel
 from ftjax.models.config import BackboneConfig, BertConfig, HeadConfig, LlamaConfig
 from ftjax.models.heads import (
+    CLASSIFIER_KINDS,
     MaskedLMHead,
-    SequenceClassificationHead,
-    SpanHead,
     TaskHeads,
-    TokenClassificationHead,
+    classifier_head,
+    classifier_logits,
 )
 from ftjax.models.llama import LlamaModel
 from ftjax.nn.layers import Dense
@@ -78,13 +78,8 @@ class Model(nn.Module):
                 # The pretrained LM head is a LoRA candidate like any backbone projection.
                 self.head = Dense(cfg.vocab_size, ("embed", "vocab"), lora=cfg.lora, ia3=cfg.ia3,
                                   methods=cfg.dense_methods, **dtypes)
-        elif head.kind in ("sequence", "verbalizer"):
-            # A verbalizer is a sequence head; only its initial values differ (verbalizer_from_lm).
-            self.head = SequenceClassificationHead(head, **dtypes)
-        elif head.kind == "token":
-            self.head = TokenClassificationHead(head, **dtypes)
-        elif head.kind == "span":
-            self.head = SpanHead(**dtypes)
+        elif head.kind in CLASSIFIER_KINDS:
+            self.head = classifier_head(head, **dtypes)
         elif head.kind == "mlm":
             if not isinstance(cfg, BertConfig):
                 raise ValueError("kind='mlm' is the encoder objective; decoders use kind='lm'")
@@ -139,12 +134,9 @@ class Model(nn.Module):
         elif head.kind == "lm":
             logits = (self.backbone.attend(hidden) if cfg.tie_word_embeddings
                       else self.head(hidden, deterministic))
-        elif head.kind in ("sequence", "verbalizer"):
-            logits = self.head(hidden, attention_mask, pooled, deterministic)
-        elif head.kind == "token":
-            logits = self.head(hidden, deterministic)
-        elif head.kind == "span":
-            logits = self.head(hidden)
+        elif head.kind in CLASSIFIER_KINDS:
+            logits = classifier_logits(head.kind, self.head, hidden, attention_mask, pooled,
+                                       deterministic)
         else:  # mlm
             logits = self.head(hidden, self.backbone.attend)
         if logits is not None:

@@ -80,8 +80,13 @@ def eval_metrics(totals: dict, terms, *, perplexity: bool = False,
     out["examples"] = float(totals[f"weight/{primary}"])
     if perplexity:
         task_loss = float(totals[f"loss_sum/{primary}"]) / weights[primary]
-        out["perplexity"] = math.exp(min(task_loss, 700.0))  # 700: exp's float64 range
+        out["perplexity"] = perplexity_of(task_loss)
     return out
+
+
+def perplexity_of(mean_loss: float) -> float:
+    """exp of a mean per-token negative log-likelihood, capped inside float64's range."""
+    return math.exp(min(mean_loss, 700.0))
 
 
 def eval_metric_names(exp) -> list[str]:

@@ -8,6 +8,7 @@ without the loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable
 
@@ -143,7 +144,7 @@ class Experiment:
             raise KeyError(f"no source {source!r}; the run has {names}")
         return names.index(source)
 
-    @property
+    @functools.cached_property
     def buckets(self) -> tuple[int, ...]:
         """The lengths batches are cut to (ftjax.data.bucketing); () when they keep
         task.max_length."""

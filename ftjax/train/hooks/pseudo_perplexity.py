@@ -10,10 +10,8 @@ first n records of each split, 32 by default) bounds the cost.
 
 from __future__ import annotations
 
-import math
-
 from ftjax.data import PseudoLikelihood
-from ftjax.train.evaluation import add_source_metrics, evaluate
+from ftjax.train.evaluation import add_source_metrics, evaluate, perplexity_of
 from ftjax.train.hooks.base import Hook
 
 
@@ -44,4 +42,4 @@ class PseudoPerplexity(Hook):
         # The masked-token loss alone (other terms, if any, are not the likelihood).
         task_term = trainer.eval_step.terms[0].name
         loss = metrics.get(f"loss/{task_term}", metrics["loss"])
-        return math.exp(min(loss, 700.0))
+        return perplexity_of(loss)
