@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ftjax.models.adapter_slots import AdapterSlots, apply_per_row, split_slots
 from ftjax.models.bert import BertModel
 from ftjax.models.config import BackboneConfig, BertConfig, HeadConfig, LlamaConfig
 from ftjax.models.heads import (
@@ -26,6 +27,7 @@ from ftjax.models.heads import (
 )
 from ftjax.models.llama import LlamaModel
 from ftjax.nn.layers import Dense
+from ftjax.utils.tree import insert_leaves
 
 
 @flax.struct.dataclass
@@ -51,11 +53,16 @@ def default_positions(attention_mask_BT, cache=None):
 class Model(nn.Module):
     """A backbone and its head. `task_heads` (name, HeadConfig) pairs make a multi-task model
     instead: one head per task under head/<name>/ (TaskHeads), logits {name: ...}; the model's
-    own head_config is then kind "none"."""
+    own head_config is then kind "none".
+
+    `adapter_slots` makes a model with many adapters on one base (ftjax.models.adapter_slots):
+    the leaves it selects carry a leading slot axis, and a call gives each row its slot
+    (`adapter_ids`)."""
 
     config: BackboneConfig
     head_config: HeadConfig = HeadConfig()
     task_heads: tuple[tuple[str, HeadConfig], ...] = ()
+    adapter_slots: AdapterSlots | None = None
 
     def setup(self):
         cfg, head = self.config, self.head_config
@@ -96,10 +103,24 @@ class Model(nn.Module):
         cache=None,
         deterministic: bool = True,
         with_prompt: bool | None = None,
+        adapter_ids=None,
     ) -> ModelOutput:
         """with_prompt (decoders with a soft prompt, config.prompt): whether the prompt precedes
         input_ids in this call. None: exactly when no KV cache is passed; generation's prefill
-        passes True so the prompt enters the cache (ftjax.generate does this)."""
+        passes True so the prompt enters the cache (ftjax.generate does this).
+        adapter_ids: (B,) each row's slot, for (and only for) a model with adapter_slots."""
+        if self.adapter_slots is not None and not self.is_initializing():
+            if adapter_ids is None:
+                raise ValueError(f"this model holds {self.adapter_slots.size} adapters "
+                                 f"{list(self.adapter_slots.names)}: give each row's adapter "
+                                 f"(adapter_ids)")
+            return self._per_row(input_ids, adapter_ids, cache=cache,
+                                 deterministic=deterministic, with_prompt=with_prompt,
+                                 row_inputs=dict(attention_mask=attention_mask,
+                                                 positions=positions, segment_ids=segment_ids,
+                                                 token_type_ids=token_type_ids))
+        if adapter_ids is not None and self.adapter_slots is None:
+            raise ValueError("adapter_ids given to a model without adapter slots")
         cfg, head = self.config, self.head_config
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
@@ -143,10 +164,49 @@ class Model(nn.Module):
             logits = logits.astype(jnp.float32)
         return ModelOutput(logits=logits, hidden=hidden, cache=cache)
 
+    def _per_row(self, input_ids, adapter_ids, *, cache, deterministic, with_prompt,
+                 row_inputs):
+        """Each row through this model with one adapter: its own slot's leaves."""
+        single = self.clone(parent=None, adapter_slots=None)
+
+        def apply_single(params, ids, row_cache, rng, **inputs):
+            out = single.apply({"params": params}, ids, cache=row_cache,
+                               deterministic=deterministic, with_prompt=with_prompt,
+                               rngs={} if rng is None else {"dropout": rng}, **inputs)
+            return out.logits, out.hidden, out.cache
+
+        logits, hidden, cache = apply_per_row(
+            apply_single, self.variables["params"], self.adapter_slots, adapter_ids, input_ids,
+            row_inputs={k: v for k, v in row_inputs.items() if v is not None}, cache=cache,
+            rng=None if deterministic else self.make_rng("dropout"))
+        return ModelOutput(logits=logits, hidden=hidden, cache=cache)
+
 
 def init_boxed(model: Model, rng: jax.Array):
-    """Initialize with logical-partitioning metadata still attached (nn.LogicallyPartitioned)."""
-    return model.init({"params": rng}, jnp.zeros((1, 4), jnp.int32))["params"]
+    """Initialize with logical-partitioning metadata still attached (nn.LogicallyPartitioned).
+
+    With adapter slots every slot starts as the same fresh adapter (the one a single-adapter
+    model gets from `rng`), its leaves stacked on a leading, unsharded slot axis."""
+    params = model.init({"params": rng}, jnp.zeros((1, 4), jnp.int32))["params"]
+    slots = model.adapter_slots
+    if slots is None:
+        return params
+    base, single = split_slots(params, slots)
+    if not jax.tree.leaves(single):
+        raise ValueError(f"adapter slot leaves {slots.leaves!r} select no parameter")
+
+    def stacked(leaf):
+        if isinstance(leaf, nn.LogicallyPartitioned):
+            return leaf.replace(value=_repeat(leaf.value, slots.size),
+                                names=(None, *leaf.names))
+        return _repeat(leaf, slots.size)
+
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+    return insert_leaves(base, jax.tree.map(stacked, single, is_leaf=is_box))
+
+
+def _repeat(x, n: int):
+    return jnp.broadcast_to(x[None], (n, *x.shape))
 
 
 def init_selected(model: Model, rng: jax.Array, select=lambda params: params):

@@ -35,7 +35,7 @@ from ftjax.peft.attach import (
     with_peft,
 )
 from ftjax.peft.fold import fold_prefix
-from ftjax.peft.multi import apply_mixed, num_adapters, select_adapter, stack_adapters
+from ftjax.peft.multi import AdapterSlots, from_adapters, single_adapter, stack_slots, with_slots
 from ftjax.peft.presets import (
     METHODS,
     SUGGESTED_LEARNING_RATES,
@@ -47,8 +47,8 @@ from ftjax.utils.tree import insert_leaves, split_leaves
 __all__ = [
     "METHODS", "SUGGESTED_LEARNING_RATES", "MethodConfig", "method_spec",
     "DEFAULT_TARGETS", "MERGEABLE", "PEFT_LEAVES", "PEFT_METHODS", "AdapterConfig", "IA3Config",
-    "LoraConfig", "PrefixConfig", "PromptConfig", "add_dense_method", "add_lora", "add_peft", "apply_mixed",
+    "LoraConfig", "PrefixConfig", "PromptConfig", "add_dense_method", "add_lora", "add_peft", "AdapterSlots", "from_adapters",
     "dense_module_paths", "fold_prefix", "insert_leaves", "insert_lora", "lora_only",
-    "lora_paths", "merge", "merge_peft", "method_config", "num_adapters", "select_adapter",
-    "split_leaves", "split_lora", "stack_adapters", "unmerge", "with_lora", "with_peft",
+    "lora_paths", "merge", "merge_peft", "method_config", "single_adapter",
+    "split_leaves", "split_lora", "stack_slots", "unmerge", "with_lora", "with_peft", "with_slots",
 ]

@@ -1,63 +1,70 @@
-"""Many LoRA adapters on one frozen base: one chosen per call, or one per example in a batch.
+"""Many adapters on one frozen base, of any method: one per task, or many served at once.
 
-The base parameters live once in memory; adapters are small trees (`lora_only(params)`) stacked
-on a leading adapter axis. A mixed batch runs as one compiled program: `jax.vmap` over rows with
-the base broadcast (never copied or batched) and each row's adapter gathered by its id, so the
-base matmuls stay shared and only the rank-r LoRA products are per row.
+The model side is ftjax.models.adapter_slots: a model with `AdapterSlots` holds the leaves a
+method adds (or trains, as BitFit's biases) once per slot, stacked on a leading axis, and runs
+each row of a batch with its own slot in one compiled program. This module moves between that
+form and single adapters:
 
-All adapters of a stack share one LoraConfig (rank, alpha, targets): the model's Dense layers
-are built for that shape.
+    with_slots(model, params, names, leaves)     every name starts as the adapter `params` holds
+    from_adapters(model, base, {name: adapter})  trained adapters side by side on one base
+    single_adapter(model, params, name)          one slot back as an ordinary one-adapter model
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from ftjax.nn.lora import insert_lora
+from ftjax.models.adapter_slots import AdapterSlots, slot_of, split_slots, stack_slots
+from ftjax.utils.tree import insert_leaves, split_leaves
 
 
-def stack_adapters(adapters: Sequence[dict]) -> dict:
-    """Stack adapter trees (each `lora_only(params)`) on a new leading axis: adapter i at [i]."""
-    if not adapters:
-        raise ValueError("stack_adapters needs at least one adapter")
-    first = jax.tree.structure(adapters[0])
-    for i, adapter in enumerate(adapters[1:], start=1):
-        if jax.tree.structure(adapter) != first:
-            raise ValueError(f"adapter {i} targets other modules than adapter 0; every adapter "
-                             f"of a stack must come from the same LoraConfig")
-        shapes = jax.tree.map(lambda a, b: a.shape == b.shape, adapters[0], adapter)
-        if not all(jax.tree.leaves(shapes)):
-            raise ValueError(f"adapter {i} has other shapes (rank?) than adapter 0")
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *adapters)
+def with_slots(model, params: dict, names: Sequence[str], leaves: str) -> tuple:
+    """(model with one slot per name, params whose `leaves` are repeated once per slot).
+
+    Each slot starts as the adapter in `params`, so the adapters of a multi-adapter run start
+    where single-adapter runs with the same seed start."""
+    if model.adapter_slots is not None:
+        raise ValueError(f"the model already holds adapters {list(model.adapter_slots.names)}")
+    slots = AdapterSlots(tuple(names), leaves)
+    base, single = split_leaves(params, leaves)
+    if not jax.tree.leaves(single):
+        raise ValueError(f"adapter leaves {leaves!r} select no parameter of the model")
+    stacked = jax.tree.map(lambda x: jnp.broadcast_to(x[None], (slots.size, *x.shape)), single)
+    return dataclasses.replace(model, adapter_slots=slots), insert_leaves(base, stacked)
 
 
-def num_adapters(stacked: dict) -> int:
-    return jax.tree.leaves(stacked)[0].shape[0]
+def from_adapters(model, base_params: dict, adapters: Mapping[str, dict], leaves: str) -> tuple:
+    """(model with a slot per adapter, the base with the adapters stacked in), in the order of
+    `adapters`. model: the single-adapter model they were trained with; each adapter: the
+    tree of its `leaves` (split_leaves(params, leaves)[1])."""
+    if model.adapter_slots is not None:
+        raise ValueError("from_adapters takes the single-adapter model")
+    try:
+        stacked = stack_slots(list(adapters.values()))
+    except ValueError as err:
+        names = list(adapters)
+        raise ValueError(f"adapters {names}: {err}") from None
+    slots = AdapterSlots(tuple(adapters), leaves)
+    base, present = split_leaves(base_params, leaves)
+    if jax.tree.leaves(present):
+        raise ValueError("base_params already hold adapter leaves; pass the bare base")
+    return (dataclasses.replace(model, adapter_slots=slots),
+            insert_leaves(base, stacked, new_branches=True))
 
 
-def select_adapter(stacked: dict, index: int) -> dict:
-    """One adapter of a stack, as a plain adapter tree."""
-    n = num_adapters(stacked)
-    if not 0 <= index < n:
-        raise IndexError(f"adapter {index} does not exist; the stack holds {n}")
-    return jax.tree.map(lambda x: x[index], stacked)
+def single_adapter(model, params: dict, name: str) -> tuple:
+    """(the one-adapter model, params with slot `name`'s leaves): what a single-adapter run of
+    the same method would hold."""
+    slots = model.adapter_slots
+    if slots is None:
+        raise ValueError("the model holds no adapter slots")
+    base, stacked = split_slots(params, slots)
+    return (dataclasses.replace(model, adapter_slots=None),
+            insert_leaves(base, slot_of(stacked, slots.index(name))))
 
 
-def apply_mixed(model, base_params: dict, stacked: dict, adapter_ids, input_ids, **row_inputs):
-    """`model.apply` where row b uses adapter `adapter_ids[b]`; returns the batched ModelOutput.
-
-    model: built with the adapters' LoraConfig (`with_lora(model, cfg)`); base_params: the tree
-    without LoRA leaves; row_inputs: per-row arrays (attention_mask, positions, ...), batch-major.
-    Jit it as a whole (e.g. `jax.jit(partial(apply_mixed, model))`): one program serves any mix.
-    """
-    per_row = jax.tree.map(lambda x: x[adapter_ids], stacked)
-
-    def one_row(adapter, ids, inputs):
-        params = insert_lora(base_params, adapter)
-        out = model.apply({"params": params}, ids[None], **{k: v[None] for k, v in inputs.items()})
-        return jax.tree.map(lambda y: y[0], out)
-
-    return jax.vmap(one_row)(per_row, input_ids, row_inputs)
+__all__ = ["AdapterSlots", "from_adapters", "single_adapter", "stack_slots", "with_slots"]
