@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "eval": "evaluate the latest (or best) checkpoint of a run",
     "generate": "generate text with a pretrained or fine-tuned model",
     "export": "export a model or adapter (HF or PEFT format)",
+    "adapters": "list, add or remove the adapters of a store (many adapters for one base)",
     "demo": "fine-tune MiniLM on the polarity corpus and print the result table",
     "sweep": "compare methods over learning rates and seeds; write tables and plots",
     "config": "show an experiment's resolved config with each key's help",

@@ -165,7 +165,7 @@ def test_peft_export_keeps_the_trained_sequence_head(lora_run, tiny_bert_dir, tm
 
     exp = result.experiment
     batch = next(iter(exp.eval_batches("validation")))
-    kwargs = model_inputs(batch, is_decoder=False)
+    kwargs = model_inputs(batch, exp.model)
     ours = np.asarray(exp.model.apply({"params": result.state.params}, batch["input_ids"],
                                       **kwargs).logits)
     inputs = {k: torch.from_numpy(np.asarray(batch[k], np.int64))

@@ -50,7 +50,7 @@ def _batch(task, tokenizer, texts=TEXTS):
 def _logits(pretrained, batch):
     apply = jax.jit(pretrained.model.apply)
     out = apply({"params": pretrained.params}, batch["input_ids"],
-                **model_inputs(batch, is_decoder=True))
+                **model_inputs(batch, pretrained.model))
     return np.asarray(out.logits)
 
 

@@ -92,10 +92,16 @@ def _export(args, out: Path) -> int:
     model = exp.model
     mask = exp.mask
     if args.format == "adapter":
-        from ftjax.io.adapter import save_adapter
+        from ftjax.io.adapter import save_adapter, save_task_adapters
 
-        info = save_adapter(out, model, params, mask, base_name=exp.cfg.model.name,
-                            method=exp.cfg.method, step=step, overwrite=args.overwrite)
+        common = dict(base_name=exp.cfg.model.name, method=exp.cfg.method, step=step,
+                      overwrite=args.overwrite)
+        if model.adapter_slots is not None:
+            infos = save_task_adapters(out, model, params, mask, **common)
+            print(f"wrote the adapters of step {step} for tasks {', '.join(infos)} "
+                  f"({sum(i.num_params for i in infos.values()):,} parameters) to {out}/<task>")
+            return 0
+        info = save_adapter(out, model, params, mask, **common)
         print(f"wrote the delta of step {step} ({info.num_params:,} parameters, "
               f"{info.num_bytes / 2**20:.2f} MiB) to {out}")
         return 0

@@ -41,11 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cannot be combined with the sampling options)")
     parser.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
                         help="beam score = sum log p / length ** A (> 0 favours longer output)")
-    parser.add_argument("--adapter", metavar="DIR",
+    parser.add_argument("--adapter", metavar="DIR", action="append",
                         help="an adapter for the base: an HF PEFT LoRA directory "
                              "(adapter_config.json), an ftjax adapter-only directory "
                              "(adapter.json), or an `ftjax train` run directory of any method "
-                             "(its adapter/, else its latest checkpoint)")
+                             "(its adapter/, else its latest checkpoint). NAME=DIR, given "
+                             "several times: many ftjax adapters of one method on the base, "
+                             "each --prompt then NAME=TEXT; all prompts decode in one batch, "
+                             "each row with its own adapter")
+    parser.add_argument("--adapter-store", metavar="STORE",
+                        help="every adapter of a store (`ftjax adapters`) on the base, by "
+                             "name, as with several --adapter NAME=DIR")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     parser.add_argument("--stats", action="store_true",
@@ -95,9 +101,41 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--num-beams > 1 cannot be combined with {', '.join(given)}")
     if args.system is not None and not args.chat:
         raise UsageError("--system needs --chat")
+    named = _named_adapters(args)
+    if named is not None:
+        for i, prompt in enumerate(args.prompt):
+            name = prompt.split("=", 1)[0]
+            if "=" not in prompt or name not in named:
+                raise UsageError(f"--prompt number {i + 1}: with named adapters each prompt is "
+                                 f"NAME=TEXT, NAME one of {', '.join(named)}")
     if not Path(args.model).expanduser().exists() and args.model not in assets.ASSETS:
         raise UsageError(f"unknown model {args.model!r}: not a path and not an asset name "
                          f"(known: {', '.join(sorted(assets.ASSETS))})")
+
+
+def _named_adapters(args: argparse.Namespace) -> dict[str, str] | None:
+    """{name: dir} of many adapters served together, or None for at most one adapter."""
+    given = args.adapter or []
+    if args.adapter_store:
+        if given:
+            raise UsageError("--adapter-store serves the store's adapters; drop --adapter")
+        from ftjax.io.adapter_store import store_adapters
+
+        try:
+            return {name: str(path) for name, path in store_adapters(args.adapter_store).items()}
+        except (OSError, ValueError) as err:
+            raise UsageError(str(err)) from None
+    if len(given) == 1 and "=" not in given[0]:
+        return None
+    named = {}
+    for value in given:
+        name, _, directory = value.partition("=")
+        if not name or not directory:
+            raise UsageError(f"--adapter {value!r}: several adapters are given as NAME=DIR")
+        if name in named:
+            raise UsageError(f"--adapter name {name!r} is given twice")
+        named[name] = directory
+    return named or None
 
 
 def _load_pretrained(name_or_path: str, dtype: str | None) -> Any:
@@ -146,13 +184,26 @@ def run(args: argparse.Namespace) -> int:
         return fail("generate", err)
 
     start = time.perf_counter()
+    named = _named_adapters(args)
+    prompts, adapters = args.prompt, None
     try:
         pretrained = _load_pretrained(args.model, args.dtype)
         model, params, tokenizer = pretrained.model, pretrained.params, pretrained.tokenizer
-        if args.adapter:
-            model, params, tokenizer = _with_adapter(pretrained, args.adapter)
+        if named is not None:
+            from ftjax.io.adapter import load_adapters
+
+            model, params = load_adapters(named, pretrained)
+            if model.head_config.kind != "lm":
+                raise ValueError("the adapters trained task heads, not an LM head")
+            names = list(named)
+            adapters = [names.index(p.split("=", 1)[0]) for p in prompts]
+            prompts = [p.split("=", 1)[1] for p in prompts]
+        elif args.adapter:
+            model, params, tokenizer = _with_adapter(pretrained, args.adapter[0])
     except (OSError, ValueError, KeyError) as err:  # unreadable / unsupported checkpoint
-        what = f"{args.model!r}" + (f" with adapter {args.adapter!r}" if args.adapter else "")
+        what = f"{args.model!r}" + (f" with adapters {', '.join(named)}" if named
+                                    else f" with adapter {args.adapter[0]!r}" if args.adapter
+                                    else "")
         return fail("generate", ValueError(f"cannot load {what}: {err}"))
     load_seconds = time.perf_counter() - start
 
@@ -160,10 +211,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         texts, result = complete(
-            model, params, tokenizer, args.prompt,
+            model, params, tokenizer, prompts,
             sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat,
             system=args.system, warmup=args.stats, num_beams=args.num_beams,
-            length_penalty=args.length_penalty)
+            length_penalty=args.length_penalty, adapters=adapters)
     except ValueError as err:  # e.g. prompt + max-new-tokens longer than the model's context
         return fail("generate", err)
 

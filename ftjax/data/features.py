@@ -38,6 +38,7 @@ TOKEN_FEATURES = ("input_ids", "attention_mask", "positions", "segment_ids", "to
 MASK_FEATURES = ("example_mask", "loss_mask")
 SOURCE_FEATURE = "source"
 EXAMPLE_FEATURE = "example_id"
+TASK_ID_FEATURE = "task_id"  # a multi-task row's task, by its index in the run's tasks
 TASK_SEPARATOR = "@"
 
 

@@ -3,7 +3,8 @@
 Tasks disagree on their features: a classification row has one label, a NER row a tag per
 token, a QA row a start and an end position. A batch holds rows of several tasks, so every row
 carries every task's features: the tokens (input_ids, masks, positions ...) and the row's
-"source" / "example_id" are shared; each task's own features are renamed "<feature>@<task>"
+"source" / "example_id" are shared; "task_id" is the row's task (its index among the run's tasks); each task's own features are
+renamed "<feature>@<task>"
 ("labels@topic", "loss_mask@ner", "start_positions@qa"), and a row of task A holds zeros in
 task B's features, masks included, so B's loss and metric never count it. All tasks therefore
 give rows of one shape set, and one compiled step serves any mix of them.
@@ -25,6 +26,7 @@ from ftjax.data.errors import DataError
 from ftjax.data.features import (
     EXAMPLE_FEATURE,
     SOURCE_FEATURE,
+    TASK_ID_FEATURE,
     TASK_SEPARATOR,
     TOKEN_FEATURES,
     Row,
@@ -35,7 +37,7 @@ from ftjax.data.tasks import SequenceClassification, Task
 from ftjax.data.token_classification import TokenClassification
 from ftjax.data.types import TokenizerLike
 
-SHARED_FEATURES = (*TOKEN_FEATURES, SOURCE_FEATURE, EXAMPLE_FEATURE)
+SHARED_FEATURES = (*TOKEN_FEATURES, SOURCE_FEATURE, EXAMPLE_FEATURE, TASK_ID_FEATURE)
 # Each task's headline figure on a 0..1 scale, which the tasks' mean `score` averages:
 # (metric, scale).
 SCORES = {SequenceClassification: ("accuracy", 1.0), TokenClassification: ("f1", 1.0),
@@ -103,14 +105,16 @@ class TaskOfMany:
                   if name in SHARED_FEATURES}
         for name, task in self.tasks:
             shapes.update({task_feature(f, name): spec for f, spec in _own_shapes(task).items()})
+        shapes[TASK_ID_FEATURE] = ((), np.dtype(np.int32))
         return shapes
 
     def featurizer(self, tokenizer: TokenizerLike, *, seed: int = 0) -> "_TaskRows":
         blanks = {task_feature(f, name): np.zeros(shape, dtype)
                   for name, task in self.tasks if name != self.name
                   for f, (shape, dtype) in _own_shapes(task).items()}
+        index = [n for n, _ in self.tasks].index(self.name)
         return _TaskRows(self.task.featurizer(tokenizer, seed=seed), self.name, blanks,
-                         as_list=self.multi_row)
+                         as_list=self.multi_row, index=index)
 
     def predict(self, logits: Mapping[str, Any]) -> dict:
         """Every task's predictions from its own head's logits ({task: predictions}): the
@@ -135,9 +139,10 @@ class TaskOfMany:
 class _TaskRows:
     """The wrapped featurizer's rows, renamed and completed with the other tasks' blanks."""
 
-    def __init__(self, featurize, name: str, blanks: dict[str, np.ndarray], *, as_list: bool):
+    def __init__(self, featurize, name: str, blanks: dict[str, np.ndarray], *, as_list: bool,
+                 index: int):
         self.featurize, self.name, self.blanks = featurize, name, blanks
-        self.as_list = as_list
+        self.as_list, self.index = as_list, index
 
     def __call__(self, item) -> Row | list[Row]:
         rows = self.featurize(item)
@@ -149,6 +154,7 @@ class _TaskRows:
         out = {(f if f in SHARED_FEATURES else task_feature(f, self.name)): value
                for f, value in row.items()}
         out.update({f: blank.copy() for f, blank in self.blanks.items()})
+        out[TASK_ID_FEATURE] = np.asarray(self.index, np.int32)
         return out
 
 

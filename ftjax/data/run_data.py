@@ -150,7 +150,7 @@ def load_run_data(configs: Mapping[str, SourceConfig], task: TaskConfig, *,
             source_task, source_labels = task, num_labels
         out.append(_load_one(name, config, source_task, source_labels, roles,
                              known.get(name, {})))
-    return with_task_features(out, configs) if tasks else out
+    return with_task_features(out, configs, order=tuple(tasks)) if tasks else out
 
 
 def _load_one(name: str, config: SourceConfig, task: TaskConfig, num_labels: int | None,
@@ -173,14 +173,15 @@ def _load_one(name: str, config: SourceConfig, task: TaskConfig, num_labels: int
                      config.train, tuple(config.generation_metrics))
 
 
-def with_task_features(sources: Sequence[RunSource], configs: Mapping[str, SourceConfig]
-                       ) -> list[RunSource]:
+def with_task_features(sources: Sequence[RunSource], configs: Mapping[str, SourceConfig], *,
+                       order: Sequence[str]) -> list[RunSource]:
     """A multi-task run's sources, each task wrapped so that every row carries every task's
-    features (TaskOfMany), the tasks in the order of their first source."""
+    features (TaskOfMany), the tasks in `order` (the tasks block's, which also orders the
+    model's task heads and adapters: a row's task_id indexes all three alike)."""
     first: dict[str, Task] = {}
     for source in sources:
         first.setdefault(configs[source.name].task, source.task)
-    tasks = tuple(first.items())
+    tasks = tuple((name, first[name]) for name in order if name in first)
     return [dataclasses.replace(s, task=TaskOfMany(configs[s.name].task, s.task, tasks))
             for s in sources]
 

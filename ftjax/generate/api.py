@@ -23,11 +23,14 @@ def stop_ids(model: Model, tokenizer: Any) -> list[int]:
 def complete(model: Model, params, tokenizer: Any, texts: Sequence[str], *,
              sampling: SamplingConfig, max_new_tokens: int, chat: bool = False,
              system: str | None = None, warmup: bool = False, num_beams: int = 1,
-             length_penalty: float = 1.0) -> tuple[list[str], Generation]:
+             length_penalty: float = 1.0,
+             adapters: Sequence[int] | None = None) -> tuple[list[str], Generation]:
     """Continuations of `texts` (special tokens dropped) plus the token-level `Generation`.
 
     num_beams > 1: beam search (`ftjax.generate.beam`; `sampling` and `warmup` are then ignored)
     with score sum(log p) / length ** length_penalty; 1 keeps greedy / sampled decoding.
+    adapters: with a model of many adapters (ftjax.peft.from_adapters / io.load_adapters),
+    each text's adapter index; every row decodes with its own in one batch.
     """
     for i, text in enumerate(texts):
         if not isinstance(text, str):
@@ -37,22 +40,23 @@ def complete(model: Model, params, tokenizer: Any, texts: Sequence[str], *,
     prompt_ids = encode_prompts(tokenizer, texts, chat=chat, system=system)
     return complete_ids(model, params, tokenizer, prompt_ids, sampling=sampling,
                         max_new_tokens=max_new_tokens, warmup=warmup, num_beams=num_beams,
-                        length_penalty=length_penalty)
+                        length_penalty=length_penalty, adapters=adapters)
 
 
 def complete_ids(model: Model, params, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], *,
                  sampling: SamplingConfig, max_new_tokens: int, warmup: bool = False,
-                 num_beams: int = 1, length_penalty: float = 1.0) -> tuple[list[str], Generation]:
+                 num_beams: int = 1, length_penalty: float = 1.0,
+                 adapters: Sequence[int] | None = None) -> tuple[list[str], Generation]:
     """`complete` for prompts already encoded (a task's own prompt ids)."""
     if num_beams > 1:
         result = beam_search(model, params, prompt_ids, max_new_tokens=max_new_tokens,
                              num_beams=num_beams, length_penalty=length_penalty,
                              eos_ids=stop_ids(model, tokenizer),
-                             pad_id=tokenizer.pad_id).generation
+                             pad_id=tokenizer.pad_id, adapters=adapters).generation
     else:
         result = run_generation(model, params, prompt_ids, max_new_tokens=max_new_tokens,
                                 sampling=sampling, eos_ids=stop_ids(model, tokenizer),
-                                pad_id=tokenizer.pad_id, warmup=warmup)
+                                pad_id=tokenizer.pad_id, warmup=warmup, adapters=adapters)
     texts_out = [tokenizer.decode(ids, skip_special_tokens=True) for ids in result.token_ids]
     return texts_out, result
 

@@ -36,9 +36,11 @@ import numpy as np
 
 from ftjax.generate.decode import (
     Generation,
+    adapter_ids_of,
     left_pad,
     plan_shapes,
     prepare_request,
+    row_adapters,
     virtual_tokens,
 )
 from ftjax.models import Model, init_cache
@@ -59,7 +61,8 @@ def _take_rows(cache: dict, rows):
 
 @functools.partial(jax.jit, static_argnames=("model", "cache_length", "num_beams"))
 def _beam_search(model: Model, params, prompt_ids_BP, prompt_mask_BP, max_new_tokens,
-                 eos_ids_E, pad_id, length_penalty, *, cache_length: int, num_beams: int):
+                 eos_ids_E, pad_id, length_penalty, adapter_ids_B=None, *, cache_length: int,
+                 num_beams: int):
     """Returns (tokens (B, K, N), scores (B, K) length-penalised, lengths (B, K), steps); beams
     are in no particular order (the caller sorts by score)."""
     B, P = prompt_ids_BP.shape
@@ -68,7 +71,9 @@ def _beam_search(model: Model, params, prompt_ids_BP, prompt_mask_BP, max_new_to
     cache = init_cache(model.config, B, cache_length)
     start = {"with_prompt": True} if virtual else {}
     out = model.apply({"params": params}, prompt_ids_BP, attention_mask=prompt_mask_BP,
-                      cache=cache, **start)
+                      cache=cache, **start, **row_adapters(adapter_ids_B))
+    beam_adapters = row_adapters(None if adapter_ids_B is None else
+                                 jnp.repeat(adapter_ids_B, K))  # row b's beams: b * K + k
     logp_BV = jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32), axis=-1)
     V = logp_BV.shape[-1]
     cache = _take_rows(out.cache, jnp.repeat(jnp.arange(B), K))
@@ -121,7 +126,8 @@ def _beam_search(model: Model, params, prompt_ids_BP, prompt_mask_BP, max_new_to
         tokens_BKN = jnp.take_along_axis(grown_B2N, run_BK[..., None], axis=1)
         cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent_BK).reshape(B * K))
         out = model.apply({"params": params}, token_BK.reshape(B * K, 1),
-                          attention_mask=jnp.ones((B * K, 1), jnp.int32), cache=cache)
+                          attention_mask=jnp.ones((B * K, 1), jnp.int32), cache=cache,
+                          **beam_adapters)
         logp_BKV = jax.nn.log_softmax(out.logits[:, 0].astype(jnp.float32), -1).reshape(B, K, V)
         return (step + 1, out.cache, tokens_BKN, raw_BK, logp_BKV, bank_score_BK,
                 bank_tokens_BKN, bank_length_BK)
@@ -153,15 +159,17 @@ def beam_search(
     eos_ids: Sequence[int] | None = None,
     pad_id: int | None = None,
     max_length: int | None = None,
+    adapters: Sequence[int] | None = None,
 ) -> BeamResult:
     """Beam search over each prompt (a list of token ids); `.generation.token_ids` holds each
     prompt's best continuation (EOS excluded), `.beams` all K with their scores.
 
-    eos_ids / pad_id / max_length as in `generate_ids`. length_penalty > 0 favours longer
+    eos_ids / pad_id / max_length / adapters as in `generate_ids`. length_penalty > 0 favours longer
     sequences, < 0 shorter ones (score = sum log p / length ** length_penalty).
     """
     if int(num_beams) != num_beams or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams}")
+    adapter_ids = adapter_ids_of(model, adapters, len(prompts))
     model, params, request = prepare_request(model, params, prompts, max_new_tokens,
                                              eos_ids=eos_ids, pad_id=pad_id,
                                              max_length=max_length)
@@ -173,7 +181,7 @@ def beam_search(
     start = time.perf_counter()
     tokens, scores, lengths, steps = jax.block_until_ready(_beam_search(
         model, params, jnp.asarray(ids), jnp.asarray(mask), jnp.int32(max_new_tokens), eos,
-        jnp.int32(pad_id), jnp.float32(length_penalty), cache_length=shapes.cache_length,
+        jnp.int32(pad_id), jnp.float32(length_penalty), adapter_ids, cache_length=shapes.cache_length,
         num_beams=int(num_beams)))
     seconds = time.perf_counter() - start
     tokens, scores, lengths = np.asarray(tokens), np.asarray(scores), np.asarray(lengths)

@@ -88,7 +88,7 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int):
 
 @functools.partial(jax.jit, static_argnames=("model", "cache_length", "sampler"))
 def _prefill(model: Model, params, prompt_ids_BP, prompt_mask_BP, knobs: SamplingKnobs, key,
-             pad_id, *, cache_length: int, sampler: Sampler):
+             pad_id, adapter_ids_B=None, *, cache_length: int, sampler: Sampler):
     """Run the prompts through the model, filling a fresh cache; choose the first new token.
 
     Returns (cache, generated (B, N) with the first token in column 0 and pad elsewhere).
@@ -99,7 +99,7 @@ def _prefill(model: Model, params, prompt_ids_BP, prompt_mask_BP, knobs: Samplin
     # A soft prompt goes in front of the prompts here, once; decode steps find it in the cache.
     start = {"with_prompt": True} if virtual else {}
     out = model.apply({"params": params}, prompt_ids_BP, attention_mask=prompt_mask_BP,
-                      cache=cache, **start)
+                      cache=cache, **start, **row_adapters(adapter_ids_B))
     generated_BN = jnp.full((B, cache_length - virtual - P), pad_id, jnp.int32)
     context = DecodeContext(prompt_ids_BP, prompt_mask_BP, generated_BN, jnp.int32(0))
     # Left padding puts every row's last real token in the last column.
@@ -109,8 +109,8 @@ def _prefill(model: Model, params, prompt_ids_BP, prompt_mask_BP, knobs: Samplin
 
 @functools.partial(jax.jit, static_argnames=("model", "sampler"), donate_argnames=("cache",))
 def _decode_loop(model: Model, params, cache, generated_BN, prompt_ids_BP, prompt_mask_BP,
-                 max_new_tokens, eos_ids_E, pad_id, knobs: SamplingKnobs, key, *,
-                 sampler: Sampler):
+                 max_new_tokens, eos_ids_E, pad_id, knobs: SamplingKnobs, key, adapter_ids_B=None,
+                 *, sampler: Sampler):
     """Feed each new token back until every row hit EOS or max_new_tokens tokens exist.
 
     Returns (generated (B, N), steps, cache): columns [0, steps) were produced. The cache is
@@ -128,7 +128,8 @@ def _decode_loop(model: Model, params, cache, generated_BN, prompt_ids_BP, promp
         step, cache, generated_BN, done_B = state
         previous_B1 = jax.lax.dynamic_slice(generated_BN, (0, step - 1), (B, 1))
         out = model.apply({"params": params}, previous_B1,
-                          attention_mask=jnp.ones((B, 1), jnp.int32), cache=cache)
+                          attention_mask=jnp.ones((B, 1), jnp.int32), cache=cache,
+                          **row_adapters(adapter_ids_B))
         context = DecodeContext(prompt_ids_BP, prompt_mask_BP, generated_BN, step)
         token_B = sampler(out.logits[:, 0], jax.random.fold_in(key, step), knobs, context)
         token_B = jnp.where(done_B, pad_id, token_B)
@@ -165,6 +166,27 @@ class Generation:
         if not self.decode_steps:
             return 0.0
         return self.shapes.batch * self.decode_steps / self.decode_seconds
+
+
+def row_adapters(adapter_ids_B) -> dict:
+    """The model's keyword for each row's adapter, when the model holds several."""
+    return {} if adapter_ids_B is None else {"adapter_ids": adapter_ids_B}
+
+
+def adapter_ids_of(model: Model, adapters: Sequence[int] | None, rows: int):
+    """Checked per-row adapter indices as an array (None for a model of one adapter)."""
+    slots = model.adapter_slots
+    if slots is None:
+        if adapters is not None:
+            raise ValueError("adapters were chosen per prompt, but the model holds one adapter")
+        return None
+    if adapters is None or len(adapters) != rows:
+        raise ValueError(f"the model holds adapters {list(slots.names)}: give one per prompt "
+                         f"({rows} prompts)")
+    bad = [a for a in adapters if not 0 <= int(a) < slots.size]
+    if bad:
+        raise ValueError(f"adapter indices {bad} do not exist; the model holds {slots.size}")
+    return jnp.asarray(adapters, jnp.int32)
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
@@ -229,8 +251,10 @@ def run_generation(
     pad_id: int | None = None,
     max_length: int | None = None,
     warmup: bool = False,
+    adapters: Sequence[int] | None = None,
 ) -> Generation:
     """`generate_ids` plus timings; `warmup=True` compiles first and times compile separately."""
+    adapter_ids = adapter_ids_of(model, adapters, len(prompts))
     model, params, request = prepare_request(model, params, prompts, max_new_tokens,
                                              eos_ids=eos_ids, pad_id=pad_id,
                                              max_length=max_length)
@@ -244,12 +268,12 @@ def run_generation(
     sampler, knobs, key = sampling.sampler(), sampling.knobs(), sampling.key()
 
     def prefill():
-        return _prefill(model, params, ids, mask, knobs, key, pad,
+        return _prefill(model, params, ids, mask, knobs, key, pad, adapter_ids,
                         cache_length=shapes.cache_length, sampler=sampler)
 
     def decode(cache, generated, limit):
         return _decode_loop(model, params, cache, generated, ids, mask, jnp.int32(limit), eos,
-                            pad, knobs, key, sampler=sampler)
+                            pad, knobs, key, adapter_ids, sampler=sampler)
 
     compile_seconds = 0.0
     if warmup:  # the same shapes with a 1-token limit: compiles both programs, runs no loop step
@@ -286,6 +310,7 @@ def generate_ids(
     eos_ids: Sequence[int] | None = None,
     pad_id: int | None = None,
     max_length: int | None = None,
+    adapters: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens.
 
@@ -296,8 +321,10 @@ def generate_ids(
       never attended to and never returned.
     max_length: the longest prompt + max_new_tokens may not exceed it (default: the model's
       max_position_embeddings); a ValueError says so before anything runs.
+    adapters: with a model of many adapters (ftjax.peft.from_adapters), each prompt's adapter
+      index; all rows decode together in one program.
     Works with `config.scan_layers` True or False (params in the matching layout).
     """
     return run_generation(model, params, prompts, max_new_tokens=max_new_tokens,
                           sampling=sampling, eos_ids=eos_ids, pad_id=pad_id,
-                          max_length=max_length).token_ids
+                          max_length=max_length, adapters=adapters).token_ids

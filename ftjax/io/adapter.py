@@ -26,6 +26,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,9 @@ from ftjax.models.layout import unstack_layers
 from ftjax.optim.trainability import layer_flags
 from ftjax.parallel.hosts import fetch, is_primary
 from ftjax.peft.fields import peft_to_dict, with_peft
+from ftjax.peft.fold import fold_prefix
+from ftjax.peft.multi import from_adapters, task_model
+from ftjax.utils.tree import split_leaves
 from ftjax.settings import from_config
 
 logger = logging.getLogger(__name__)
@@ -120,15 +125,52 @@ def save_adapter(out_dir: str | os.PathLike, model: Model, params: dict, trainab
     With several processes every one must call this (the delta may be spread over all hosts'
     devices and is gathered); process 0 writes and gets the AdapterInfo, the others None.
     """
+    if model.adapter_slots is not None:
+        raise ValueError("a model of many adapters is saved one adapter per slot "
+                         "(save_task_adapters)")
+    files = _adapter_files(model, params, trainable_mask, base_name=base_name, method=method,
+                           step=step)
+    if not is_primary():
+        return None
     out = Path(out_dir)
+    # Whole or not at all: a failed or killed save leaves `out` as it was.
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        _write_adapter(tmp, *files)
+    return _info(out, files[0])
+
+
+def save_task_adapters(out_dir: str | os.PathLike, model: Model, params: dict,
+                       trainable_mask: dict, *, base_name: str, method: str,
+                       step: int | None = None,
+                       overwrite: bool = False) -> dict[str, AdapterInfo] | None:
+    """A multi-task model with an adapter per task (adapter slots named by task) as a store of
+    single-task adapters, `out_dir/<task>/` each (its adapter and its own head), written
+    together atomically; each loads alone like any adapter (`load_adapter`), and several on
+    one base serve a batch together (`load_adapters`). Every process calls it (see
+    save_adapter); process 0 gets {task: AdapterInfo}."""
+    if model.adapter_slots is None:
+        raise ValueError("save_task_adapters needs a model with an adapter per task")
+    files = {task: _adapter_files(*task_model(model, params, task, trainable_mask),
+                                  base_name=base_name, method=method, step=step)
+             for task in model.adapter_slots.names}
+    if not is_primary():
+        return None
+    out = Path(out_dir)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for task, task_files in files.items():
+            (tmp / task).mkdir()
+            _write_adapter(tmp / task, *task_files)
+    return {task: _info(out / task, tensors) for task, (tensors, _) in files.items()}
+
+
+def _adapter_files(model: Model, params: dict, trainable_mask: dict, *, base_name: str,
+                   method: str, step: int | None) -> tuple[dict, dict]:
+    """(tensors by canonical path, metadata) of an adapter, on the host."""
     # Per layer on the host, after the fetch: no device copy of any stacked leaf.
     delta = flatten(_per_layer(fetch(delta_tree(model, params, trainable_mask))))
     layer_mask = _layer_mask(trainable_mask, params)
     delta = {path: v for path, v in delta.items() if _kept(model, path, layer_mask[path])}
-    if not is_primary():
-        return None
     tensors = {path: np.ascontiguousarray(np.asarray(v)) for path, v in delta.items()}
-    num_params = int(sum(v.size for v in tensors.values()))
     meta = {
         "format": FORMAT, "version": VERSION,
         "base": {"name": base_name, "fingerprint": base_fingerprint(model),
@@ -137,15 +179,20 @@ def save_adapter(out_dir: str | os.PathLike, model: Model, params: dict, trainab
         "peft": peft_to_dict(model.config),
         "head": dataclasses.asdict(model.head_config),
         "task_heads": {name: dataclasses.asdict(head) for name, head in model.task_heads},
-        "num_params": num_params,
+        "num_params": int(sum(v.size for v in tensors.values())),
         "step": step,
     }
-    # Whole or not at all: a failed or killed save leaves `out` as it was.
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    return AdapterInfo(path=out, num_params=num_params,
-                       num_bytes=(out / WEIGHTS_FILE).stat().st_size, leaves=len(tensors))
+    return tensors, meta
+
+
+def _write_adapter(directory: Path, tensors: dict, meta: dict) -> None:
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def _info(path: Path, tensors: dict) -> AdapterInfo:
+    return AdapterInfo(path=path, num_params=int(sum(v.size for v in tensors.values())),
+                       num_bytes=(path / WEIGHTS_FILE).stat().st_size, leaves=len(tensors))
 
 
 def read_adapter_meta(adapter_dir: str | os.PathLike) -> dict:
@@ -217,3 +264,58 @@ def _base_part(pretrained: Pretrained, head: HeadConfig) -> dict:
     keeps_lm_head = head.kind == "lm" and pretrained.model.head_config.kind == "lm"
     return {k: v for k, v in params.items() if k == "backbone" or (k == "head" and keeps_lm_head)}
 
+
+
+def load_adapters(adapter_dirs: Mapping[str, str | os.PathLike],
+                  pretrained: Pretrained) -> tuple[Model, dict]:
+    """(model, params): several adapters of one method and settings on one base, side by side
+    (adapter slots, in the order of `adapter_dirs`), so that each row of a batch runs with its
+    own adapter in one compiled program (`adapter_ids`: a row's index into the names).
+
+    Adapters with one head config (an LM's pretrained head, or equal task heads) keep their
+    heads in their slots; adapters of different task heads become one model with a head per
+    adapter name (logits {name: ...}). The base's arrays are shared, never copied. A prefix
+    reparameterization is folded first (ftjax.peft.fold_prefix): serving needs only the
+    prefixes it produces."""
+    if not adapter_dirs:
+        raise ValueError("load_adapters needs at least one adapter")
+    loaded = {}
+    for name, directory in adapter_dirs.items():
+        model, params = load_adapter(directory, pretrained)
+        if model.task_heads:
+            raise CheckpointError(f"{directory}: a multi-task adapter; serve its tasks' own "
+                                  f"adapters (a run with adapter_per_task writes them)")
+        prefix = model.config.prefix
+        if prefix is not None and prefix.projection:
+            model, params = fold_prefix(model, params)
+        with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="np") as f:
+            paths = frozenset(f.keys())
+        loaded[name] = (str(directory), model, params, paths)
+    first_dir, first, _, first_paths = next(iter(loaded.values()))
+    for directory, model, _, paths in loaded.values():
+        if model.config != first.config:
+            raise CheckpointError(f"{directory}: its method settings differ from {first_dir}'s; "
+                                  f"adapters served together need one method and settings")
+        if {p for p in paths if not p.startswith("head/")} != {
+                p for p in first_paths if not p.startswith("head/")}:
+            raise CheckpointError(f"{directory}: holds other leaves than {first_dir}")
+    one_head = all(m.head_config == first.head_config for _, m, _, _ in loaded.values())
+    slot_paths = [p for p in first_paths if one_head or not p.startswith("head/")]
+    leaves = _any_layout(slot_paths)
+    adapters = {name: split_leaves(params, leaves)[1]
+                for name, (_, _, params, _) in loaded.items()}
+    base = split_leaves(next(iter(loaded.values()))[2], leaves)[0]
+    if one_head:
+        return from_adapters(first, base, adapters, leaves)
+    heads = tuple((name, m.head_config) for name, (_, m, _, _) in loaded.items())
+    model = dataclasses.replace(first, head_config=HeadConfig(kind="none"), task_heads=heads)
+    base = {"backbone": base["backbone"],
+            "head": {name: params["head"] for name, (_, _, params, _) in loaded.items()}}
+    return from_adapters(model, base, adapters, leaves)
+
+
+def _any_layout(paths) -> str:
+    """The regex of these canonical per-layer paths in either layout (layers_N or a scanned
+    `layers` stack): an adapter trains a leaf in every layer or in none when scanned."""
+    return "|".join(sorted({re.sub(r"layers_\d+", r"layers(?:_\\d+)?", re.escape(p))
+                            for p in paths}))

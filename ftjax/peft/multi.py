@@ -18,7 +18,13 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from ftjax.models.adapter_slots import AdapterSlots, slot_of, split_slots, stack_slots
+from ftjax.models.adapter_slots import (
+    AdapterSlots,
+    exact_paths,
+    slot_of,
+    split_slots,
+    stack_slots,
+)
 from ftjax.utils.tree import insert_leaves, split_leaves
 
 
@@ -67,4 +73,23 @@ def single_adapter(model, params: dict, name: str) -> tuple:
             insert_leaves(base, slot_of(stacked, slots.index(name))))
 
 
-__all__ = ["AdapterSlots", "from_adapters", "single_adapter", "stack_slots", "with_slots"]
+def task_model(model, params: dict, task: str, mask: dict | None = None) -> tuple:
+    """(model, params, mask) of one task of a multi-task model as a single-task model: its
+    task head as the model's head and, with adapter slots named by task, its own adapter.
+    mask (optional): the trainable mask, cut the same way (None stays None)."""
+    heads = dict(model.task_heads)
+    if task not in heads:
+        raise KeyError(f"no task {task!r}; the model's tasks: {list(heads)}")
+    if model.adapter_slots is not None:
+        # The mask is one flag per leaf, with no slot axis to cut.
+        model, params = single_adapter(model, params, task)
+    one = dataclasses.replace(model, head_config=heads[task], task_heads=(), adapter_slots=None)
+
+    def own_head(tree):
+        return {**{k: v for k, v in tree.items() if k != "head"}, "head": tree["head"][task]}
+
+    return one, own_head(params), None if mask is None else own_head(mask)
+
+
+__all__ = ["AdapterSlots", "exact_paths", "from_adapters", "single_adapter", "stack_slots",
+           "task_model", "with_slots"]

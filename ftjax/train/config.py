@@ -168,6 +168,11 @@ class RunConfig:
         "head and loss weight; every source names its task (sources.<name>.task), one head "
         "per task shares the backbone, and a batch mixes the tasks' rows. Empty: the task "
         "and head blocks are the run's one task")
+    adapter_per_task: bool = setting(
+        False, "with a tasks block: one copy per task of what the method trains besides the "
+        "heads (a LoRA / adapter / prefix / prompt / (IA)^3 adapter, BitFit's biases), side by "
+        "side on one frozen base; each row runs with and updates only its task's copy, and "
+        "the run's adapter output is one adapter directory per task")
     optimizer: OptimizerConfig = setting(factory=OptimizerConfig)
     method_args: MethodConfig = setting(factory=MethodConfig)
     lora: LoraConfig = setting(factory=LoraConfig)
@@ -236,6 +241,12 @@ def _check_across_blocks(run: RunConfig) -> None:
                              f"would be ignored: move them into a source")
     if run.tasks:
         _check_tasks(run)
+    elif run.adapter_per_task:
+        raise ValueError("adapter_per_task needs a tasks block: an adapter per task of it")
+    if run.adapter_per_task and run.method in ("full", "llrd", "gradual_unfreeze"):
+        raise ValueError(f"adapter_per_task keeps a copy per task of what trains; with "
+                         f"method={run.method!r} that is the whole model: use a PEFT method "
+                         f"or bitfit")
     task, head = run.task, run.head
     if head.kind == "verbalizer":
         if len(task.label_words) != head.num_labels:

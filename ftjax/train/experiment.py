@@ -36,7 +36,8 @@ from ftjax.nn.dense_methods import DenseMethod
 from ftjax.objectives import LossTerm
 from ftjax.optim import learning_rate_fn, make_optimizer, trainability
 from ftjax.optim.rules import check_rules_match, parse_spec
-from ftjax.peft import PEFT_METHODS, add_dense_method, add_peft, presets
+from ftjax.peft import PEFT_METHODS, add_dense_method, add_peft, presets, with_slots
+from ftjax.peft.multi import exact_paths
 from ftjax.settings import ConfigError
 from ftjax.train.config import typed
 from ftjax.train.initial_weights import start_from
@@ -292,6 +293,12 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
         head_kind="sequence" if run.tasks else cfg.head.kind)  # task heads are new
     resolved = trainability.resolve(spec, params)
     mask = trainability.trainable_mask(resolved)
+    if cfg.adapter_per_task:
+        pretrained.model, params = with_slots(pretrained.model, params, tuple(run.tasks),
+                                              per_task_leaves(mask))
+        resolved = trainability.resolve(spec, params)
+        mask = trainability.trainable_mask(resolved)
+        base_hash = params_shape_hash(params)
     # Shapes suffice for the optimizer.
     shapes = trainability.trainable_half(jax.eval_shape(lambda p: p, params), mask)
     tx = make_optimizer(cfg.optimizer, resolved, shapes, total_steps=cfg.steps)
@@ -315,6 +322,22 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
                                  predict=getattr(task, "predict", None)),
         learning_rate=lr_fn, plan=plan, base_hash=base_hash,
     )
+
+
+def per_task_leaves(mask) -> str:
+    """The regex of the leaves each task of an adapter-per-task run has its own copy of: what
+    trains besides the heads (head/<task>/ is already per task)."""
+    flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+    paths = {"/".join(str(getattr(k, "key", k)) for k in path): m for path, m in flat}
+    partial = sorted(p for p, m in paths.items() if not isinstance(m, bool))
+    if partial:
+        raise ConfigError(f"adapter_per_task: {partial[0]} trains only some of its layers; "
+                          f"a task's adapter trains its leaves whole (use scan_layers=False "
+                          f"or rules that train whole stacks)")
+    trained = [p for p, m in paths.items() if m and not p.startswith("head/")]
+    if not trained:
+        raise ConfigError("adapter_per_task: the method trains nothing besides the heads")
+    return exact_paths(trained)
 
 
 def build_mesh(cfg):

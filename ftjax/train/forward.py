@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 
+from ftjax.data.features import TASK_ID_FEATURE
 from ftjax.nn.scan import segment_bounds
 from ftjax.optim.trainability import LayerSplit, combine, scan_breaks
 
@@ -39,6 +40,9 @@ def scan_split_view(model, trainable, frozen):
                          if is_split(x)) if model.config.scan_layers else ()
     if not breaks:
         return model, combine(trainable, frozen)
+    if model.adapter_slots is not None:
+        raise ValueError("adapters per task train whole: a scanned stack whose layers are "
+                         "partly trained has no slot axis to split")
 
     t_stack, f_stack = trainable["backbone"]["layers"], frozen["backbone"]["layers"]
     num_layers = model.config.num_layers
@@ -54,10 +58,13 @@ def scan_split_view(model, trainable, frozen):
     return model.clone(config=model.config.with_policy(scan_breaks=breaks)), params
 
 
-def model_inputs(batch: dict, is_decoder: bool) -> dict:
-    """The model's keyword arguments from a pipeline batch (ftjax.data.features)."""
+def model_inputs(batch: dict, model) -> dict:
+    """The model's keyword arguments from a pipeline batch (ftjax.data.features): with adapter
+    slots (one adapter per task), each row's adapter is its task's."""
     kwargs = {"attention_mask": batch["attention_mask"], "positions": batch["positions"]}
-    if is_decoder:
+    if model.adapter_slots is not None:
+        kwargs["adapter_ids"] = batch[TASK_ID_FEATURE]
+    if model.config.arch == "llama":
         kwargs["segment_ids"] = batch["segment_ids"]
     elif "token_type_ids" in batch:
         kwargs["token_type_ids"] = batch["token_type_ids"]

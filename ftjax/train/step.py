@@ -98,8 +98,7 @@ def make_train_step(
     terms = as_terms(loss)
     example_terms = [t for t in terms if t.per_example]
     step_terms = [t for t in terms if not t.per_example]
-    is_decoder = model.config.arch == "llama"
-    inputs_of = lambda batch: model_inputs(batch, is_decoder)  # noqa: E731
+    inputs_of = lambda batch: model_inputs(batch, model)  # noqa: E731
     by_source = len(sources) > 1
 
     def context(term, forward, params, trainable, state, batch, output, rng, step):
@@ -292,8 +291,7 @@ def make_eval_step(model, loss: LossTerm | Sequence[LossTerm],
     evaluated = [t for t in as_terms(loss) if t.per_example and t.evaluated]
     if not evaluated:
         raise ValueError("no loss term is evaluated (the task's cross-entropy is)")
-    is_decoder = model.config.arch == "llama"
-    inputs_of = lambda batch: model_inputs(batch, is_decoder)  # noqa: E731
+    inputs_of = lambda batch: model_inputs(batch, model)  # noqa: E731
 
     def eval_step(trainable, frozen, batch, constants=None):
         forward, params = scan_split_view(model, trainable, frozen)  # no restacked copy

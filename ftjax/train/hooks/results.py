@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from ftjax.io.adapter import save_adapter
+from ftjax.io.adapter import save_adapter, save_task_adapters
 from ftjax.train.hooks.base import Hook
 from ftjax.utils.jsonio import write_json
 
@@ -36,12 +36,15 @@ class FinalReport(Hook):
         result = {key: every[key] for key in every
                   if key != "step" and key.split("/")[0] in exp.result_splits}
         summary["eval"] = result
-        adapter = self._adapter(trainer)
-        if adapter is not None:
-            summary["adapter"] = {"path": str(adapter.path), "params": adapter.num_params,
-                                  "bytes": adapter.num_bytes}
-            trainer.say(f"adapter-only checkpoint: {adapter.num_params:,} parameters, "
-                        f"{adapter.num_bytes / 2**20:.2f} MiB in {adapter.path}")
+        adapters = self._adapters(trainer)
+        if adapters:
+            described = {name: {"path": str(a.path), "params": a.num_params,
+                                "bytes": a.num_bytes} for name, a in adapters.items()}
+            summary["adapter"] = described.get("", described)
+            for name, a in adapters.items():
+                trainer.say(f"adapter-only checkpoint{f' of {name}' if name else ''}: "
+                            f"{a.num_params:,} parameters, {a.num_bytes / 2**20:.2f} MiB in "
+                            f"{a.path}")
         summary["wall_s"] = time.perf_counter() - trainer.started
         if not trainer.primary:
             return
@@ -56,11 +59,18 @@ class FinalReport(Hook):
         trainer.log.write({"step": summary["final_step"], "split": "final", **{
             f"{s}_{k}": v for s, r in result.items() for k, v in r.items()}})
 
-    def _adapter(self, trainer):
+    def _adapters(self, trainer) -> dict:
+        """{"": AdapterInfo} of the run's adapter, or {task: AdapterInfo} with an adapter per
+        task; {} when none is written (or on a process other than 0)."""
         exp = trainer.exp
         if not self.save_adapter or all(bool(np.all(m)) for m in jax.tree.leaves(exp.mask)):
-            return None
-        # The run owns WORKDIR/adapter: resuming or re-running it replaces the directory.
-        return save_adapter(trainer.workdir / "adapter", exp.model, trainer.state.params,
-                            exp.mask, base_name=exp.cfg.model.name, method=exp.cfg.method,
-                            step=int(trainer.state.step), overwrite=True)
+            return {}
+        # The run owns WORKDIR/adapter(s): resuming or re-running it replaces the directory.
+        common = dict(base_name=exp.cfg.model.name, method=exp.cfg.method,
+                      step=int(trainer.state.step), overwrite=True)
+        if exp.model.adapter_slots is not None:
+            return save_task_adapters(trainer.workdir / "adapters", exp.model,
+                                      trainer.state.params, exp.mask, **common) or {}
+        info = save_adapter(trainer.workdir / "adapter", exp.model, trainer.state.params,
+                            exp.mask, **common)
+        return {} if info is None else {"": info}
