@@ -26,6 +26,7 @@ from ftjax.models.heads import (
     classifier_logits,
 )
 from ftjax.models.llama import LlamaModel
+from ftjax.nn.hyperformer import HyperConfig, HyperNetwork
 from ftjax.nn.layers import Dense
 from ftjax.utils.tree import insert_leaves
 
@@ -57,12 +58,15 @@ class Model(nn.Module):
 
     `adapter_slots` makes a model with many adapters on one base (ftjax.models.adapter_slots):
     the leaves it selects carry a leading slot axis, and a call gives each row its slot
-    (`adapter_ids`)."""
+    (`adapter_ids`). With `hypernetwork` (HyperFormer, ftjax.nn.hyperformer) those slots
+    are not parameters: a shared hypernetwork under hyper/ generates every slot's adapter
+    (config.adapter's leaves) at each call."""
 
     config: BackboneConfig
     head_config: HeadConfig = HeadConfig()
     task_heads: tuple[tuple[str, HeadConfig], ...] = ()
     adapter_slots: AdapterSlots | None = None
+    hypernetwork: HyperConfig | None = None
 
     def setup(self):
         cfg, head = self.config, self.head_config
@@ -73,6 +77,13 @@ class Model(nn.Module):
         else:
             raise TypeError(f"unsupported backbone config {type(cfg).__name__}")
         dtypes = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        if self.hypernetwork is not None:
+            if self.adapter_slots is None or cfg.adapter is None:
+                raise ValueError("a hypernetwork generates the adapters (config.adapter) of "
+                                 "the model's adapter slots: set both")
+            self.hyper = HyperNetwork(self.hypernetwork, cfg.adapter, self.adapter_slots.names,
+                                      cfg.num_layers, cfg.hidden_size, cfg.scan_layers,
+                                      param_dtype=cfg.weight_dtype)
         if self.task_heads:
             if head.kind != "none":
                 raise ValueError(f"a model with task heads has no head of its own: "
@@ -121,6 +132,8 @@ class Model(nn.Module):
                                                  token_type_ids=token_type_ids))
         if adapter_ids is not None and self.adapter_slots is None:
             raise ValueError("adapter_ids given to a model without adapter slots")
+        if self.hypernetwork is not None:  # initializing: create the hypernetwork's leaves
+            self.hyper()
         cfg, head = self.config, self.head_config
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
@@ -167,7 +180,11 @@ class Model(nn.Module):
     def _per_row(self, input_ids, adapter_ids, *, cache, deterministic, with_prompt,
                  row_inputs):
         """Each row through this model with one adapter: its own slot's leaves."""
-        single = self.clone(parent=None, adapter_slots=None)
+        single = self.clone(parent=None, adapter_slots=None, hypernetwork=None)
+        params = self.variables["params"]
+        if self.hypernetwork is not None:
+            params = insert_leaves({k: v for k, v in params.items() if k != "hyper"},
+                                   self.hyper())
 
         def apply_single(params, ids, row_cache, rng, **inputs):
             out = single.apply({"params": params}, ids, cache=row_cache,
@@ -176,7 +193,7 @@ class Model(nn.Module):
             return out.logits, out.hidden, out.cache
 
         logits, hidden, cache = apply_per_row(
-            apply_single, self.variables["params"], self.adapter_slots, adapter_ids, input_ids,
+            apply_single, params, self.adapter_slots, adapter_ids, input_ids,
             row_inputs={k: v for k, v in row_inputs.items() if v is not None}, cache=cache,
             rng=None if deterministic else self.make_rng("dropout"))
         return ModelOutput(logits=logits, hidden=hidden, cache=cache)
@@ -186,7 +203,8 @@ def init_boxed(model: Model, rng: jax.Array):
     """Initialize with logical-partitioning metadata still attached (nn.LogicallyPartitioned).
 
     With adapter slots every slot starts as the same fresh adapter (the one a single-adapter
-    model gets from `rng`), its leaves stacked on a leading, unsharded slot axis."""
+    model gets from `rng`), its leaves stacked on a leading, unsharded slot axis; with a
+    hypernetwork there are no slot leaves: it generates them."""
     params = model.init({"params": rng}, jnp.zeros((1, 4), jnp.int32))["params"]
     slots = model.adapter_slots
     if slots is None:
@@ -194,6 +212,8 @@ def init_boxed(model: Model, rng: jax.Array):
     base, single = split_slots(params, slots)
     if not jax.tree.leaves(single):
         raise ValueError(f"adapter slot leaves {slots.leaves!r} select no parameter")
+    if model.hypernetwork is not None:
+        return base
 
     def stacked(leaf):
         if isinstance(leaf, nn.LogicallyPartitioned):
@@ -203,6 +223,17 @@ def init_boxed(model: Model, rng: jax.Array):
 
     is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
     return insert_leaves(base, jax.tree.map(stacked, single, is_leaf=is_box))
+
+
+def materialize_adapters(model: Model, params: dict) -> tuple[Model, dict]:
+    """A model whose hypernetwork generates its adapters as the plain adapter-slot model it
+    computes: every slot's generated adapter stored as parameters, hyper/ dropped. The same
+    function, with no hypernetwork to run (serving, export of one task's adapter)."""
+    if model.hypernetwork is None:
+        return model, params
+    generated = model.apply({"params": params}, method=lambda m: m.hyper())
+    rest = {k: v for k, v in params.items() if k != "hyper"}
+    return dataclasses.replace(model, hypernetwork=None), insert_leaves(rest, generated)
 
 
 def _repeat(x, n: int):

@@ -11,8 +11,8 @@ Pfeiffer's full configuration also moves the adapter relative to the block's lay
 residual add of the pre-LN (Llama) or post-LN (BERT) block, so they differ only in where.
 
 Leaves (one module per place, inside the block so `scan_layers` stacks them like every other
-block leaf): `backbone/layers_N/adapter_attn/{down,up}/{kernel,bias}` and
-`backbone/layers_N/adapter_mlp/...`. Logical axes: the D side is "embed" (it shards like the
+block leaf): `backbone/layers_N/adapter_attn/{down,up}/{kernel,bias}` (and `norm/{scale,bias}`
+with `norm`) and `backbone/layers_N/adapter_mlp/...`. Logical axes: the D side is "embed" (it shards like the
 hidden states it adds to), the bottleneck is "adapter" (new; replicated by any table that does
 not name it).
 
@@ -29,7 +29,7 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ftjax.nn.layers import Dense, activation
+from ftjax.nn.layers import Dense, LayerNorm, activation
 from ftjax.settings import from_config, setting
 
 AdapterKind = Literal["houlsby", "pfeiffer"]
@@ -51,6 +51,9 @@ class AdapterConfig:
     activation: str = setting("relu", "the bottleneck nonlinearity: relu | gelu | gelu_new | silu")
     init_scale: float = setting(1e-2, "std of the down projection's Gaussian init; the up "
                                 "projection starts at zero")
+    norm: bool = setting(False, "a LayerNorm on the adapter's input (leaves norm/scale, "
+                         "norm/bias); with method=hyperformer its scale and bias are generated "
+                         "per task: the task-conditional layer norm")
 
     def __post_init__(self):
         if self.kind not in PLACES:
@@ -84,7 +87,8 @@ class AdapterConfig:
 
 
 class Adapter(nn.Module):
-    """h + up(act(down(h))) on (..., D) hidden states."""
+    """h + up(act(down(h))) on (..., D) hidden states; with config.norm,
+    h + up(act(down(LayerNorm(h))))."""
 
     config: AdapterConfig
     dtype: jnp.dtype = jnp.float32
@@ -103,8 +107,10 @@ class Adapter(nn.Module):
         # model computes the pretrained function at step 0 and fine-tuning starts from it. Down
         # is a small Gaussian, not zero: up's first gradient is act(down(h))^T g, which must
         # not vanish (with both zero, relu(0) = 0 would leave every adapter gradient at zero).
+        x = LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(h) \
+            if cfg.norm else h
         z = dense(cfg.bottleneck(D), ("embed", ADAPTER_AXIS),
-                  nn.initializers.normal(cfg.init_scale), "down")(h)
+                  nn.initializers.normal(cfg.init_scale), "down")(x)
         z = activation(cfg.activation)(z)
         return h + dense(D, (ADAPTER_AXIS, "embed"), nn.initializers.zeros_init(), "up")(z)
 

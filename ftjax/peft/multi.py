@@ -25,6 +25,7 @@ from ftjax.models.adapter_slots import (
     split_slots,
     stack_slots,
 )
+from ftjax.models.model import materialize_adapters
 from ftjax.utils.tree import insert_leaves, split_leaves
 
 
@@ -68,6 +69,7 @@ def single_adapter(model, params: dict, name: str) -> tuple:
     slots = model.adapter_slots
     if slots is None:
         raise ValueError("the model holds no adapter slots")
+    model, params = materialize_adapters(model, params)  # generated ones become leaves
     base, stacked = split_slots(params, slots)
     return (dataclasses.replace(model, adapter_slots=None),
             insert_leaves(base, slot_of(stacked, slots.index(name))))
@@ -81,8 +83,13 @@ def task_model(model, params: dict, task: str, mask: dict | None = None) -> tupl
     if task not in heads:
         raise KeyError(f"no task {task!r}; the model's tasks: {list(heads)}")
     if model.adapter_slots is not None:
+        generated = model.hypernetwork is not None
+        leaves = model.adapter_slots.leaves
         # The mask is one flag per leaf, with no slot axis to cut.
         model, params = single_adapter(model, params, task)
+        if generated and mask is not None:  # the task's trained part is its generated adapter
+            mask = insert_leaves({k: v for k, v in mask.items() if k != "hyper"}, jax.tree.map(
+                lambda _: True, split_leaves(params, leaves)[1]))
     one = dataclasses.replace(model, head_config=heads[task], task_heads=(), adapter_slots=None)
 
     def own_head(tree):

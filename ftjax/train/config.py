@@ -20,6 +20,7 @@ from ftjax.data.config import DataConfig, SourceConfig, TaskConfig
 from ftjax.models import HeadConfig
 from ftjax.nn.adapters import AdapterConfig
 from ftjax.nn.ia3 import IA3Config
+from ftjax.nn.hyperformer import HyperConfig
 from ftjax.nn.lora import LoraConfig
 from ftjax.nn.prefix import PrefixConfig
 from ftjax.nn.prompt import PromptConfig
@@ -180,6 +181,7 @@ class RunConfig:
     prefix: PrefixConfig = setting(factory=PrefixConfig)
     prompt: PromptConfig = setting(factory=PromptConfig)
     ia3: IA3Config = setting(factory=IA3Config)
+    hyperformer: HyperConfig = setting(factory=HyperConfig)
     regularizer: RegularizerConfig = setting(factory=RegularizerConfig)
     label_smoothing: float = setting(0.0, "label smoothing of the task's cross-entropy")
     losses: Mapping[str, TermConfig] = setting(
@@ -243,6 +245,12 @@ def _check_across_blocks(run: RunConfig) -> None:
         _check_tasks(run)
     elif run.adapter_per_task:
         raise ValueError("adapter_per_task needs a tasks block: an adapter per task of it")
+    if run.method == "hyperformer" and not run.tasks:
+        raise ValueError("method='hyperformer' generates an adapter per task of a tasks block; "
+                         "the run has none")
+    if run.adapter_per_task and run.method == "hyperformer":
+        raise ValueError("method='hyperformer' already gives each task its adapter (generated "
+                         "by the shared hypernetwork); drop adapter_per_task")
     if run.adapter_per_task and run.method in ("full", "llrd", "gradual_unfreeze"):
         raise ValueError(f"adapter_per_task keeps a copy per task of what trains; with "
                          f"method={run.method!r} that is the whole model: use a PEFT method "

@@ -33,10 +33,19 @@ from ftjax.io.checkpoint import params_shape_hash
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig, plan_for_model
 from ftjax.nn.dense_methods import DenseMethod
+from ftjax.nn.hyperformer import HyperConfig
 from ftjax.objectives import LossTerm
 from ftjax.optim import learning_rate_fn, make_optimizer, trainability
 from ftjax.optim.rules import check_rules_match, parse_spec
-from ftjax.peft import PEFT_METHODS, add_dense_method, add_peft, presets, with_slots
+from ftjax.peft import (
+    PEFT_METHODS,
+    add_dense_method,
+    add_peft,
+    method_config,
+    presets,
+    with_slots,
+)
+from ftjax.peft.hyperformer import add_hyperformer
 from ftjax.peft.multi import exact_paths
 from ftjax.settings import ConfigError
 from ftjax.train.config import typed
@@ -275,6 +284,13 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
             pretrained.model, pretrained.params = add_peft(
                 pretrained.model, pretrained.params, cfg.method, peft_settings(cfg),
                 jax.random.key(cfg.seed), tokenizer=pretrained.tokenizer)
+        if cfg.method == "hyperformer":
+            hyper = HyperConfig.from_config(cfg.hyperformer)
+            adapter = method_config(hyper.adapter_kind, {
+                **cfg.adapter.to_dict(), "kind": hyper.adapter_kind})
+            pretrained.model, pretrained.params = add_hyperformer(
+                pretrained.model, pretrained.params, tuple(run.tasks), hyper, adapter,
+                jax.random.key(cfg.seed))
         for i, method in enumerate(dense_methods(cfg)):
             pretrained.model, pretrained.params = add_dense_method(
                 pretrained.model, pretrained.params, method,
