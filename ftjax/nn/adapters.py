@@ -33,6 +33,7 @@ from ftjax.nn.layers import Dense, LayerNorm, activation
 from ftjax.settings import from_config, setting
 
 AdapterKind = Literal["houlsby", "pfeiffer"]
+Composition = Literal["fusion", "stack"]
 # The regex of the leaves this method adds (matched against canonical per-layer paths).
 ADAPTER_LEAVES = r".*/adapter_(?:attn|mlp)/.*"
 ADAPTER_AXIS = "adapter"
@@ -54,8 +55,27 @@ class AdapterConfig:
     norm: bool = setting(False, "a LayerNorm on the adapter's input (leaves norm/scale, "
                          "norm/bias); with method=hyperformer its scale and bias are generated "
                          "per task: the task-conditional layer norm")
+    compose: tuple[str, ...] = setting(
+        (), "several named adapters at each place instead of one (leaves adapter_<place>/"
+        "<name>/...), combined by `composition`; set by methods fusion and stack",
+        config=False)
+    composition: Composition = setting(
+        "fusion", "how composed adapters combine: fusion (AdapterFusion: attention over their "
+        "outputs, leaves adapter_<place>/fusion/...) or stack (one after another, in order)",
+        config=False)
+    fusion_temperature: float = setting(1.0, "fusion: softmax temperature of the attention "
+                                        "over the adapters")
 
     def __post_init__(self):
+        object.__setattr__(self, "compose", tuple(self.compose))  # JSON gives lists
+        if len(set(self.compose)) != len(self.compose) or "fusion" in self.compose:
+            raise ValueError(f"composed adapter names must be distinct and not 'fusion': "
+                             f"{list(self.compose)}")
+        if self.composition not in ("fusion", "stack"):
+            raise ValueError(f"unknown composition {self.composition!r}; expected fusion or "
+                             f"stack")
+        if not self.fusion_temperature > 0:
+            raise ValueError(f"fusion_temperature must be > 0, got {self.fusion_temperature}")
         if self.kind not in PLACES:
             raise ValueError(f"unknown adapter kind {self.kind!r}; expected one of {tuple(PLACES)}")
         if self.size is not None and self.size < 1:
@@ -95,8 +115,8 @@ class Adapter(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h):
-
+    def __call__(self, h, residual: bool = True):
+        """h + the adapter's output; with residual=False, its output alone."""
         cfg = self.config
         D = h.shape[-1]
         dense = lambda features, axes, init, name: Dense(  # noqa: E731
@@ -112,7 +132,63 @@ class Adapter(nn.Module):
         z = dense(cfg.bottleneck(D), ("embed", ADAPTER_AXIS),
                   nn.initializers.normal(cfg.init_scale), "down")(x)
         z = activation(cfg.activation)(z)
-        return h + dense(D, (ADAPTER_AXIS, "embed"), nn.initializers.zeros_init(), "up")(z)
+        out = dense(D, (ADAPTER_AXIS, "embed"), nn.initializers.zeros_init(), "up")(z)
+        return h + out if residual else out
+
+
+class ComposedAdapters(nn.Module):
+    """Named adapters at one place (config.compose), combined.
+
+    stack: h through each adapter in turn (MAD-X's language-then-task adapters).
+    fusion (AdapterFusion, Pfeiffer et al. 2021): each adapter's output o_n attends from the
+    input, h + sum_n softmax_n(q . k_n / T) v_n with q = h Wq, k_n = o_n Wk, v_n = o_n Wv;
+    Wv starts as the identity, so fusion starts as a weighting of the adapters' outputs.
+    """
+
+    config: AdapterConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h):
+        cfg = self.config
+        single = dataclasses.replace(cfg, compose=())
+        adapters = [Adapter(single, self.dtype, self.param_dtype, name=name)
+                    for name in cfg.compose]
+        if cfg.composition == "stack":
+            for adapter in adapters:
+                h = adapter(h)
+            return h
+        outs = jnp.stack([adapter(h, residual=False) for adapter in adapters], axis=-2)
+        fusion = _Fusion(cfg.fusion_temperature, self.dtype, self.param_dtype, name="fusion")
+        return h + fusion(h, outs)
+
+
+class _Fusion(nn.Module):
+    """AdapterFusion's attention over the adapters' outputs (..., N, D) from the input h."""
+
+    temperature: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, outs):
+        D = h.shape[-1]
+        dense = lambda init, name: Dense(  # noqa: E731
+            D, ("embed", "embed_out"), use_bias=True, dtype=self.dtype,
+            param_dtype=self.param_dtype, kernel_init=init, name=name)
+        small = nn.initializers.normal(0.02)
+        q = dense(small, "query")(h)[..., None, :]
+        k = dense(small, "key")(outs)
+        v = dense(_identity, "value")(outs)
+        scores = jnp.sum(q * k, axis=-1) / self.temperature  # (..., N)
+        weights = nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+        return jnp.sum(weights[..., None] * v, axis=-2)
+
+
+def _identity(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.eye(*shape, dtype=dtype)
 
 
 def maybe_adapt(config: AdapterConfig | None, place: str, h, *, dtype, param_dtype):
@@ -122,4 +198,5 @@ def maybe_adapt(config: AdapterConfig | None, place: str, h, *, dtype, param_dty
     """
     if config is None or not config.at(place):
         return h
-    return Adapter(config, dtype=dtype, param_dtype=param_dtype, name=f"adapter_{place}")(h)
+    cls = ComposedAdapters if config.compose else Adapter
+    return cls(config, dtype=dtype, param_dtype=param_dtype, name=f"adapter_{place}")(h)

@@ -21,6 +21,7 @@ from ftjax.models import HeadConfig
 from ftjax.nn.adapters import AdapterConfig
 from ftjax.nn.ia3 import IA3Config
 from ftjax.nn.hyperformer import HyperConfig
+from ftjax.peft.composition import ComposeConfig
 from ftjax.nn.lora import LoraConfig
 from ftjax.nn.prefix import PrefixConfig
 from ftjax.nn.prompt import PromptConfig
@@ -182,6 +183,7 @@ class RunConfig:
     prompt: PromptConfig = setting(factory=PromptConfig)
     ia3: IA3Config = setting(factory=IA3Config)
     hyperformer: HyperConfig = setting(factory=HyperConfig)
+    compose: ComposeConfig = setting(factory=ComposeConfig)
     regularizer: RegularizerConfig = setting(factory=RegularizerConfig)
     label_smoothing: float = setting(0.0, "label smoothing of the task's cross-entropy")
     losses: Mapping[str, TermConfig] = setting(
@@ -245,6 +247,14 @@ def _check_across_blocks(run: RunConfig) -> None:
         _check_tasks(run)
     elif run.adapter_per_task:
         raise ValueError("adapter_per_task needs a tasks block: an adapter per task of it")
+    if run.method in ("fusion", "stack"):
+        if not run.compose.adapters:
+            raise ValueError(f"method={run.method!r} composes trained adapters: list them in "
+                             f"compose.adapters (NAME=DIR each)")
+        run.compose.named()
+    elif run.compose.adapters:
+        raise ValueError(f"compose.adapters are composed by method 'fusion' or 'stack', not "
+                         f"{run.method!r}")
     if run.method == "hyperformer" and not run.tasks:
         raise ValueError("method='hyperformer' generates an adapter per task of a tasks block; "
                          "the run has none")

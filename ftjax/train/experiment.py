@@ -30,8 +30,11 @@ from ftjax.data import (
     steps_per_epoch,
 )
 from ftjax.io.checkpoint import params_shape_hash
+from ftjax.io.adapter import load_adapter
+from ftjax.io.adapter_store import adapter_dir
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig, plan_for_model
+from ftjax.nn.adapters import ADAPTER_LEAVES
 from ftjax.nn.dense_methods import DenseMethod
 from ftjax.nn.hyperformer import HyperConfig
 from ftjax.objectives import LossTerm
@@ -45,6 +48,7 @@ from ftjax.peft import (
     presets,
     with_slots,
 )
+from ftjax.peft.composition import ComposeConfig, compose_adapters
 from ftjax.peft.hyperformer import add_hyperformer
 from ftjax.peft.multi import exact_paths
 from ftjax.settings import ConfigError
@@ -59,6 +63,7 @@ from ftjax.train.step import (
 )
 from ftjax.train.terms import terms_from_config
 from ftjax.utils.imports import import_object
+from ftjax.utils.tree import split_leaves
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +206,7 @@ def build_task(cfg):
 
 def method_args(cfg, num_train_examples: int) -> dict:
     """cfg.method_args as MethodConfig fields; unfreezing given in epochs becomes steps."""
-    args = cfg.method_args.to_dict()
+    args = {**cfg.method_args.to_dict(), "stack_target": cfg.compose.target}
     epochs = args.pop("unfreeze_every_epochs")
     if epochs:
         per_epoch = max(steps_per_epoch(num_train_examples, cfg.batch_size), 1)
@@ -284,6 +289,9 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
             pretrained.model, pretrained.params = add_peft(
                 pretrained.model, pretrained.params, cfg.method, peft_settings(cfg),
                 jax.random.key(cfg.seed), tokenizer=pretrained.tokenizer)
+        if cfg.method in ("fusion", "stack"):
+            pretrained.model, pretrained.params = compose_from_config(
+                cfg, pretrained, jax.random.key(cfg.seed))
         if cfg.method == "hyperformer":
             hyper = HyperConfig.from_config(cfg.hyperformer)
             adapter = method_config(hyper.adapter_kind, {
@@ -338,6 +346,31 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
                                  predict=getattr(task, "predict", None)),
         learning_rate=lr_fn, plan=plan, base_hash=base_hash,
     )
+
+
+def compose_from_config(cfg, pretrained: Pretrained, rng: jax.Array) -> tuple:
+    """(model, params) of methods fusion / stack: the trained adapters the compose block
+    names, loaded onto the run's base (each checked to fit it) and composed."""
+    compose = ComposeConfig.from_config(cfg.compose)
+    adapters, settings = {}, {}
+    for name, directory in compose.named().items():
+        try:
+            model, params = load_adapter(adapter_dir(directory), pretrained)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"compose.adapters {name}={directory}: {err}") from None
+        if model.config.peft_methods != ("adapter",) or model.config.adapter.compose:
+            raise ConfigError(f"compose.adapters {name}={directory}: holds "
+                              f"{list(model.config.peft_methods) or 'no method'}, not one "
+                              f"bottleneck adapter (houlsby / pfeiffer)")
+        adapters[name] = split_leaves(params, ADAPTER_LEAVES)[1]
+        settings[name] = model.config.adapter
+    first = next(iter(settings))
+    for name, adapter in settings.items():
+        if adapter != settings[first]:
+            raise ConfigError(f"compose.adapters: {name} is a {adapter} and {first} a "
+                              f"{settings[first]}; composed adapters share one kind and size")
+    return compose_adapters(pretrained.model, pretrained.params, adapters, settings[first],
+                            cfg.method, rng, target=compose.target)
 
 
 def per_task_leaves(mask) -> str:
