@@ -33,41 +33,20 @@ equal-steps comparison, not an equal-data one.
 
 import ml_collections
 
+from ftjax.data.task_suite import SUITE, suite_sources, suite_tasks
 from ftjax.train.config import base_config
 from ftjax.train.stages import Stage
 
-TASKS = ("polarity", "topic", "spam", "paraphrase", "ner")
+TASKS = SUITE
 MAX_LENGTH = 96
-NER_TAGS = 21  # O + B-/I- of 10 entity types
-
-
-def _task_entry(kind: str, head: str, num_labels: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "task": {"kind": kind, "max_length": MAX_LENGTH},
-        "head": {"kind": head, "num_labels": num_labels, "pooling": "mean"},
-    })
 
 
 def _entries() -> dict:
-    classification = lambda n: _task_entry("classification", "sequence", n)  # noqa: E731
-    return {"polarity": classification(2), "topic": classification(5), "spam": classification(2),
-            "paraphrase": classification(2),
-            "ner": _task_entry("token_classification", "token", NER_TAGS)}
+    return ml_collections.ConfigDict(suite_tasks(MAX_LENGTH))
 
 
 def _sources() -> dict:
-    split = {"split_fractions": (0.8, 0.1, 0.1), "split_seed": 0, "max_train_examples": 2000,
-             "max_eval_examples": 300, "max_test_examples": 1000}
-    return {
-        "polarity": {"kind": "polarity", **{k: v for k, v in split.items()
-                                            if k.startswith("max_")}},
-        "topic": {"kind": "local", "path": "bbc-news", **split},
-        "spam": {"kind": "local", "path": "sms-spam", **split},
-        "paraphrase": {"kind": "local", "path": "bible-paraphrase",
-                       "text_pair_column": "text_pair", "split_group_column": "book", **split},
-        "ner": {"kind": "local", "path": "wnut16", "format": "conll", "label_column": None,
-                **split},
-    }
+    return suite_sources(max_train=2000, max_eval=300, max_test=1000)
 
 
 def get_config(variant: str = "multitask"):

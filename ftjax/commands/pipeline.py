@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ftjax.train.loop import NonFiniteLossError
     from ftjax.train.record import write_pipeline_record
-    from ftjax.train.stages import run_stages
+    from ftjax.train.stages import run_stages, write_report
 
     try:
         summary = run_stages(args.config, args.workdir, overrides=args.set, quiet=args.quiet)
@@ -38,6 +38,9 @@ def run(args) -> int:
         print(f"ftjax pipeline: recorded in {path}"
               + (" (the finished stages only)" if "interrupted" in summary else ""),
               file=sys.stderr)
+        for written in write_report(args.config, json.loads(path.read_text()),
+                                    path.with_suffix("")):
+            print(f"ftjax pipeline: wrote {written}", file=sys.stderr)
     if "interrupted" in summary:
         print(f"ftjax pipeline: interrupted in stage {summary['interrupted']!r}; run the same "
               f"command again to resume", file=sys.stderr)

@@ -78,6 +78,7 @@ def write_pipeline_record(experiment: str, summary: dict, argv: Sequence[str]) -
         "experiment": experiment,
         "groups": summary["groups"],
         "metrics": metrics,
+        "runs": summary.get("runs", {}),
         "command": shlex.join(argv),
         "seeds": summary["seeds"],
         "steps": summary["steps"],

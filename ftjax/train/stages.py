@@ -12,8 +12,11 @@ with results.json, is not run again; an interrupted one stops the pipeline, and 
 resumes it; the summary of an interrupted pipeline holds the stages finished so far and names
 the others), setting the stage's
 `init_from` to the workdir of the earlier stage it names. The summary holds every stage's
-result splits and, per group, the mean and standard deviation of each metric over the group's
-stages (seeds of one arm).
+result splits and run facts (trainable parameters, wall time, adapter sizes) and, per group,
+the mean and standard deviation of each metric over the group's stages (seeds of one arm).
+A file that also defines `report(record, stem)` is given the pipeline's record after
+`--record` and may write its tables and plots next to it (stem: the record's path without
+".json").
 """
 
 from __future__ import annotations
@@ -29,11 +32,17 @@ from ftjax.train.config import load_config
 from ftjax.train.loop import train
 
 
+# What the summary keeps of each stage's results.json besides its metrics.
+RUN_FACTS = ("trainable", "total", "wall_s", "adapter", "final_step", "best_step")
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str  # its workdir under the pipeline's root
     config: str  # the argument of the file's get_config()
-    overrides: tuple[str, ...] = ()  # --set style, e.g. ("seed=1",)
+    # --set style, e.g. ("seed=1",); "{root}" stands for the pipeline's root directory (an
+    # earlier stage's outputs: "compose.adapters=('a={root}/adapters/adapters/a',)")
+    overrides: tuple[str, ...] = ()
     init_from: str | None = None  # an earlier stage's name
     group: str | None = None  # stages summarized together (an arm's seeds)
 
@@ -62,7 +71,8 @@ def stage_config(path: str | Path, stage: Stage, root: Path, overrides: Sequence
     """The stage's config: the file's get_config(stage.config), the stage's overrides, its
     init_from (the earlier stage's workdir), then the command line's overrides."""
     init = [f"init_from={root / stage.init_from}"] if stage.init_from else []
-    return load_config(f"{path}:{stage.config}", [*stage.overrides, *init, *overrides])
+    own = [o.replace("{root}", str(root)) for o in stage.overrides]
+    return load_config(f"{path}:{stage.config}", [*own, *init, *overrides])
 
 
 def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] = (),
@@ -72,7 +82,7 @@ def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] =
     stages = load_stages(path)
     # Every stage's config is checked before the first one trains.
     configs = {s.name: stage_config(path, s, root, overrides) for s in stages}
-    results, wall, steps = {}, 0.0, {}
+    results, wall, steps, runs = {}, 0.0, {}, {}
     interrupted = None
     for stage in stages:
         workdir = root / stage.name
@@ -84,14 +94,22 @@ def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] =
         results[stage.name] = finished["eval"]
         steps[stage.name] = finished["final_step"]
         wall += float(finished.get("wall_s", 0.0))
+        runs[stage.name] = {key: finished.get(key) for key in RUN_FACTS}
     summary = {"stages": results, "groups": group_summary(
                    [s for s in stages if s.name in results], results),
-               "steps": steps, "seeds": sorted({int(configs[n].seed) for n in results}),
+               "steps": steps, "runs": runs,
+               "seeds": sorted({int(configs[n].seed) for n in results}),
                "wall_time_s": round(wall, 1)}
     if interrupted is not None:  # what the finished stages measured is kept
         summary["interrupted"] = interrupted
         summary["not_finished"] = [s.name for s in stages if s.name not in results]
     return summary
+
+
+def write_report(path: str | Path, record: dict, stem: Path) -> list[Path]:
+    """The files the pipeline file's `report(record, stem)` writes (none without one)."""
+    report = getattr(import_experiment_file(Path(path)), "report", None)
+    return [] if report is None else [Path(p) for p in report(record, stem)]
 
 
 def group_summary(stages: Sequence[Stage], results: dict) -> dict:
