@@ -100,7 +100,14 @@ def get_config(variant):
 def get_stages():
     return [Stage("one", "first"),
             Stage("two_s0", "second", init_from="one", group="two-stage"),
-            Stage("two_s1", "second", ("seed=1",), init_from="one", group="two-stage")]
+            Stage("two_s1", "second", ("seed=1", "init_from={root}/one"), group="two-stage")]
+
+
+def report(record, stem):
+    table = stem.with_suffix(".md")
+    table.write_text("\\n".join(f"{name} {run['trainable']}"
+                                for name, run in sorted(record["runs"].items())))
+    return [table]
 '''
 
 
@@ -121,7 +128,11 @@ def test_pipeline_runs_stages_in_order_and_keeps_finished_ones(tmp_path, tiny_be
     accuracies = [record["metrics"][f"two_s{s}/test/accuracy"] for s in (0, 1)]
     assert group["mean"] == pytest.approx(sum(accuracies) / 2)
     saved = json.loads((root / "two_s1" / "config.json").read_text())
-    assert saved["init_from"] == str(root / "one") and saved["seed"] == 1
+    assert saved["init_from"] == str(root / "one") and saved["seed"] == 1  # {root} resolved
+    # The file's report() wrote its table from the record's run facts.
+    table = (tmp_path / "results" / "pipe.md").read_text().split("\n")
+    assert [row.split()[0] for row in table] == ["one", "two_s0", "two_s1"]
+    assert record["runs"]["two_s0"]["trainable"] == record["runs"]["two_s0"]["total"] > 0
     logs = {name: (root / name / "metrics.jsonl").read_text() for name in ("one", "two_s0")}
     assert main(args) == 0  # finished stages are summarized, not trained again
     assert {n: (root / n / "metrics.jsonl").read_text() for n in logs} == logs
@@ -171,6 +182,7 @@ def test_an_interrupted_pipeline_records_its_finished_stages(tmp_path, monkeypat
                "steps": {"a": 4}, "seeds": [0], "wall_time_s": 1.0,
                "interrupted": "b", "not_finished": ["b", "c"]}
     monkeypatch.setattr(stages_module, "run_stages", lambda *a, **k: summary)
+    monkeypatch.setattr(stages_module, "write_report", lambda *a: [])
     monkeypatch.chdir(tmp_path)
     args = type("Args", (), {"config": "experiments/fake.py", "workdir": str(tmp_path),
                              "set": [], "quiet": True, "record": True})()
