@@ -39,7 +39,7 @@ from ftjax.parallel import (
     param_shardings,
     place_batch,
 )
-from ftjax.peft import LoraConfig, add_lora, presets
+from ftjax.peft import LoraConfig, add_lora, presets, with_slots
 from ftjax.train.config import ConfigError, load_config
 from ftjax.train.step import (
     create_train_state,
@@ -151,6 +151,26 @@ def test_every_mesh_trains_like_one_device(arch, method, meshes):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6,
                                                              err_msg=str(shape)), out, ref_params)
     assert ref_losses[-1] < ref_losses[0]  # they did train
+
+
+def test_adapter_slots_train_like_one_device_with_the_slot_axis_whole():
+    """Three LoRA adapters side by side, each row routed to its own (adapter_per_task's
+    model): a 2 x 2 x 2 mesh trains like one device, and every slot leaf keeps its slot axis
+    unsharded."""
+    model, params = _model("llama", "lora")
+    model, params = with_slots(model, params, ("a", "b", "c"), r".*/lora_(?:a|b)")
+    batches = _batches("llama", 2)
+    for i, batch in enumerate(batches):
+        batch["task_id"] = (np.arange(16) + i) % 3
+    ref_losses, ref_params, _ = _train(model, params, "lora", None, batches)
+    mesh = make_mesh(2, 2, 2)
+    assert not plan_for_model(model, params, mesh).fallbacks
+    losses, out, state = _train(model, params, "lora", mesh, batches)
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out,
+                 ref_params)
+    lora_a = state.trainable["backbone"]["layers_0"]["self_attn"]["q_proj"]["lora_a"]
+    assert lora_a.shape[0] == 3 and _spec(lora_a)[0] is None
 
 
 def _spec(x):
