@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from ftjax.cli import main
 from ftjax.io import load_pretrained
 from ftjax.io.adapter import load_adapter, load_adapters
 from ftjax.peft import single_adapter
@@ -70,7 +71,7 @@ def test_an_adapter_depends_only_on_its_own_tasks_rows(config):
 
 
 def test_the_run_writes_an_adapter_per_task_that_serves_alone_and_together(
-        config, tiny_bert_dir, tmp_path):
+        config, tiny_bert_dir, tmp_path, capsys):
     result = train(config("method=lora", "adapter_per_task=True", "steps=4", "eval_every=4",
                           "checkpoint_every=4"), tmp_path / "run", quiet=True)
     exp = result.experiment
@@ -97,6 +98,14 @@ def test_the_run_writes_an_adapter_per_task_that_serves_alone_and_together(
         np.testing.assert_allclose(together[task][rows], trained[task][rows], rtol=1e-5,
                                    atol=1e-5)
     assert result.eval["validation/sentiment"]["examples"] == 24
+    # `ftjax export --format adapter` writes the same store; other formats refuse in one line.
+    assert main(["export", "--workdir", str(tmp_path / "run"), "--format", "adapter",
+                 "--out", str(tmp_path / "exported")]) == 0
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == list(TASKS)
+    capsys.readouterr()
+    assert main(["export", "--workdir", str(tmp_path / "run"), "--format", "hf",
+                 "--backbone-only", "--out", str(tmp_path / "hf")]) == 2
+    assert "one adapter per task" in capsys.readouterr().err
 
 
 def test_adapter_per_task_is_checked(config, tiny_config_file):

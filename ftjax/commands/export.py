@@ -91,6 +91,10 @@ def _export(args, out: Path) -> int:
     params, step = restored.state.params, restored.step
     model = exp.model
     mask = exp.mask
+    if model.adapter_slots is not None and args.format != "adapter":
+        return _refuse(f"--format {args.format}: the run holds one adapter per task "
+                       f"({', '.join(model.adapter_slots.names)}), not one set of weights; "
+                       f"--format adapter writes each task's adapter")
     if args.format == "adapter":
         from ftjax.io.adapter import save_adapter, save_task_adapters
 
