@@ -50,3 +50,26 @@ def to_layout(params: dict, scan_layers: bool) -> dict:
         return params
     backbone = stack_layers(backbone) if scan_layers else unstack_layers(backbone)
     return {**params, "backbone": backbone}
+
+
+def keep_layers(model, params: dict, layers) -> tuple:
+    """(model, params) of a shallower copy: only the blocks `layers` (indices, in order), with
+    their weights, renumbered from 0; embeddings, final norm and head kept. A layer-dropped
+    student (DistilBERT-style initialization, e.g. every second layer)."""
+    layers = tuple(int(i) for i in layers)
+    total = model.config.num_layers
+    if not layers:
+        raise ValueError("keep_layers needs at least one layer")
+    if sorted(set(layers)) != list(layers) or not all(0 <= i < total for i in layers):
+        raise ValueError(f"keep_layers {list(layers)}: give increasing distinct indices in "
+                         f"[0, {total}) (the model has {total} layers)")
+    backbone = params["backbone"]
+    if "layers" in backbone:
+        index = jnp.asarray(layers)
+        kept = {**backbone, "layers": jax.tree.map(lambda x: x[index], backbone["layers"])}
+    else:
+        rest = {k: v for k, v in backbone.items() if not _LAYER_KEY.match(k)}
+        kept = {**rest, **{f"layers_{new}": backbone[f"layers_{old}"]
+                           for new, old in enumerate(layers)}}
+    config = model.config.with_policy(num_layers=len(layers))
+    return model.clone(config=config), {**params, "backbone": kept}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ftjax.objectives.cross_entropy import TASK_TERMS, CrossEntropy, CrossEntropyConfig
+from ftjax.objectives.distill import LogitKD
 from ftjax.objectives.penalties import L1, L2, L2SP
 from ftjax.objectives.span import SpanCrossEntropy
 from ftjax.objectives.term import LossTerm
@@ -23,6 +24,7 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "l1": L1,
     "l2": L2,
     "l2_sp": L2SP,
+    "kd": LogitKD,
 }
 
 

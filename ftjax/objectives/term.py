@@ -140,7 +140,9 @@ class TermSetup:
     trainable: the trainable half of `params` (a fresh copy: the run's own arrays are donated);
     place_like_trainable / place_replicated: put a pytree on the run's devices, sharded like
       the trainable half / replicated (the state is created already placed);
-    model, tokenizer, config: the run's model, tokenizer and run config.
+    model, tokenizer, config: the run's model, tokenizer and run config;
+    load_model: (spec, dtype) -> (model, params) of another model (a teacher): a pretrained
+      name or path, an adapter directory or a finished run's workdir.
     """
 
     params: Any
@@ -151,6 +153,7 @@ class TermSetup:
     model: Any = None
     tokenizer: Any = None
     config: Any = None
+    load_model: Callable[[str, str], tuple] | None = None
 
 
 class LossTerm(abc.ABC):

@@ -65,6 +65,9 @@ class ModelConfig:
                                               "checkpoint's own")
     embedding_dropout: float | None = setting(None, "embedding dropout override; None keeps the "
                                               "checkpoint's own")
+    keep_layers: tuple[int, ...] = setting(
+        (), "a shallower student: only these blocks of the checkpoint (increasing indices, "
+        "e.g. (0, 2, 4)), with their weights; (): all")
 
 
 @dataclasses.dataclass(frozen=True)

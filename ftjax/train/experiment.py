@@ -12,7 +12,10 @@ import functools
 import logging
 from typing import Any, Callable
 
+from pathlib import Path
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ftjax import parallel
@@ -30,10 +33,11 @@ from ftjax.data import (
     steps_per_epoch,
 )
 from ftjax.io.checkpoint import params_shape_hash
-from ftjax.io.adapter import load_adapter
+from ftjax.io.adapter import load_adapter, read_adapter_meta
 from ftjax.io.adapter_store import adapter_dir
 from ftjax.io.pretrained import Pretrained, load_pretrained
 from ftjax.models import HeadConfig, plan_for_model
+from ftjax.models.layout import keep_layers
 from ftjax.nn.adapters import ADAPTER_LEAVES
 from ftjax.nn.dense_methods import DenseMethod
 from ftjax.nn.hyperformer import HyperConfig
@@ -232,9 +236,38 @@ def peft_settings(cfg):
     return cfg[field].to_dict()
 
 
+def load_model(spec: str, dtype: str = "float32") -> tuple:
+    """(model, params) of another model for a loss term (a teacher): an ftjax adapter
+    directory (or a run's adapter/) on its base, else a pretrained name or checkpoint path; in
+    `dtype`. A finished run's workdir needs ftjax.train.restore.load_run_model."""
+    try:
+        directory = adapter_dir(spec)
+    except FileNotFoundError:
+        directory = None
+    if directory is not None:
+        base = read_adapter_meta(directory)["base"]["name"]
+        model, params = load_adapter(directory, load_pretrained(base, dtype="float32"))
+    else:
+        if Path(spec).is_dir() and (Path(spec) / "config.json").is_file() and \
+                (Path(spec) / "results.json").is_file():
+            raise ConfigError(f"{spec} is a run's workdir: build with "
+                              f"ftjax.train.restore.build_run_experiment to load it")
+        pretrained = load_pretrained(spec, dtype="float32")
+        model, params = pretrained.model, pretrained.params
+    return in_dtype(model, params, dtype)
+
+
+def in_dtype(model, params: dict, dtype: str) -> tuple:
+    """The model computing and storing its floating-point parameters in `dtype`."""
+    model = model.clone(config=model.config.with_policy(dtype=dtype, param_dtype=dtype))
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+    return model, jax.tree.map(cast, params)
+
+
 def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, ...] = (),
                      roles: tuple[str, ...] = ROLES, data_facts: dict | None = None,
-                     base_params: dict | None = None) -> Experiment:
+                     base_params: dict | None = None,
+                     load_model: Callable[[str, str], tuple] = load_model) -> Experiment:
     """Everything a run needs, its data loaded and checked first (a data error costs no model
     load).
 
@@ -244,6 +277,8 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     ("validation", "test") only.
     base_params: with cfg.init_from, that run's final parameters merged into the pretrained
     architecture (ftjax.train.restore.build_run_experiment reads them; so does every command).
+    load_model: how loss terms load other models (a teacher); build_run_experiment also reads
+    finished runs' workdirs.
     """
     run = typed(cfg)
     loss_terms = terms_from_config(cfg, run, terms)
@@ -275,6 +310,12 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     pretrained.model = dataclasses.replace(
         pretrained.model, config=dataclasses.replace(pretrained.model.config, **changes)
     )
+    if cfg.model.keep_layers:
+        try:
+            pretrained.model, pretrained.params = keep_layers(
+                pretrained.model, pretrained.params, cfg.model.keep_layers)
+        except ValueError as err:
+            raise ConfigError(f"model.keep_layers on {cfg.model.name}: {err}") from None
     if cfg.init_from:
         if base_params is None:
             raise ConfigError(f"init_from={cfg.init_from!r}: build the run with "
@@ -333,7 +374,7 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     state = create_train_state(params, mask, tx, cfg.seed, terms=loss_terms, plan=plan,
                                frozen_dtype=cfg.model.frozen_dtype, donate_params=True,
                                model=pretrained.model, tokenizer=pretrained.tokenizer,
-                               config=cfg)
+                               config=cfg, load_model=load_model)
     pretrained.params = None
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(

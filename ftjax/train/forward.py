@@ -1,12 +1,12 @@
 """The model's forward pass as the steps run it: the scan-split view of the parameters and the
-model's keyword arguments from a batch."""
+model's keyword arguments from a batch (ftjax.objectives.inputs)."""
 
 from __future__ import annotations
 
 import jax
 
-from ftjax.data.features import TASK_ID_FEATURE
 from ftjax.nn.scan import segment_bounds
+from ftjax.objectives.inputs import model_inputs
 from ftjax.optim.trainability import LayerSplit, combine, scan_breaks
 
 
@@ -58,14 +58,4 @@ def scan_split_view(model, trainable, frozen):
     return model.clone(config=model.config.with_policy(scan_breaks=breaks)), params
 
 
-def model_inputs(batch: dict, model) -> dict:
-    """The model's keyword arguments from a pipeline batch (ftjax.data.features): with adapter
-    slots (one adapter per task), each row's adapter is its task's."""
-    kwargs = {"attention_mask": batch["attention_mask"], "positions": batch["positions"]}
-    if model.adapter_slots is not None:
-        kwargs["adapter_ids"] = batch[TASK_ID_FEATURE]
-    if model.config.arch == "llama":
-        kwargs["segment_ids"] = batch["segment_ids"]
-    elif "token_type_ids" in batch:
-        kwargs["token_type_ids"] = batch["token_type_ids"]
-    return kwargs
+__all__ = ["model_inputs", "scan_split_view"]

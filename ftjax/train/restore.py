@@ -12,7 +12,7 @@ from ftjax.io.checkpoint import Checkpointer
 from ftjax.peft import merge_peft
 from ftjax.settings import ConfigError
 from ftjax.train.config import config_from_dict
-from ftjax.train.experiment import build_experiment
+from ftjax.train.experiment import build_experiment, in_dtype, load_model
 
 # What a run saved about its data (ftjax.data.data_facts), beside config.json.
 DATA_FACTS = "data.json"
@@ -64,7 +64,19 @@ def build_run_experiment(cfg, **kwargs):
     what `ftjax train`, eval, export and generate build (a stage-two run is rebuilt from its
     stage one's weights every time: its checkpoints hold only what it trains)."""
     base = final_weights(cfg.init_from) if cfg.init_from else None
-    return build_experiment(cfg, base_params=base, **kwargs)
+    return build_experiment(cfg, base_params=base, load_model=load_run_model, **kwargs)
+
+
+def load_run_model(spec: str, dtype: str = "float32") -> tuple:
+    """(model, params) for a loss term (a teacher): a finished run's workdir (the checkpoint
+    its results report, with whatever method it trained), else as
+    ftjax.train.experiment.load_model (a pretrained model or an adapter directory)."""
+    workdir = Path(spec)
+    if not (workdir / "results.json").is_file():
+        return load_model(spec, dtype)
+    best = json.loads((workdir / "results.json").read_text()).get("best_step") is not None
+    exp, restored = restore_run(workdir, best=best, full_precision=True)
+    return in_dtype(exp.model, jax.device_get(restored.state.params), dtype)
 
 
 def final_weights(workdir) -> dict:

@@ -1,0 +1,98 @@
+"""Logit knowledge distillation (the `kd` term) and layer-dropped students."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import finished_run
+from ftjax.models import HeadConfig, Model, init_params, preset
+from ftjax.models.layout import keep_layers, to_layout
+from ftjax.objectives.distill import kd_divergence
+from ftjax.settings import ConfigError
+from ftjax.train.config import load_config
+from ftjax.train.loop import train
+from ftjax.train.restore import build_run_experiment
+
+
+def test_kd_equals_the_hand_computed_value_and_vanishes_at_the_teachers_logits():
+    student = np.array([[1.0, -0.5, 2.0], [0.3, 0.1, -1.2]], np.float32)
+    teacher = np.array([[0.2, 0.4, 1.5], [-0.7, 1.1, 0.0]], np.float32)
+    T = 2.5
+    p = np.exp(teacher / T) / np.exp(teacher / T).sum(-1, keepdims=True)
+    q = np.exp(student / T) / np.exp(student / T).sum(-1, keepdims=True)
+    expected = T * T * (p * (np.log(p) - np.log(q))).sum(-1)
+    np.testing.assert_allclose(kd_divergence(student, teacher, T), expected, rtol=1e-5)
+    value, grad = jax.value_and_grad(lambda s: kd_divergence(s, teacher, T).sum())(teacher)
+    assert abs(float(value)) < 1e-6
+    np.testing.assert_allclose(grad, 0.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, tiny_bert_dir, tiny_text_data):
+    return finished_run(tmp_path_factory, tiny_bert_dir, tiny_text_data,
+                        ["steps=6", "eval_every=6", "checkpoint_every=6"])
+
+
+def _student(config_file, teacher, *extra):
+    return load_config(config_file, [
+        "steps=3", "eval_every=3", "checkpoint_every=3", "model.keep_layers=(1,)",
+        "losses.kd.kind=kd", f"losses.kd.teacher={teacher}", "losses.kd.temperature=2.0",
+        *extra])
+
+
+def test_the_teacher_is_a_frozen_constant_and_a_zero_weight_changes_nothing(teacher_run,
+                                                                             tmp_path):
+    config_file, teacher = teacher_run
+    exp = build_run_experiment(_student(config_file, teacher))
+    assert exp.model.config.num_layers == 1
+    teacher_params = jax.tree.map(np.asarray, exp.state.constants["kd"])
+    opt_leaves = len(jax.tree.leaves(exp.state.opt_state))
+    batch = next(exp.train_iterator())
+    state, metrics = jax.jit(exp.train_step)(exp.state, batch)
+    assert float(metrics["loss/kd"]) > 0
+    # Never trained, never in the optimizer: bit-identical after a step.
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                                            teacher_params, state.constants["kd"])))
+    assert len(jax.tree.leaves(state.opt_state)) == opt_leaves
+    assert len(jax.tree.leaves(teacher_params)) > len(jax.tree.leaves(exp.state.trainable)) / 2
+
+    # A kd term of weight 0 trains exactly like no kd term at all.
+    plain = train(load_config(config_file, ["steps=3", "eval_every=3", "checkpoint_every=3",
+                                            "model.keep_layers=(1,)"]),
+                  tmp_path / "plain", quiet=True)
+    zero = train(_student(config_file, teacher, "losses.kd.weight=0.0"), tmp_path / "zero",
+                 quiet=True)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), plain.state.params,
+                        zero.state.params)
+    assert all(jax.tree.leaves(same))
+
+
+def test_kd_refuses_a_teacher_of_another_output_space(teacher_run, tiny_llama_dir):
+    config_file, _ = teacher_run
+    with pytest.raises(ConfigError, match="one output space"):
+        build_run_experiment(_student(config_file, str(tiny_llama_dir)))
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+def test_a_layer_dropped_student_is_the_teachers_kept_path(scanned):
+    """Dropping a pre-LN block is making it the identity: zero its two output projections."""
+    config = preset("tiny-llama").with_policy(scan_layers=scanned)
+    config = dataclasses.replace(config, num_layers=3) if config.num_layers != 3 else config
+    teacher = Model(config, HeadConfig("lm"))
+    params = init_params(teacher, jax.random.key(0))
+    student, student_params = keep_layers(teacher, params, (0, 2))
+    assert student.config.num_layers == 2
+    per_layer = to_layout(params, False)
+    skipped = per_layer["backbone"]["layers_1"]
+    for name in (("self_attn", "o_proj"), ("mlp", "down_proj")):
+        kernel = skipped[name[0]][name[1]]["kernel"]
+        skipped[name[0]][name[1]]["kernel"] = jnp.zeros_like(kernel)
+    ids = jax.random.randint(jax.random.key(5), (2, 7), 3, config.vocab_size)
+    expected = teacher.apply({"params": to_layout(per_layer, scanned)}, ids).logits
+    np.testing.assert_allclose(student.apply({"params": student_params}, ids).logits, expected,
+                               rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="increasing distinct"):
+        keep_layers(teacher, params, (2, 0))
