@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "generate": "generate text with a pretrained or fine-tuned model",
     "export": "export a model or adapter (HF or PEFT format)",
     "adapters": "list, add or remove the adapters of a store (many adapters for one base)",
+    "distill-targets": "write a teacher run's answers to a source's prompts as a data source",
     "demo": "fine-tune MiniLM on the polarity corpus and print the result table",
     "sweep": "compare methods over learning rates and seeds; write tables and plots",
     "config": "show an experiment's resolved config with each key's help",
@@ -25,7 +26,7 @@ SUBCOMMANDS = {
 
 
 def _module(name: str):
-    return importlib.import_module(f"ftjax.commands.{name}")
+    return importlib.import_module(f"ftjax.commands.{name.replace('-', '_')}")
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -61,6 +61,21 @@ def complete_ids(model: Model, params, tokenizer: Any, prompt_ids: Sequence[Sequ
     return texts_out, result
 
 
+def decode_prompts(model: Model, params, tokenizer: Any, prompts: Sequence[Sequence[int]], *,
+                   batch_size: int = 32, max_new_tokens: int = 128, num_beams: int = 1,
+                   length_penalty: float = 1.0) -> list[str]:
+    """Greedy (or beam-searched) text of every encoded prompt, stripped, decoded in chunks of
+    `batch_size` prompts (generation evaluation and teachers' targets)."""
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        texts, _ = complete_ids(model, params, tokenizer, prompts[start : start + batch_size],
+                                sampling=SamplingConfig(greedy=True),
+                                max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                length_penalty=length_penalty)
+        out.extend(text.strip() for text in texts)
+    return out
+
+
 def _resolve(model_or_pretrained: Any, params: Any, tokenizer: Any) -> tuple[Model, Any, Any]:
     """(model, params, tokenizer) from a Pretrained, a name/path, or a Model plus keywords."""
     if isinstance(model_or_pretrained, (str, os.PathLike)):

@@ -24,8 +24,7 @@ from collections.abc import Sequence
 
 import jax
 
-from ftjax.generate.api import complete_ids
-from ftjax.generate.sampling import SamplingConfig
+from ftjax.generate.api import decode_prompts
 from ftjax.generate.scoring import bleu_chrf
 from ftjax.train.evaluation import add_source_metrics
 from ftjax.train.hooks import Hook
@@ -101,16 +100,9 @@ class GenerationEval(Hook):
 
     def decode(self, model, params, tokenizer, prompts: Sequence[Sequence[int]]) -> list[str]:
         """Each prompt's generated text, stripped, in `batch_size` chunks."""
-        out: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
-            texts, _ = complete_ids(model, params, tokenizer,
-                                    prompts[start : start + self.batch_size],
-                                    sampling=SamplingConfig(greedy=True),
-                                    max_new_tokens=self.max_new_tokens,
-                                    num_beams=self.num_beams,
-                                    length_penalty=self.length_penalty)
-            out.extend(text.strip() for text in texts)
-        return out
+        return decode_prompts(model, params, tokenizer, prompts, batch_size=self.batch_size,
+                              max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
+                              length_penalty=self.length_penalty)
 
     def _write(self, trainer, source: str, split: str, prompts, references, hypotheses):
         name = split if len(trainer.exp.sources) == 1 else f"{split}-{source}"

@@ -1,4 +1,4 @@
-"""Write an output directory whole or not at all, and never over what is already there.
+"""Write an output directory (or file) whole or not at all, and never over what is already there.
 
     check_target(out, overwrite=False)          refuse before any work: OutputExistsError if
                                                 `out` is a file, or a non-empty directory and
@@ -45,6 +45,17 @@ def check_target(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     return out
 
 
+def check_file_target(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """`out` as a Path if a file may be written there; OutputExistsError otherwise."""
+    out = Path(out)
+    if out.is_dir() or out.is_symlink():
+        raise OutputExistsError(f"{out} is a directory or a symbolic link, not a file to write")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists: choose a new path, or pass --overwrite "
+                                f"(overwrite=True) to replace it")
+    return out
+
+
 def _sibling(out: Path, kind: str) -> Path:
     return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
@@ -79,3 +90,19 @@ def _replace(new: Path, out: Path) -> None:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside the file `out`; it replaces `out` (one rename) when the
+    block ends without an exception and is removed when it raises. An existing `out` is
+    refused (OutputExistsError) unless `overwrite`."""
+    out = check_file_target(out, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, "tmp")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -18,7 +18,8 @@ from ftjax.train.experiment import build_experiment, in_dtype, load_model
 DATA_FACTS = "data.json"
 
 
-def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool = False):
+def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool = False,
+                roles=None):
     """(experiment, Restored) of an `ftjax train` run directory: the experiment rebuilt from
     `cfg` (default: the run's saved config.json) and its latest (or best) checkpoint.
 
@@ -28,6 +29,8 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
     full_precision: rebuild the frozen leaves at the run's param_dtype even if it trained with a
     lower model.frozen_dtype (they are the pretrained weights; checkpoints never hold them), for
     export and generation.
+    roles: the splits to load (default: validation and test when the run saved its data
+    facts, which is all evaluation needs; a teacher's targets may want the train split).
     A newer checkpoint that is corrupt or incomplete is skipped with a warning (see
     Checkpointer.restore and Restored.skipped); one that does not fit the rebuilt state raises
     IncompatibleCheckpointError.
@@ -46,7 +49,8 @@ def restore_run(workdir, *, best: bool = False, cfg=None, full_precision: bool =
     facts_file = workdir / DATA_FACTS
     facts = json.loads(facts_file.read_text()) if facts_file.is_file() else None
     # With the saved facts (label names, train sizes) the train split need not be read.
-    roles = ("validation", "test") if facts is not None else ROLES
+    if roles is None:
+        roles = ("validation", "test") if facts is not None else ROLES
     exp = build_run_experiment(cfg, roles=roles, data_facts=facts)
     # Read only: a run directory may be read-only (shared, archived); nothing is written to it.
     ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints, read_only=True)
