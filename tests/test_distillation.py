@@ -96,3 +96,36 @@ def test_a_layer_dropped_student_is_the_teachers_kept_path(scanned):
                                rtol=2e-5, atol=2e-5)
     with pytest.raises(ValueError, match="increasing distinct"):
         keep_layers(teacher, params, (2, 0))
+
+
+def test_hidden_state_kd_is_zero_against_itself_and_matches_a_hand_computation(
+        tiny_config_file, tiny_bert_dir):
+    from ftjax.models.model import layer_hidden_states
+    from ftjax.train.experiment import build_experiment
+
+    # Teacher = the student's own pretrained weights: every pair of equal blocks matches.
+    same = build_experiment(load_config(tiny_config_file, [
+        "losses.hid.kind=kd_hidden", f"losses.hid.teacher={tiny_bert_dir}",
+        "losses.hid.layers=('0:0', '1:1')"]))
+    batch = next(same.train_iterator())
+    _, metrics = jax.jit(same.train_step)(same.state, batch)
+    assert abs(float(metrics["loss/hid"])) < 1e-6
+
+    # Block 0 of the student against block 1 of the teacher, by hand.
+    exp = build_experiment(load_config(tiny_config_file, [
+        "losses.hid.kind=kd_hidden", f"losses.hid.teacher={tiny_bert_dir}",
+        "losses.hid.layers=('0:1',)", "losses.hid.loss=mse"]))
+    _, metrics = jax.jit(exp.train_step)(exp.state, batch)
+    inputs = {k: batch[k] for k in ("attention_mask", "positions", "token_type_ids")}
+    _, sown = exp.model.apply({"params": exp.params}, batch["input_ids"], **inputs,
+                              mutable=["intermediates"])
+    _, teacher_sown = exp.terms[1].teacher.apply({"params": exp.state.constants["hid"]},
+                                                 batch["input_ids"], **inputs,
+                                                 mutable=["intermediates"])
+    a = np.asarray(layer_hidden_states(sown)[0])
+    b = np.asarray(layer_hidden_states(teacher_sown)[1])
+    mask = batch["attention_mask"].astype(np.float64)
+    rows = (((a - b) ** 2).mean(-1) * mask).sum(-1) / mask.sum(-1)
+    expected = (rows * batch["example_mask"]).sum() / batch["example_mask"].sum()
+    np.testing.assert_allclose(float(metrics["loss/hid"]), expected, rtol=1e-4)
+    assert expected > 1e-5  # the blocks really differ

@@ -27,7 +27,7 @@ from ftjax.nn.layers import (
 from ftjax.nn.prefix import PrefixEncoder, layer_prefix, prepend_prefix
 from ftjax.nn.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
 from ftjax.nn.remat import remat_policy
-from ftjax.nn.scan import attach_layer_scans, run_layers
+from ftjax.nn.scan import INTERMEDIATES, attach_layer_scans, run_layers
 
 
 def _dense(cfg: BertConfig, features, axes, name):
@@ -113,7 +113,9 @@ class BertLayer(nn.Module):
                                                                                   deterministic)
         h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(activation(cfg.hidden_act)(h),
                                                                      deterministic)
-        return _norm(cfg, "output_norm")(x_BTD + adapt("mlp", dropout(h)))
+        out = _norm(cfg, "output_norm")(x_BTD + adapt("mlp", dropout(h)))
+        self.sow(INTERMEDIATES, "hidden", out)  # kept only when the caller asks (mutable)
+        return out
 
 
 class _ScannedLayer(nn.Module):

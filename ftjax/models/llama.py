@@ -38,7 +38,7 @@ from ftjax.nn.layers import (
 from ftjax.nn.prefix import PrefixEncoder, layer_prefix, prepend_prefix
 from ftjax.nn.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
 from ftjax.nn.remat import remat_policy
-from ftjax.nn.scan import attach_layer_scans, run_layers
+from ftjax.nn.scan import INTERMEDIATES, attach_layer_scans, run_layers
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None) -> dict:
@@ -133,6 +133,7 @@ class LlamaBlock(nn.Module):
         x_BTD = x_BTD + adapt("attn", drop(attn))
         mlp = LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BTD), deterministic)
         x_BTD = x_BTD + adapt("mlp", drop(mlp))
+        self.sow(INTERMEDIATES, "hidden", x_BTD)  # kept only when the caller asks (mutable)
         return x_BTD, layer_cache
 
 

@@ -28,6 +28,7 @@ from ftjax.models.heads import (
 from ftjax.models.llama import LlamaModel
 from ftjax.nn.hyperformer import HyperConfig, HyperNetwork
 from ftjax.nn.layers import Dense
+from ftjax.nn.scan import INTERMEDIATES
 from ftjax.utils.tree import insert_leaves
 
 
@@ -325,3 +326,25 @@ def verbalizer_from_lm(model: Model, params: dict, head_config: HeadConfig, toke
     new_params["head"] = {"classifier": {"kernel": kernel,
                                          "bias": jnp.zeros_like(classifier["bias"])}}
     return new_model, new_params
+
+
+def layer_hidden_states(intermediates: dict) -> list:
+    """Every block's output hidden states (B, T, D), first block first, from the collection a
+    model applied with mutable=["intermediates"] sowed (ftjax.nn.scan.INTERMEDIATES): per-layer
+    (`layers_N`), scanned (`layers`, stacked) or scanned in segments alike."""
+    intermediates = intermediates.get(INTERMEDIATES, intermediates)  # apply's whole mutable dict
+    backbone = intermediates.get("backbone", {})
+    if "layers" in backbone:
+        stacked = backbone["layers"]["block"]["hidden"][0]
+        return [stacked[i] for i in range(stacked.shape[0])]
+    segments = sorted((k for k in backbone if k.startswith("layer_segments_")),
+                      key=lambda k: int(k.rsplit("_", 1)[1]))
+    if segments:
+        parts = [backbone[k]["block"]["hidden"][0] for k in segments]
+        return [layer for part in parts for layer in part]
+    layers = sorted((k for k in backbone if k.startswith("layers_")),
+                    key=lambda k: int(k.split("_")[1]))
+    if not layers:
+        raise ValueError("no hidden states were sown: apply the model with "
+                         "mutable=['intermediates']")
+    return [backbone[k]["hidden"][0] for k in layers]

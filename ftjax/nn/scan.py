@@ -20,6 +20,11 @@ import jax
 import jax.numpy as jnp
 
 
+# The collection blocks sow their outputs into (each block's output hidden states, "hidden"):
+# empty unless a caller applies the model with mutable=[INTERMEDIATES] (a distillation term).
+INTERMEDIATES = "intermediates"
+
+
 def segment_bounds(breaks: tuple[int, ...], num_layers: int) -> list[tuple[int, int]]:
     """[(start, stop)] of each scan, checking that the breaks cut the stack in order."""
     edges = (0, *breaks, num_layers)
@@ -36,7 +41,7 @@ def attach_layer_scans(module: nn.Module, block: type[nn.Module], cfg: Any,
     def scan(length: int):
         return nn.scan(
             block,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, INTERMEDIATES: 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=in_axes,
             length=length,

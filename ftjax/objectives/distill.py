@@ -1,4 +1,5 @@
-"""Logit knowledge distillation (Hinton et al. 2015): the `kd` term.
+"""Knowledge distillation terms: logits (`kd`, Hinton et al. 2015) and hidden states
+(`kd_hidden`, as in TinyBERT / DistilBERT's cosine loss).
 
     kd = T^2 * KL( softmax(teacher / T) || softmax(student / T) )
 
@@ -12,6 +13,12 @@ pretrained model, an adapter directory or a finished run's workdir, through
 TermSetup.load_model), placed on the run's devices, never trained, never in the optimizer and
 never saved (rebuilt identically from `teacher`). Its forward pass runs inside the same jitted
 step on the same batch, without gradient and without dropout, in `teacher_dtype`.
+
+    kd_hidden = mean over pairs (s, t) of  mean over real tokens of  d(h_s, h_t)
+
+with h the output of student block s and teacher block t (`layers`: "s:t" pairs), d the mean
+squared difference over the width or 1 - cosine; each row weighs once. The student's hidden
+states come from the step's own forward pass (the term `captures`), the teacher's from its.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ftjax.models.model import layer_hidden_states
+from ftjax.nn.scan import INTERMEDIATES
 from ftjax.objectives.inputs import model_inputs
 from ftjax.objectives.term import LossTerm, TermConfig, TermContext, TermSetup, TermValue
 from ftjax.settings import ConfigError, setting
@@ -53,10 +62,12 @@ class KDConfig(TermConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
-class LogitKD(LossTerm):
+class _TeacherTerm(LossTerm):
+    """A term that compares the student with a teacher loaded at set-up (its constants)."""
+
     Config = KDConfig
 
-    def __init__(self, name: str, config: KDConfig | None = None):
+    def __init__(self, name: str, config=None):
         super().__init__(name, config)
         self.teacher = None  # the teacher's Model, set with its parameters at set-up
 
@@ -64,27 +75,127 @@ class LogitKD(LossTerm):
         if setup.load_model is None:
             raise ConfigError(f"loss term {self.name!r}: this set-up cannot load a teacher")
         model, params = setup.load_model(self.config.teacher, self.config.teacher_dtype)
-        student = setup.model
-        if student is not None:
-            _check_same_outputs(model, student, self.config.teacher)
+        if setup.model is not None:
+            self.check(model, setup.model)
         self.teacher = model
         return setup.place_replicated(params)
 
-    def __call__(self, ctx: TermContext) -> TermValue:
+    def check(self, teacher, student) -> None:
+        """Refuse a teacher the term cannot compare with this student (ConfigError)."""
+
+    def teacher_forward(self, ctx: TermContext, *, capture: bool = False):
+        """The teacher on the micro-batch, without gradient or dropout: its ModelOutput, and
+        with `capture` also its sowed intermediates."""
         if self.teacher is None:
             raise ValueError(f"loss term {self.name!r} has no teacher: its constants were not "
                              f"built (create_train_state does that)")
+        out = self.teacher.apply(
+            {"params": jax.lax.stop_gradient(ctx.constants)}, ctx.batch["input_ids"],
+            **model_inputs(ctx.batch, self.teacher), deterministic=True,
+            mutable=[INTERMEDIATES] if capture else False)
+        return jax.lax.stop_gradient(out)
+
+
+class LogitKD(_TeacherTerm):
+    Config = KDConfig
+
+    def check(self, teacher, student) -> None:
+        _check_same_outputs(teacher, student, self.config.teacher)
+
+    def __call__(self, ctx: TermContext) -> TermValue:
         batch, student = ctx.batch, ctx.output.logits
         if isinstance(student, dict):
             raise ValueError("kd distils one head; a multi-task student has one per task")
-        teacher = self.teacher.apply(
-            {"params": jax.lax.stop_gradient(ctx.constants)}, batch["input_ids"],
-            **model_inputs(batch, self.teacher), deterministic=True).logits
-        per_item = kd_divergence(student, jax.lax.stop_gradient(teacher),
-                                 self.config.temperature)
+        teacher = self.teacher_forward(ctx).logits
+        per_item = kd_divergence(student, teacher, self.config.temperature)
         weights = (batch["loss_mask"] if student.ndim == 3 else batch["example_mask"])
         per_item = per_item * weights.astype(jnp.float32)
         per_row = per_item.sum(axis=-1) if per_item.ndim == 2 else per_item
+        return TermValue(total=per_row.sum(), per_row=per_row)
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenKDConfig(TermConfig):
+    teacher: str = setting("", "the teacher, as for kd")
+    teacher_dtype: str = setting("float32", "the teacher's parameter and compute dtype",
+                                 choices=("float32", "bfloat16"))
+    layers: tuple[str, ...] = setting(
+        ("-1:-1",), "student:teacher block pairs whose output hidden states are matched "
+        "(indices from 0, negative from the end), e.g. ('0:1', '1:3', '2:5')")
+    loss: str = setting("mse", "mse (mean squared difference over the width) or cosine "
+                        "(1 - cosine similarity), per token", choices=("mse", "cosine"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.teacher:
+            raise ValueError("a kd_hidden term needs its teacher (losses.<name>.teacher)")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        self.pairs()
+
+    def pairs(self) -> list[tuple[int, int]]:
+        out = []
+        for pair in self.layers:
+            student, sep, teacher = str(pair).partition(":")
+            try:
+                out.append((int(student), int(teacher)))
+            except ValueError:
+                raise ValueError(f"layers entry {pair!r}: expected STUDENT:TEACHER block "
+                                 f"indices") from None
+            if not sep:
+                raise ValueError(f"layers entry {pair!r}: expected STUDENT:TEACHER")
+        if not out:
+            raise ValueError("kd_hidden needs at least one student:teacher pair in layers")
+        return out
+
+
+class HiddenKD(_TeacherTerm):
+    """Hidden-state transfer: the student's block outputs pulled toward the teacher's, per
+    real token (attention_mask), each row the mean over its tokens and the chosen pairs. The
+    widths must agree (a learned projection between different widths is not built)."""
+
+    Config = HiddenKDConfig
+    captures = True
+
+    def check(self, teacher, student) -> None:
+        where = self.config.teacher
+        if teacher.config.hidden_size != student.config.hidden_size:
+            raise ConfigError(
+                f"teacher {where}: width {teacher.config.hidden_size}, the student "
+                f"{student.config.hidden_size}; kd_hidden matches equal widths (a learned "
+                f"projection between them is not built)")
+        if teacher.config.vocab_size != student.config.vocab_size:
+            raise ConfigError(f"teacher {where}: another vocabulary ({teacher.config.vocab_size} "
+                              f"tokens, the student {student.config.vocab_size}); hidden states "
+                              f"are compared token by token")
+        for s, t in self.config.pairs():
+            for index, model, who in ((s, student, "student"), (t, teacher, "teacher")):
+                if not -model.config.num_layers <= index < model.config.num_layers:
+                    raise ConfigError(f"kd_hidden layers: the {who} has "
+                                      f"{model.config.num_layers} blocks, no block {index}")
+
+    def normalizer(self, batch: dict) -> jax.Array:
+        """Each row with a real token counts once (an example's rows: its example_mask)."""
+        if "example_mask" in batch:
+            return batch["example_mask"].astype(jnp.float32)
+        return (batch["attention_mask"].sum(-1) > 0).astype(jnp.float32)
+
+    def __call__(self, ctx: TermContext) -> TermValue:
+        student = layer_hidden_states(ctx.intermediates)
+        _, sown = self.teacher_forward(ctx, capture=True)
+        teacher = layer_hidden_states(sown)
+        mask = ctx.batch["attention_mask"].astype(jnp.float32)
+        per_row = jnp.zeros(mask.shape[:1], jnp.float32)
+        pairs = self.config.pairs()
+        for s, t in pairs:
+            a, b = student[s].astype(jnp.float32), teacher[t].astype(jnp.float32)
+            if self.config.loss == "mse":
+                per_token = jnp.mean(jnp.square(a - b), axis=-1)
+            else:
+                cos = jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1)
+                                            * jnp.linalg.norm(b, axis=-1) + 1e-8)
+                per_token = 1.0 - cos
+            per_row += (per_token * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+        per_row = per_row / len(pairs) * self.normalizer(ctx.batch)
         return TermValue(total=per_row.sum(), per_row=per_row)
 
 

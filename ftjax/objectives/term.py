@@ -116,6 +116,9 @@ class TermContext:
     step: jax.Array
     deterministic: bool
     apply_inputs: Callable[[dict], dict] | None = None
+    # The shared forward pass's sowed collection (each block's hidden states), when a term of
+    # the step `captures` (ftjax.models.model.layer_hidden_states reads it); else None.
+    intermediates: Any = None
 
     def forward(self, batch: dict | None = None, *, params: Any = None, model: Any = None,
                 deterministic: bool | None = None, rng: jax.Array | None = None, **kwargs):
@@ -162,6 +165,7 @@ class LossTerm(abc.ABC):
     Config: ClassVar[type] = TermConfig
     per_example: ClassVar[bool] = True
     evaluated: ClassVar[bool] = False  # per-example terms also computed by the eval step
+    captures: ClassVar[bool] = False  # reads the blocks' hidden states (ctx.intermediates)
 
     def __init__(self, name: str, config: TermConfig | None = None):
         self.name = name

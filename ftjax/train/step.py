@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ftjax.objectives.task_term import TaskTerm
 from ftjax.objectives.term import LossTerm, TermContext
+from ftjax.nn.scan import INTERMEDIATES
 from ftjax.train.forward import model_inputs, scan_split_view
 from ftjax.train.state import (
     TrainState,
@@ -101,20 +102,26 @@ def make_train_step(
     inputs_of = lambda batch: model_inputs(batch, model)  # noqa: E731
     by_source = len(sources) > 1
 
-    def context(term, forward, params, trainable, state, batch, output, rng, step):
+    # Whether any term reads the blocks' hidden states (sowed during the shared forward pass).
+    capture = [INTERMEDIATES] if any(t.captures for t in example_terms) else False
+
+    def context(term, forward, params, trainable, state, batch, output, rng, step,
+                intermediates=None):
         return TermContext(
             model=forward, params=params, trainable=trainable, batch=batch, output=output,
             state=state.terms.get(term.name), constants=state.constants.get(term.name),
-            rng=rng, step=step, deterministic=False, apply_inputs=inputs_of)
+            rng=rng, step=step, deterministic=False, apply_inputs=inputs_of,
+            intermediates=intermediates)
 
     def micro_loss(trainable, state, micro, rng, normalizers):
         forward, params = scan_split_view(model, trainable, state.frozen)
         output = forward.apply({"params": params}, micro["input_ids"], **inputs_of(micro),
-                               deterministic=False, rngs={"dropout": rng})
+                               deterministic=False, rngs={"dropout": rng}, mutable=capture)
+        output, sown = output if capture else (output, None)
         total, sums = jnp.zeros(()), {}
         for i, term in enumerate(example_terms):
             value = term(context(term, forward, params, trainable, state, micro, output,
-                                 jax.random.fold_in(rng, i + 1), state.step))
+                                 jax.random.fold_in(rng, i + 1), state.step, sown))
             total += term.config.weight_at(state.step) * value.total / normalizers[term.name]
             sums[term.name] = {"total": value.total, **{
                 stat_key(i, term, k): v for k, v in value.stats.items()}}
