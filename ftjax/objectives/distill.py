@@ -46,18 +46,27 @@ def kd_divergence(student_logits, teacher_logits, temperature: float) -> jax.Arr
 
 
 @dataclasses.dataclass(frozen=True)
-class KDConfig(TermConfig):
+class TeacherConfig(TermConfig):
+    """Settings of every term that compares the student with a teacher."""
+
     teacher: str = setting("", "the teacher: a pretrained model (asset name or checkpoint "
                            "path), an ftjax adapter directory, or a finished run's workdir")
-    temperature: float = setting(2.0, "T: both distributions are softened by it; the KL is "
-                                 "scaled by T^2")
     teacher_dtype: str = setting("float32", "the teacher's parameter and compute dtype",
                                  choices=("float32", "bfloat16"))
 
     def __post_init__(self):
         super().__post_init__()
         if not self.teacher:
-            raise ValueError("a kd term needs its teacher (losses.<name>.teacher)")
+            raise ValueError("a distillation term needs its teacher (losses.<name>.teacher)")
+
+
+@dataclasses.dataclass(frozen=True)
+class KDConfig(TeacherConfig):
+    temperature: float = setting(2.0, "T: both distributions are softened by it; the KL is "
+                                 "scaled by T^2")
+
+    def __post_init__(self):
+        super().__post_init__()
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -65,7 +74,7 @@ class KDConfig(TermConfig):
 class _TeacherTerm(LossTerm):
     """A term that compares the student with a teacher loaded at set-up (its constants)."""
 
-    Config = KDConfig
+    Config = TeacherConfig
 
     def __init__(self, name: str, config=None):
         super().__init__(name, config)
@@ -115,10 +124,7 @@ class LogitKD(_TeacherTerm):
 
 
 @dataclasses.dataclass(frozen=True)
-class HiddenKDConfig(TermConfig):
-    teacher: str = setting("", "the teacher, as for kd")
-    teacher_dtype: str = setting("float32", "the teacher's parameter and compute dtype",
-                                 choices=("float32", "bfloat16"))
+class HiddenKDConfig(TeacherConfig):
     layers: tuple[str, ...] = setting(
         ("-1:-1",), "student:teacher block pairs whose output hidden states are matched "
         "(indices from 0, negative from the end), e.g. ('0:1', '1:3', '2:5')")
@@ -127,8 +133,6 @@ class HiddenKDConfig(TermConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.teacher:
-            raise ValueError("a kd_hidden term needs its teacher (losses.<name>.teacher)")
         object.__setattr__(self, "layers", tuple(self.layers))
         self.pairs()
 
