@@ -129,3 +129,19 @@ def test_hidden_state_kd_is_zero_against_itself_and_matches_a_hand_computation(
     expected = (rows * batch["example_mask"]).sum() / batch["example_mask"].sum()
     np.testing.assert_allclose(float(metrics["loss/hid"]), expected, rtol=1e-4)
     assert expected > 1e-5  # the blocks really differ
+
+
+def test_attention_kd_is_zero_against_itself_and_positive_between_blocks(tiny_config_file,
+                                                                        tiny_bert_dir):
+    from ftjax.train.experiment import build_experiment
+
+    values = {}
+    for pairs in ("('0:0', '1:1')", "('0:1',)"):
+        exp = build_experiment(load_config(tiny_config_file, [
+            "losses.att.kind=kd_attention", f"losses.att.teacher={tiny_bert_dir}",
+            f"losses.att.layers={pairs}"]))
+        batch = next(exp.train_iterator())
+        _, metrics = jax.jit(exp.train_step)(exp.state, batch)
+        values[pairs] = float(metrics["loss/att"])
+    assert abs(values["('0:0', '1:1')"]) < 1e-6
+    assert values["('0:1',)"] > 1e-6  # other blocks attend otherwise

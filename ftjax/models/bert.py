@@ -22,6 +22,7 @@ from ftjax.nn.layers import (
     LayerNorm,
     activation,
     attention_mask,
+    attention_probs,
     dot_product_attention,
 )
 from ftjax.nn.prefix import PrefixEncoder, layer_prefix, prepend_prefix
@@ -88,6 +89,8 @@ class BertAttention(nn.Module):
                                               cfg.weight_dtype)
             k, v, mask_B1TS = prepend_prefix(k, v, mask_B1TS, prefix_k, prefix_v)
         rate = 0.0 if deterministic else cfg.attention_dropout
+        if self.is_mutable_collection(INTERMEDIATES):  # a caller reads the distributions
+            self.sow(INTERMEDIATES, "attention", attention_probs(q, k, mask_B1TS))
         out = dot_product_attention(
             q, k, v, mask_B1TS, implementation=cfg.attention_impl, dropout_rate=rate,
             dropout_rng=self.make_rng("dropout") if rate else None,

@@ -32,6 +32,7 @@ from ftjax.nn.layers import (
     RMSNorm,
     apply_rope,
     attention_mask,
+    attention_probs,
     dot_product_attention,
     rope_cos_sin,
 )
@@ -82,6 +83,8 @@ class LlamaAttention(nn.Module):
                                               cfg.weight_dtype)
             k, v, mask_B1TS = prepend_prefix(k, v, mask_B1TS, prefix_k, prefix_v)
         rate = 0.0 if deterministic else cfg.attention_dropout
+        if self.is_mutable_collection(INTERMEDIATES):  # a caller reads the distributions
+            self.sow(INTERMEDIATES, "attention", attention_probs(q, k, mask_B1TS))
         # As many keys as queries: the tokens themselves at the same positions (no prefix; a
         # cache as long as the input is written from slot 0), so the causal mask is the diagonal.
         out = dot_product_attention(

@@ -332,19 +332,39 @@ def layer_hidden_states(intermediates: dict) -> list:
     """Every block's output hidden states (B, T, D), first block first, from the collection a
     model applied with mutable=["intermediates"] sowed (ftjax.nn.scan.INTERMEDIATES): per-layer
     (`layers_N`), scanned (`layers`, stacked) or scanned in segments alike."""
+    return sown_per_layer(intermediates, "hidden")
+
+
+def layer_attentions(intermediates: dict) -> list:
+    """Every block's attention distributions (B, N, T, S), first block first (see
+    layer_hidden_states)."""
+    return sown_per_layer(intermediates, "attention")
+
+
+def sown_per_layer(intermediates: dict, name: str) -> list:
+    """The values the blocks sowed under `name` (anywhere inside a block), one per block."""
     intermediates = intermediates.get(INTERMEDIATES, intermediates)  # apply's whole mutable dict
     backbone = intermediates.get("backbone", {})
+
+    def find(tree):
+        if name in tree and isinstance(tree[name], tuple):
+            return tree[name][0]
+        for value in tree.values():
+            if isinstance(value, dict) and (found := find(value)) is not None:
+                return found
+        return None
+
     if "layers" in backbone:
-        stacked = backbone["layers"]["block"]["hidden"][0]
+        stacked = find(backbone["layers"])
         return [stacked[i] for i in range(stacked.shape[0])]
     segments = sorted((k for k in backbone if k.startswith("layer_segments_")),
                       key=lambda k: int(k.rsplit("_", 1)[1]))
     if segments:
-        parts = [backbone[k]["block"]["hidden"][0] for k in segments]
-        return [layer for part in parts for layer in part]
+        return [layer for k in segments for layer in find(backbone[k])]
     layers = sorted((k for k in backbone if k.startswith("layers_")),
                     key=lambda k: int(k.split("_")[1]))
-    if not layers:
-        raise ValueError("no hidden states were sown: apply the model with "
-                         "mutable=['intermediates']")
-    return [backbone[k]["hidden"][0] for k in layers]
+    found = [find(backbone[k]) for k in layers]
+    if not found or any(f is None for f in found):
+        raise ValueError(f"no {name!r} values were sown: apply the model with "
+                         f"mutable=['intermediates']")
+    return found

@@ -260,13 +260,27 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, *, implementation=N
         return cudnn() if chosen == "cudnn" else attend(implementation=chosen)
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
-    q = q_BTNH.reshape(B, T, K, N // K, H)  # query head n uses kv head n // (N // K)
-    logits = jnp.einsum("btkgh,bskh->bkgts", q, k_BSKH).astype(jnp.float32) * H**-0.5
-    logits = jnp.where(mask_B1TS[:, :, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = _grouped_probs(q_BTNH, k_BSKH, mask_B1TS)
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v_BSKH.dtype)
     return jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH).reshape(B, T, N, H)
+
+
+def _grouped_probs(q_BTNH, k_BSKH, mask_B1TS):
+    """fp32 attention probabilities (B, K, N // K, T, S): query head n uses kv head n // (N // K)."""
+    B, T, N, H = q_BTNH.shape
+    K = k_BSKH.shape[2]
+    q = q_BTNH.reshape(B, T, K, N // K, H)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k_BSKH).astype(jnp.float32) * H**-0.5
+    logits = jnp.where(mask_B1TS[:, :, None], logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def attention_probs(q_BTNH, k_BSKH, mask_B1TS):
+    """The attention distribution of every query head (B, N, T, S), fp32: what a fused kernel
+    computes and never shows, for a caller that reads it (attention distillation)."""
+    B, T, N, _ = q_BTNH.shape
+    return _grouped_probs(q_BTNH, k_BSKH, mask_B1TS).reshape(B, N, T, -1)
 
 
 def activation(name: str):

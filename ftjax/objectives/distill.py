@@ -17,7 +17,9 @@ step on the same batch, without gradient and without dropout, in `teacher_dtype`
     kd_hidden = mean over pairs (s, t) of  mean over real tokens of  d(h_s, h_t)
 
 with h the output of student block s and teacher block t (`layers`: "s:t" pairs), d the mean
-squared difference over the width or 1 - cosine; each row weighs once. The student's hidden
+squared difference over the width or 1 - cosine; each row weighs once. `kd_attention` is the
+same over KL(teacher || student) of each head's attention distribution (MiniLM's attention
+transfer). The student's hidden
 states come from the step's own forward pass (the term `captures`), the teacher's from its.
 """
 
@@ -28,7 +30,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ftjax.models.model import layer_hidden_states
+from ftjax.models.model import layer_attentions, layer_hidden_states
 from ftjax.nn.scan import INTERMEDIATES
 from ftjax.objectives.inputs import model_inputs
 from ftjax.objectives.term import LossTerm, TermConfig, TermContext, TermSetup, TermValue
@@ -124,12 +126,12 @@ class LogitKD(_TeacherTerm):
 
 
 @dataclasses.dataclass(frozen=True)
-class HiddenKDConfig(TeacherConfig):
+class LayerPairsConfig(TeacherConfig):
+    """A teacher and the student:teacher block pairs a term compares."""
+
     layers: tuple[str, ...] = setting(
-        ("-1:-1",), "student:teacher block pairs whose output hidden states are matched "
-        "(indices from 0, negative from the end), e.g. ('0:1', '1:3', '2:5')")
-    loss: str = setting("mse", "mse (mean squared difference over the width) or cosine "
-                        "(1 - cosine similarity), per token", choices=("mse", "cosine"))
+        ("-1:-1",), "student:teacher block pairs compared (indices from 0, negative from the "
+        "end), e.g. ('0:1', '1:3', '2:5')")
 
     def __post_init__(self):
         super().__post_init__()
@@ -148,40 +150,44 @@ class HiddenKDConfig(TeacherConfig):
             if not sep:
                 raise ValueError(f"layers entry {pair!r}: expected STUDENT:TEACHER")
         if not out:
-            raise ValueError("kd_hidden needs at least one student:teacher pair in layers")
+            raise ValueError("at least one student:teacher pair is needed in layers")
         return out
 
 
-class HiddenKD(_TeacherTerm):
-    """Hidden-state transfer: the student's block outputs pulled toward the teacher's, per
-    real token (attention_mask), each row the mean over its tokens and the chosen pairs. The
-    widths must agree (a learned projection between different widths is not built)."""
+@dataclasses.dataclass(frozen=True)
+class HiddenKDConfig(LayerPairsConfig):
+    loss: str = setting("mse", "mse (mean squared difference over the width) or cosine "
+                        "(1 - cosine similarity), per token", choices=("mse", "cosine"))
 
-    Config = HiddenKDConfig
+
+class _LayerPairsTerm(_TeacherTerm):
+    """Compares what chosen blocks of the student and the teacher sowed, token by token;
+    every row weighs once."""
+
+    Config = LayerPairsConfig
     captures = True
-
-    def check(self, teacher, student) -> None:
-        where = self.config.teacher
-        if teacher.config.hidden_size != student.config.hidden_size:
-            raise ConfigError(
-                f"teacher {where}: width {teacher.config.hidden_size}, the student "
-                f"{student.config.hidden_size}; kd_hidden matches equal widths (a learned "
-                f"projection between them is not built)")
-        if teacher.config.vocab_size != student.config.vocab_size:
-            raise ConfigError(f"teacher {where}: another vocabulary ({teacher.config.vocab_size} "
-                              f"tokens, the student {student.config.vocab_size}); hidden states "
-                              f"are compared token by token")
-        for s, t in self.config.pairs():
-            for index, model, who in ((s, student, "student"), (t, teacher, "teacher")):
-                if not -model.config.num_layers <= index < model.config.num_layers:
-                    raise ConfigError(f"kd_hidden layers: the {who} has "
-                                      f"{model.config.num_layers} blocks, no block {index}")
 
     def normalizer(self, batch: dict) -> jax.Array:
         """Each row with a real token counts once (an example's rows: its example_mask)."""
         if "example_mask" in batch:
             return batch["example_mask"].astype(jnp.float32)
         return (batch["attention_mask"].sum(-1) > 0).astype(jnp.float32)
+
+
+class HiddenKD(_LayerPairsTerm):
+    """Hidden-state transfer: the student's block outputs pulled toward the teacher's, per
+    real token (attention_mask), each row the mean over its tokens and the chosen pairs. The
+    widths must agree (a learned projection between different widths is not built)."""
+
+    Config = HiddenKDConfig
+
+    def check(self, teacher, student) -> None:
+        if teacher.config.hidden_size != student.config.hidden_size:
+            raise ConfigError(
+                f"teacher {self.config.teacher}: width {teacher.config.hidden_size}, the "
+                f"student {student.config.hidden_size}; kd_hidden matches equal widths (a "
+                f"learned projection between them is not built)")
+        _check_token_aligned(teacher, student, self.config)
 
     def __call__(self, ctx: TermContext) -> TermValue:
         student = layer_hidden_states(ctx.intermediates)
@@ -201,6 +207,50 @@ class HiddenKD(_TeacherTerm):
             per_row += (per_token * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
         per_row = per_row / len(pairs) * self.normalizer(ctx.batch)
         return TermValue(total=per_row.sum(), per_row=per_row)
+
+
+class AttentionKD(_LayerPairsTerm):
+    """Attention transfer (MiniLM, Wang et al. 2020): KL(teacher || student) of each head's
+    attention distribution over the keys, per real query token, for the chosen block pairs;
+    each row the mean over heads, tokens and pairs. The head counts must agree."""
+
+    Config = LayerPairsConfig
+
+    def check(self, teacher, student) -> None:
+        if teacher.config.num_heads != student.config.num_heads:
+            raise ConfigError(f"teacher {self.config.teacher}: {teacher.config.num_heads} "
+                              f"heads, the student {student.config.num_heads}; attention "
+                              f"transfer compares head by head")
+        _check_token_aligned(teacher, student, self.config)
+
+    def __call__(self, ctx: TermContext) -> TermValue:
+        student = layer_attentions(ctx.intermediates)
+        _, sown = self.teacher_forward(ctx, capture=True)
+        teacher = layer_attentions(sown)
+        mask = ctx.batch["attention_mask"].astype(jnp.float32)  # (B, T): real queries
+        per_row = jnp.zeros(mask.shape[:1], jnp.float32)
+        pairs = self.config.pairs()
+        for s, t in pairs:
+            p, q = teacher[t], student[s]  # (B, N, T, S), fp32, masked keys at 0
+            kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-30))
+                                               - jnp.log(jnp.maximum(q, 1e-30))), 0.0), -1)
+            per_query = kl.mean(axis=1)  # over heads: (B, T)
+            per_row += (per_query * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+        per_row = per_row / len(pairs) * self.normalizer(ctx.batch)
+        return TermValue(total=per_row.sum(), per_row=per_row)
+
+
+def _check_token_aligned(teacher, student, config: LayerPairsConfig) -> None:
+    """Per-token comparisons need one tokenization, and the pairs' blocks must exist."""
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise ConfigError(f"teacher {config.teacher}: another vocabulary "
+                          f"({teacher.config.vocab_size} tokens, the student "
+                          f"{student.config.vocab_size}); the term compares token by token")
+    for s, t in config.pairs():
+        for index, model, who in ((s, student, "student"), (t, teacher, "teacher")):
+            if not -model.config.num_layers <= index < model.config.num_layers:
+                raise ConfigError(f"layers {s}:{t}: the {who} has {model.config.num_layers} "
+                                  f"blocks, no block {index}")
 
 
 def _check_same_outputs(teacher, student, where: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ftjax.objectives.cross_entropy import TASK_TERMS, CrossEntropy, CrossEntropyConfig
-from ftjax.objectives.distill import HiddenKD, LogitKD
+from ftjax.objectives.distill import AttentionKD, HiddenKD, LogitKD
 from ftjax.objectives.penalties import L1, L2, L2SP
 from ftjax.objectives.span import SpanCrossEntropy
 from ftjax.objectives.term import LossTerm
@@ -26,6 +26,7 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "l2_sp": L2SP,
     "kd": LogitKD,
     "kd_hidden": HiddenKD,
+    "kd_attention": AttentionKD,
 }
 
 
