@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "export": "export a model or adapter (HF or PEFT format)",
     "adapters": "list, add or remove the adapters of a store (many adapters for one base)",
     "distill-targets": "write a teacher run's answers to a source's prompts as a data source",
+    "teacher-cache": "write a teacher run's outputs on a source's records as a teacher cache",
     "demo": "fine-tune MiniLM on the polarity corpus and print the result table",
     "sweep": "compare methods over learning rates and seeds; write tables and plots",
     "config": "show an experiment's resolved config with each key's help",

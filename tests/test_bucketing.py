@@ -47,6 +47,12 @@ def test_a_cut_batch_keeps_its_row_features_and_cuts_every_token_feature():
     assert cut["input_ids"].shape == (2, 7) and cut["attention_mask"].shape == (2, 7)
     assert cut["offsets"].shape == (2, 7, 2)
     assert cut["labels"].tolist() == [0, 1] and cut["example_id"].shape == (2,)
+    # A teacher's per-example outputs have no token axis, even when as wide as the rows.
+    batch["teacher_values"] = np.zeros((2, 13), np.float32)
+    batch["teacher_token_values"] = np.zeros((2, 13, 5), np.float32)
+    cut = cut_to_bucket(batch, (4, 7, 13))
+    assert cut["teacher_values"].shape == (2, 13)
+    assert cut["teacher_token_values"].shape == (2, 7, 5)
     assert cut_to_bucket(batch, (4, 7, 13), length=9)["input_ids"].shape == (2, 13)
     assert cut_to_bucket(batch, ())["input_ids"].shape == (2, 13)
 

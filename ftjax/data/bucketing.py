@@ -28,7 +28,7 @@ import grain
 import numpy as np
 
 from ftjax.data.errors import DataError
-from ftjax.data.features import Row, stack_rows
+from ftjax.data.features import UNCUT_FEATURES, Row, stack_rows
 
 
 def bucket_lengths(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
@@ -77,7 +77,7 @@ def cut_to_bucket(batch: Row, buckets: Sequence[int], length: int | None = None)
     if cut >= full:
         return batch
     return {name: (value[:, :cut] if np.ndim(value) >= 2 and np.shape(value)[1] == full
-                   else value)
+                   and name not in UNCUT_FEATURES else value)
             for name, value in batch.items()}
 
 

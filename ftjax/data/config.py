@@ -118,6 +118,8 @@ class DataConfig:
     max_train_examples: int = setting(
         0, "quick runs: n > 0 keeps a random n of the train split (drawn with split_seed, so "
         "every run sees the same subset); 0 keeps it whole")
+    teacher_cache: str = setting("", "a teacher cache of the train split (ftjax "
+                                 "teacher-cache); see SourceConfig.teacher_cache")
     max_eval_examples: int = setting(0, "the same for the validation and test splits")
     max_test_examples: int | None = setting(None, "the test split's own limit (None: "
                                             "max_eval_examples): a small validation subset to "
@@ -233,6 +235,10 @@ class SourceConfig:
         True, "False: the source is only evaluated (its validation / test splits), never "
         "trained on, and reported on its own (<split>/<source>), outside the split's average "
         "that selection follows: held-out general text, to see what training forgets")
+    teacher_cache: str = setting(
+        "", "a teacher cache directory (ftjax teacher-cache) made from this source's train "
+        "split: its rows then carry the teacher's outputs, which the kd term without a "
+        "teacher distils from")
     max_train_examples: int = setting(
         0, "n > 0 keeps a random n of the train split (drawn with split_seed, order kept); 0 "
         "keeps it whole")

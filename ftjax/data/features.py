@@ -20,6 +20,13 @@ or
   labels          int32   (B, T)  target ids            } causal / masked LM
   loss_mask       float32 (B, T)  1 where the loss counts }
 
+and, from a teacher cache (ftjax.data.teacher_cache), a teacher's outputs: all of its logits
+or its top K, with which outputs they are
+  teacher_values        float32 (B, K)     per example (never cut to a bucket: no token axis)
+  teacher_ids           int32   (B, K)
+  teacher_token_values  float32 (B, T, K)  per token
+  teacher_token_ids     int32   (B, T, K)
+
 In a multi-task batch (ftjax.data.multitask) each task's own features carry its name after
 TASK_SEPARATOR ("labels@ner", "example_mask@topic"); the shared ones above keep theirs.
 """
@@ -40,6 +47,10 @@ SOURCE_FEATURE = "source"
 EXAMPLE_FEATURE = "example_id"
 TASK_ID_FEATURE = "task_id"  # a multi-task row's task, by its index in the run's tasks
 TASK_SEPARATOR = "@"
+TEACHER_FEATURES = {False: ("teacher_values", "teacher_ids"),  # per example: (values, ids)
+                    True: ("teacher_token_values", "teacher_token_ids")}  # per token
+# 2-D per-row features without a token axis, which bucketing never cuts.
+UNCUT_FEATURES = frozenset(TEACHER_FEATURES[False])
 
 
 def base_feature(name: str) -> str:

@@ -25,6 +25,7 @@ from ftjax.data.multitask import TaskOfMany
 from ftjax.data.conversation import Conversation
 from ftjax.data.prompting import PromptTemplate
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
+from ftjax.data.teacher_cache import TeacherCache, WithTeacherOutputs
 from ftjax.data.token_classification import TokenClassification, load_tagged_source
 from ftjax.data.types import RecordSource
 
@@ -43,9 +44,17 @@ class RunSource:
     num_train: int  # train records (the saved count when the train split was not loaded)
     trained: bool = True  # False: evaluated only (SourceConfig.train)
     generation_metrics: tuple[str, ...] = ()  # scored on generations (SourceConfig)
+    teacher_cache: TeacherCache | None = None  # its train rows carry a teacher's outputs
+
+    @property
+    def train_task(self) -> Task:
+        """The task of the train rows: with the teacher's cached outputs, if any."""
+        if self.teacher_cache is None:
+            return self.task
+        return WithTeacherOutputs(self.task, self.teacher_cache)
 
     def train_source(self) -> TrainSource:
-        return TrainSource(self.name, self.splits["train"], self.task, self.weight)
+        return TrainSource(self.name, self.splits["train"], self.train_task, self.weight)
 
 
 def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
@@ -60,7 +69,7 @@ def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
         text_column=task.text_key, text_pair_column=task.text_pair_key,
         label_column=task.label_key if classification else None, prompt_column=task.prompt_key,
         max_train_examples=data.max_train_examples, max_eval_examples=data.max_eval_examples,
-        max_test_examples=data.max_test_examples)
+        max_test_examples=data.max_test_examples, teacher_cache=data.teacher_cache)
 
 
 def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
@@ -167,10 +176,13 @@ def _load_one(name: str, config: SourceConfig, task: TaskConfig, num_labels: int
                              num_labels=num_labels if needs_labels else None)
     num_train = len(loaded.splits["train"]) if "train" in loaded.splits else \
         saved.get("train_examples", 0)
-    return RunSource(name, make_task(task, config, num_labels=num_labels,
-                                     label_names=loaded.label_names),
-                     loaded.splits, loaded.label_names, config.weight, num_train,
-                     config.train, tuple(config.generation_metrics))
+    made = make_task(task, config, num_labels=num_labels, label_names=loaded.label_names)
+    cache = None
+    if config.teacher_cache and "train" in loaded.splits:
+        cache = TeacherCache.open(config.teacher_cache)
+        cache.check_source(name, loaded.splits["train"], made)
+    return RunSource(name, made, loaded.splits, loaded.label_names, config.weight, num_train,
+                     config.train, tuple(config.generation_metrics), cache)
 
 
 def with_task_features(sources: Sequence[RunSource], configs: Mapping[str, SourceConfig], *,

@@ -26,10 +26,12 @@ states come from the step's own forward pass (the term `captures`), the teacher'
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from ftjax.data.features import TEACHER_FEATURES
 from ftjax.models.model import layer_attentions, layer_hidden_states
 from ftjax.nn.scan import INTERMEDIATES
 from ftjax.objectives.inputs import model_inputs
@@ -47,6 +49,19 @@ def kd_divergence(student_logits, teacher_logits, temperature: float) -> jax.Arr
     return temperature ** 2 * kl
 
 
+def sparse_kd_divergence(student_logits, teacher_values, teacher_ids,
+                         temperature: float) -> jax.Array:
+    """kd_divergence against a teacher known only at outputs `teacher_ids` (its top k, or all
+    of them): the teacher's distribution renormalized over those outputs, the student's full
+    one read there. With every output, exactly kd_divergence."""
+    s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    t = teacher_values.astype(jnp.float32) / temperature
+    p_t = jax.nn.softmax(t, axis=-1)
+    kl = jnp.sum(p_t * (jax.nn.log_softmax(t, axis=-1)
+                        - jnp.take_along_axis(s, teacher_ids, axis=-1)), axis=-1)
+    return temperature ** 2 * kl
+
+
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig(TermConfig):
     """Settings of every term that compares the student with a teacher."""
@@ -56,14 +71,19 @@ class TeacherConfig(TermConfig):
     teacher_dtype: str = setting("float32", "the teacher's parameter and compute dtype",
                                  choices=("float32", "bfloat16"))
 
+    # False: a term that can also read the teacher's outputs from the batch (a cache)
+    teacher_required: ClassVar[bool] = True
+
     def __post_init__(self):
         super().__post_init__()
-        if not self.teacher:
+        if not self.teacher and self.teacher_required:
             raise ValueError("a distillation term needs its teacher (losses.<name>.teacher)")
 
 
 @dataclasses.dataclass(frozen=True)
 class KDConfig(TeacherConfig):
+    teacher_required: ClassVar[bool] = False  # no teacher: the rows' cached outputs
+
     temperature: float = setting(2.0, "T: both distributions are softened by it; the KL is "
                                  "scaled by T^2")
 
@@ -108,7 +128,27 @@ class _TeacherTerm(LossTerm):
 
 
 class LogitKD(_TeacherTerm):
+    """Logit KD from a teacher run in the step, or, without `teacher`, from the outputs a
+    teacher cache puts in the train rows (ftjax.data.teacher_cache: all of a teacher's class
+    logits, or its top k per token, renormalized over those k)."""
+
     Config = KDConfig
+
+    def constants(self, setup: TermSetup):
+        if self.config.teacher:
+            return super().constants(setup)
+        rows = setup.train_rows or {}
+        found = [values for values, _ in TEACHER_FEATURES.values() if values in rows]
+        if not found:
+            raise ConfigError(f"loss term {self.name!r} has no teacher and the train rows "
+                              f"carry no teacher outputs: name losses.{self.name}.teacher, or "
+                              f"give every trained source a teacher_cache")
+        width = _width(setup.model) if setup.model is not None else None
+        cached = rows[found[0]][0][-1]
+        if width is not None and cached > width:
+            raise ConfigError(f"loss term {self.name!r}: the teacher cache holds {cached} "
+                              f"outputs per item, the student has {width}")
+        return None
 
     def check(self, teacher, student) -> None:
         _check_same_outputs(teacher, student, self.config.teacher)
@@ -117,8 +157,13 @@ class LogitKD(_TeacherTerm):
         batch, student = ctx.batch, ctx.output.logits
         if isinstance(student, dict):
             raise ValueError("kd distils one head; a multi-task student has one per task")
-        teacher = self.teacher_forward(ctx).logits
-        per_item = kd_divergence(student, teacher, self.config.temperature)
+        if self.config.teacher:
+            teacher = self.teacher_forward(ctx).logits
+            per_item = kd_divergence(student, teacher, self.config.temperature)
+        else:
+            values, ids = TEACHER_FEATURES[student.ndim == 3]
+            per_item = sparse_kd_divergence(student, batch[values], batch[ids],
+                                            self.config.temperature)
         weights = (batch["loss_mask"] if student.ndim == 3 else batch["example_mask"])
         per_item = per_item * weights.astype(jnp.float32)
         per_row = per_item.sum(axis=-1) if per_item.ndim == 2 else per_item
@@ -253,14 +298,16 @@ def _check_token_aligned(teacher, student, config: LayerPairsConfig) -> None:
                                   f"blocks, no block {index}")
 
 
+def _width(model) -> int:
+    """The outputs of a model's head: its labels, or its vocabulary."""
+    head = model.head_config
+    return model.config.vocab_size if head.kind in ("lm", "mlm") else head.num_labels
+
+
 def _check_same_outputs(teacher, student, where: str) -> None:
     """Logit KD compares distributions over one label or vocabulary space."""
-    def width(model):
-        head = model.head_config
-        return model.config.vocab_size if head.kind in ("lm", "mlm") else head.num_labels
-
-    if teacher.head_config.kind != student.head_config.kind or width(teacher) != width(student):
+    if teacher.head_config.kind != student.head_config.kind or _width(teacher) != _width(student):
         raise ConfigError(
-            f"teacher {where}: a {teacher.head_config.kind!r} head over {width(teacher)} "
-            f"outputs, the student a {student.head_config.kind!r} head over {width(student)}; "
+            f"teacher {where}: a {teacher.head_config.kind!r} head over {_width(teacher)} "
+            f"outputs, the student a {student.head_config.kind!r} head over {_width(student)}; "
             f"logit KD needs one output space (sequence-level KD works across vocabularies)")

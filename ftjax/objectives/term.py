@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
@@ -145,7 +146,9 @@ class TermSetup:
       the trainable half / replicated (the state is created already placed);
     model, tokenizer, config: the run's model, tokenizer and run config;
     load_model: (spec, dtype) -> (model, params) of another model (a teacher): a pretrained
-      name or path, an adapter directory or a finished run's workdir.
+      name or path, an adapter directory or a finished run's workdir;
+    train_rows: the features of a train row (name -> (shape, dtype)), for a term that reads
+      more of the batch than the task's features (a teacher cache's outputs).
     """
 
     params: Any
@@ -157,6 +160,7 @@ class TermSetup:
     tokenizer: Any = None
     config: Any = None
     load_model: Callable[[str, str], tuple] | None = None
+    train_rows: Mapping[str, tuple] | None = None
 
 
 class LossTerm(abc.ABC):

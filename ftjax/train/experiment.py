@@ -374,7 +374,9 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     state = create_train_state(params, mask, tx, cfg.seed, terms=loss_terms, plan=plan,
                                frozen_dtype=cfg.model.frozen_dtype, donate_params=True,
                                model=pretrained.model, tokenizer=pretrained.tokenizer,
-                               config=cfg, load_model=load_model)
+                               config=cfg, load_model=load_model,
+                               train_rows=trained[0].train_task.row_shapes()
+                               if trained else None)
     pretrained.params = None
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(

@@ -110,7 +110,7 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
                        seed: int, *, terms: Sequence[LossTerm] = (), plan=None,
                        frozen_dtype=None, donate_params: bool = False,
                        model=None, tokenizer=None, config=None,
-                       load_model=None) -> TrainState:
+                       load_model=None, train_rows=None) -> TrainState:
     """The initial state: params split by `trainable_mask`, fresh optimizer state, seeded rng,
     and the constants and states of the loss `terms`.
 
@@ -122,8 +122,8 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
     frozen_dtype: storage dtype of frozen kernels / embedding tables (see `cast_frozen`).
     donate_params: with a plan, hand `params`' buffers over to the state instead of copying them
       (saves a copy of the model; the caller must not use `params` afterwards).
-    model, tokenizer, config, load_model: handed to the terms (TermSetup) for their constants
-      and states.
+    model, tokenizer, config, load_model, train_rows: handed to the terms (TermSetup) for their
+      constants and states.
     """
     trainable, frozen = partition(params, trainable_mask)
     trainable_sh, frozen_sh = (None, None) if plan is None else partition(plan.params,
@@ -132,7 +132,8 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
     # Before the params move into the state (donation): the terms copy what they keep.
     setup = TermSetup(params=params, mask=trainable_mask, trainable=trainable,
                       place_like_trainable=like_trainable, place_replicated=replicated,
-                      model=model, tokenizer=tokenizer, config=config, load_model=load_model)
+                      model=model, tokenizer=tokenizer, config=config, load_model=load_model,
+                      train_rows=train_rows)
     constants, states = {}, {}
     for term in terms:
         if (c := term.constants(setup)) is not None:
