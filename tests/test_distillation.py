@@ -145,3 +145,50 @@ def test_attention_kd_is_zero_against_itself_and_positive_between_blocks(tiny_co
         values[pairs] = float(metrics["loss/att"])
     assert abs(values["('0:0', '1:1')"]) < 1e-6
     assert values["('0:1',)"] > 1e-6  # other blocks attend otherwise
+
+
+def test_value_relation_kd_matches_a_hand_computation(tiny_config_file, tiny_bert_dir):
+    """MiniLM's value relation: softmax(V V^T / sqrt(d)) per head over real keys, compared by
+    KL(teacher || student) per real query; here student block 0 against teacher block 1 of
+    the same weights, by hand from each block's value projection."""
+    from ftjax.train.experiment import build_experiment
+
+    terms = ["losses.att.kind=kd_attention", f"losses.att.teacher={tiny_bert_dir}"]
+    same = build_experiment(load_config(tiny_config_file, [
+        *terms, "losses.att.layers=('0:0', '1:1')", "losses.att.relations=('attention', "
+        "'value')"]))
+    batch = next(same.train_iterator())
+    _, metrics = jax.jit(same.train_step)(same.state, batch)
+    assert abs(float(metrics["loss/att"])) < 1e-6
+
+    exp = build_experiment(load_config(tiny_config_file, [
+        *terms, "losses.att.layers=('0:1',)", "losses.att.relations=('value',)"]))
+    _, metrics = jax.jit(exp.train_step)(exp.state, batch)
+    inputs = {k: batch[k] for k in ("attention_mask", "positions", "token_type_ids")}
+    _, captured = exp.model.apply(
+        {"params": exp.params}, batch["input_ids"], **inputs, deterministic=True,
+        capture_intermediates=lambda module, method: module.name == "value")
+    values = sorted((jax.tree_util.keystr(path), leaf) for path, leaf in
+                    jax.tree_util.tree_leaves_with_path(captured["intermediates"])
+                    if "value" in jax.tree_util.keystr(path)
+                    and "value_relation" not in jax.tree_util.keystr(path))
+    assert len(values) == 2  # one value projection per block, block 0 first
+    n, mask = exp.model.config.num_heads, np.asarray(batch["attention_mask"], np.float64)
+
+    def relation(v):
+        b, t, d = v.shape
+        v = np.asarray(v, np.float64).reshape(b, t, n, d // n).transpose(0, 2, 1, 3)
+        logits = v @ v.transpose(0, 1, 3, 2) / np.sqrt(d // n)
+        logits = np.where(mask[:, None, None, :] > 0, logits, -np.inf)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    q, p = relation(values[0][1]), relation(values[1][1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0).sum(-1).mean(1)  # (B, T)
+    per_row = (kl * mask).sum(-1) / mask.sum(-1)
+    expected = per_row.sum() / np.asarray(batch["example_mask"]).sum()
+    np.testing.assert_allclose(float(metrics["loss/att"]), expected, rtol=1e-4)
+    assert expected > 1e-5
+    with pytest.raises(ValueError, match="relations must be"):
+        load_config(tiny_config_file, [*terms, "losses.att.relations=('keys',)"])

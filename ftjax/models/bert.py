@@ -84,6 +84,8 @@ class BertAttention(nn.Module):
         q = _dense(cfg, D, ("embed", "heads"), "query")(x_BTD, deterministic).reshape(B, T, N, H)
         k = _dense(cfg, D, ("embed", "heads"), "key")(x_BTD, deterministic).reshape(B, T, N, H)
         v = _dense(cfg, D, ("embed", "heads"), "value")(x_BTD, deterministic).reshape(B, T, N, H)
+        if self.is_mutable_collection(INTERMEDIATES):  # MiniLM's value relation, for a reader
+            self.sow(INTERMEDIATES, "value_relation", attention_probs(v, v, mask_B1TS))
         if cfg.prefix is not None:
             prefix_k, prefix_v = layer_prefix(self, cfg.prefix, D, "heads", prefix_kv,
                                               cfg.weight_dtype)

@@ -70,6 +70,9 @@ class LlamaAttention(nn.Module):
         q = dense(N * H, ("embed", "heads"), "q_proj")(x_BTD, deterministic).reshape(B, T, N, H)
         k = dense(K * H, ("embed", "kv_heads"), "k_proj")(x_BTD, deterministic).reshape(B, T, K, H)
         v = dense(K * H, ("embed", "kv_heads"), "v_proj")(x_BTD, deterministic).reshape(B, T, K, H)
+        if layer_cache is None and self.is_mutable_collection(INTERMEDIATES):
+            # MiniLM's value relation (per kv head), causal like the attention, for a reader
+            self.sow(INTERMEDIATES, "value_relation", attention_probs(v, v, mask_B1TS))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if layer_cache is not None:
             cache_k, cache_v = layer_cache

@@ -19,6 +19,7 @@ step on the same batch, without gradient and without dropout, in `teacher_dtype`
 with h the output of student block s and teacher block t (`layers`: "s:t" pairs), d the mean
 squared difference over the width or 1 - cosine; each row weighs once. `kd_attention` is the
 same over KL(teacher || student) of each head's attention distribution (MiniLM's attention
+transfer), and / or of each head's value relation softmax(V V^T / sqrt(d)) (MiniLM's value
 transfer). The student's hidden
 states come from the step's own forward pass (the term `captures`), the teacher's from its.
 """
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.data.features import TEACHER_FEATURES
-from ftjax.models.model import layer_attentions, layer_hidden_states
+from ftjax.models.model import layer_hidden_states, sown_per_layer
 from ftjax.nn.scan import INTERMEDIATES
 from ftjax.objectives.inputs import model_inputs
 from ftjax.objectives.term import LossTerm, TermConfig, TermContext, TermSetup, TermValue
@@ -254,34 +255,60 @@ class HiddenKD(_LayerPairsTerm):
         return TermValue(total=per_row.sum(), per_row=per_row)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionKDConfig(LayerPairsConfig):
+    relations: tuple[str, ...] = setting(
+        ("attention",), "what is transferred: attention (each head's distribution over the "
+        "keys, softmax(QK^T / sqrt(d))) and / or value (MiniLM's value relation, "
+        "softmax(VV^T / sqrt(d)))")
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "relations", tuple(self.relations))
+        unknown = sorted(set(self.relations) - set(_RELATIONS))
+        if unknown or not self.relations:
+            raise ValueError(f"relations must be some of {sorted(_RELATIONS)}, got "
+                             f"{list(self.relations)}")
+
+
+# relation -> (the name the attention modules sow it under, the heads it has)
+_RELATIONS = {"attention": ("attention", "num_heads"),
+              "value": ("value_relation", "num_kv_heads")}
+
+
 class AttentionKD(_LayerPairsTerm):
     """Attention transfer (MiniLM, Wang et al. 2020): KL(teacher || student) of each head's
-    attention distribution over the keys, per real query token, for the chosen block pairs;
-    each row the mean over heads, tokens and pairs. The head counts must agree."""
+    attention distribution over the keys, and / or of its value relation, per real query
+    token, for the chosen block pairs; each row the mean over heads, tokens, relations and
+    pairs. The head counts must agree (the kv heads' for the value relation)."""
 
-    Config = LayerPairsConfig
+    Config = AttentionKDConfig
 
     def check(self, teacher, student) -> None:
-        if teacher.config.num_heads != student.config.num_heads:
-            raise ConfigError(f"teacher {self.config.teacher}: {teacher.config.num_heads} "
-                              f"heads, the student {student.config.num_heads}; attention "
-                              f"transfer compares head by head")
+        for relation in self.config.relations:
+            heads = _RELATIONS[relation][1]
+            t, s = (getattr(m.config, heads, m.config.num_heads) for m in (teacher, student))
+            if t != s:
+                raise ConfigError(f"teacher {self.config.teacher}: {t} {relation} heads, the "
+                                  f"student {s}; {relation} transfer compares head by head")
         _check_token_aligned(teacher, student, self.config)
 
     def __call__(self, ctx: TermContext) -> TermValue:
-        student = layer_attentions(ctx.intermediates)
         _, sown = self.teacher_forward(ctx, capture=True)
-        teacher = layer_attentions(sown)
         mask = ctx.batch["attention_mask"].astype(jnp.float32)  # (B, T): real queries
         per_row = jnp.zeros(mask.shape[:1], jnp.float32)
         pairs = self.config.pairs()
-        for s, t in pairs:
-            p, q = teacher[t], student[s]  # (B, N, T, S), fp32, masked keys at 0
-            kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-30))
-                                               - jnp.log(jnp.maximum(q, 1e-30))), 0.0), -1)
-            per_query = kl.mean(axis=1)  # over heads: (B, T)
-            per_row += (per_query * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
-        per_row = per_row / len(pairs) * self.normalizer(ctx.batch)
+        for relation in self.config.relations:
+            name = _RELATIONS[relation][0]
+            student, teacher = (sown_per_layer(tree, name) for tree in (ctx.intermediates, sown))
+            for s, t in pairs:
+                p, q = teacher[t], student[s]  # (B, N, T, S), fp32, masked keys at 0
+                kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-30))
+                                                   - jnp.log(jnp.maximum(q, 1e-30))), 0.0), -1)
+                per_query = kl.mean(axis=1)  # over heads: (B, T)
+                per_row += (per_query * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+        per_row = per_row / (len(pairs) * len(self.config.relations)) * \
+            self.normalizer(ctx.batch)
         return TermValue(total=per_row.sum(), per_row=per_row)
 
 
