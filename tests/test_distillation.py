@@ -192,3 +192,35 @@ def test_value_relation_kd_matches_a_hand_computation(tiny_config_file, tiny_ber
     assert expected > 1e-5
     with pytest.raises(ValueError, match="relations must be"):
         load_config(tiny_config_file, [*terms, "losses.att.relations=('keys',)"])
+
+
+def test_terms_naming_one_teacher_share_its_copy_and_its_forward_pass(teacher_run,
+                                                                      monkeypatch):
+    import ftjax.objectives.distill as distill
+    from ftjax.train.experiment import build_experiment
+    from ftjax.train.restore import load_run_model
+
+    config_file, teacher = teacher_run
+    loads, forwards = [], []
+    inputs = distill.model_inputs
+    # model_inputs is called once per teacher forward pass (the student's come from the step).
+    monkeypatch.setattr(distill, "model_inputs", lambda *a: forwards.append(1) or inputs(*a))
+    terms = [f"losses.{name}.{key}={value}" for name, kind in
+             (("kd", "kd"), ("hid", "kd_hidden"), ("att", "kd_attention"))
+             for key, value in (("kind", kind), ("teacher", teacher))]
+    exp = build_experiment(load_config(config_file, ["steps=3", *terms]),
+                           load_model=lambda *a: loads.append(a) or load_run_model(*a))
+    assert len(loads) == 1  # one teacher loaded for the three terms naming it
+    constants = exp.state.constants
+    assert all(a is b is c for a, b, c in zip(*(jax.tree.leaves(constants[t])
+                                                for t in ("kd", "hid", "att"))))
+    batch = next(exp.train_iterator())
+    _, metrics = jax.jit(exp.train_step)(exp.state, batch)
+    assert all(float(metrics[f"loss/{t}"]) > 0 for t in ("kd", "hid", "att"))
+    # As many teacher forward passes traced as with the kd term alone.
+    three = len(forwards)
+    forwards.clear()
+    alone = build_experiment(load_config(config_file, ["steps=3", *terms[:2]]),
+                             load_model=load_run_model)
+    jax.jit(alone.train_step)(alone.state, batch)
+    assert three == len(forwards) > 0

@@ -103,29 +103,40 @@ class _TeacherTerm(LossTerm):
         super().__init__(name, config)
         self.teacher = None  # the teacher's Model, set with its parameters at set-up
 
+    def _key(self) -> tuple:
+        return ("teacher", self.config.teacher, self.config.teacher_dtype)
+
     def constants(self, setup: TermSetup):
+        """The teacher's parameters, placed on the run's devices. Terms naming one teacher (in
+        one dtype) share one loaded copy (setup.shared), and in the step one forward pass."""
         if setup.load_model is None:
             raise ConfigError(f"loss term {self.name!r}: this set-up cannot load a teacher")
-        model, params = setup.load_model(self.config.teacher, self.config.teacher_dtype)
+        if self._key() not in setup.shared:
+            model, params = setup.load_model(self.config.teacher, self.config.teacher_dtype)
+            setup.shared[self._key()] = (model, setup.place_replicated(params))
+        model, params = setup.shared[self._key()]
         if setup.model is not None:
             self.check(model, setup.model)
         self.teacher = model
-        return setup.place_replicated(params)
+        return params
 
     def check(self, teacher, student) -> None:
         """Refuse a teacher the term cannot compare with this student (ConfigError)."""
 
-    def teacher_forward(self, ctx: TermContext, *, capture: bool = False):
-        """The teacher on the micro-batch, without gradient or dropout: its ModelOutput, and
-        with `capture` also its sowed intermediates."""
+    def teacher_forward(self, ctx: TermContext):
+        """The teacher on the micro-batch, without gradient or dropout: its ModelOutput and
+        its sowed intermediates (which cost nothing where no term reads them). The first term
+        of the step that asks runs it; the others naming the same teacher reuse it."""
         if self.teacher is None:
             raise ValueError(f"loss term {self.name!r} has no teacher: its constants were not "
                              f"built (create_train_state does that)")
-        out = self.teacher.apply(
-            {"params": jax.lax.stop_gradient(ctx.constants)}, ctx.batch["input_ids"],
-            **model_inputs(ctx.batch, self.teacher), deterministic=True,
-            mutable=[INTERMEDIATES] if capture else False)
-        return jax.lax.stop_gradient(out)
+        if self._key() not in ctx.shared:
+            out = self.teacher.apply(
+                {"params": jax.lax.stop_gradient(ctx.constants)}, ctx.batch["input_ids"],
+                **model_inputs(ctx.batch, self.teacher), deterministic=True,
+                mutable=[INTERMEDIATES])
+            ctx.shared[self._key()] = jax.lax.stop_gradient(out)
+        return ctx.shared[self._key()]
 
 
 class LogitKD(_TeacherTerm):
@@ -159,7 +170,7 @@ class LogitKD(_TeacherTerm):
         if isinstance(student, dict):
             raise ValueError("kd distils one head; a multi-task student has one per task")
         if self.config.teacher:
-            teacher = self.teacher_forward(ctx).logits
+            teacher = self.teacher_forward(ctx)[0].logits
             per_item = kd_divergence(student, teacher, self.config.temperature)
         else:
             values, ids = TEACHER_FEATURES[student.ndim == 3]
@@ -237,7 +248,7 @@ class HiddenKD(_LayerPairsTerm):
 
     def __call__(self, ctx: TermContext) -> TermValue:
         student = layer_hidden_states(ctx.intermediates)
-        _, sown = self.teacher_forward(ctx, capture=True)
+        _, sown = self.teacher_forward(ctx)
         teacher = layer_hidden_states(sown)
         mask = ctx.batch["attention_mask"].astype(jnp.float32)
         per_row = jnp.zeros(mask.shape[:1], jnp.float32)
@@ -294,7 +305,7 @@ class AttentionKD(_LayerPairsTerm):
         _check_token_aligned(teacher, student, self.config)
 
     def __call__(self, ctx: TermContext) -> TermValue:
-        _, sown = self.teacher_forward(ctx, capture=True)
+        _, sown = self.teacher_forward(ctx)
         mask = ctx.batch["attention_mask"].astype(jnp.float32)  # (B, T): real queries
         per_row = jnp.zeros(mask.shape[:1], jnp.float32)
         pairs = self.config.pairs()

@@ -120,6 +120,9 @@ class TermContext:
     # The shared forward pass's sowed collection (each block's hidden states), when a term of
     # the step `captures` (ftjax.models.model.layer_hidden_states reads it); else None.
     intermediates: Any = None
+    # One dict for all the terms on this micro-batch: work several terms need (a teacher's
+    # forward pass) is done by the first and found by the others under an agreed key.
+    shared: dict = dataclasses.field(default_factory=dict)
 
     def forward(self, batch: dict | None = None, *, params: Any = None, model: Any = None,
                 deterministic: bool | None = None, rng: jax.Array | None = None, **kwargs):
@@ -148,7 +151,8 @@ class TermSetup:
     load_model: (spec, dtype) -> (model, params) of another model (a teacher): a pretrained
       name or path, an adapter directory or a finished run's workdir;
     train_rows: the features of a train row (name -> (shape, dtype)), for a term that reads
-      more of the batch than the task's features (a teacher cache's outputs).
+      more of the batch than the task's features (a teacher cache's outputs);
+    shared: see below.
     """
 
     params: Any
@@ -161,6 +165,9 @@ class TermSetup:
     config: Any = None
     load_model: Callable[[str, str], tuple] | None = None
     train_rows: Mapping[str, tuple] | None = None
+    # One dict for all the terms of the run: what several terms build alike (a loaded, placed
+    # teacher) is built by the first and found by the others under an agreed key.
+    shared: dict = dataclasses.field(default_factory=dict)
 
 
 class LossTerm(abc.ABC):

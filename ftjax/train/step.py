@@ -106,22 +106,22 @@ def make_train_step(
     capture = [INTERMEDIATES] if any(t.captures for t in example_terms) else False
 
     def context(term, forward, params, trainable, state, batch, output, rng, step,
-                intermediates=None):
+                intermediates=None, shared=None):
         return TermContext(
             model=forward, params=params, trainable=trainable, batch=batch, output=output,
             state=state.terms.get(term.name), constants=state.constants.get(term.name),
             rng=rng, step=step, deterministic=False, apply_inputs=inputs_of,
-            intermediates=intermediates)
+            intermediates=intermediates, shared={} if shared is None else shared)
 
     def micro_loss(trainable, state, micro, rng, normalizers):
         forward, params = scan_split_view(model, trainable, state.frozen)
         output = forward.apply({"params": params}, micro["input_ids"], **inputs_of(micro),
                                deterministic=False, rngs={"dropout": rng}, mutable=capture)
         output, sown = output if capture else (output, None)
-        total, sums = jnp.zeros(()), {}
+        total, sums, shared = jnp.zeros(()), {}, {}
         for i, term in enumerate(example_terms):
             value = term(context(term, forward, params, trainable, state, micro, output,
-                                 jax.random.fold_in(rng, i + 1), state.step, sown))
+                                 jax.random.fold_in(rng, i + 1), state.step, sown, shared))
             total += term.config.weight_at(state.step) * value.total / normalizers[term.name]
             sums[term.name] = {"total": value.total, **{
                 stat_key(i, term, k): v for k, v in value.stats.items()}}
