@@ -100,7 +100,13 @@ def get_config(variant):
 def get_stages():
     return [Stage("one", "first"),
             Stage("two_s0", "second", init_from="one", group="two-stage"),
-            Stage("two_s1", "second", ("seed=1", "init_from={root}/one"), group="two-stage")]
+            Stage("two_s1", "second", ("seed=1", "init_from={root}/one"), group="two-stage",
+                  before="prepare")]
+
+
+def prepare(root):
+    with open(root / "prepared.txt", "a") as f:
+        f.write(",".join(sorted(p.name for p in root.iterdir() if p.is_dir())) + "\\n")
 
 
 def report(record, stem):
@@ -134,8 +140,11 @@ def test_pipeline_runs_stages_in_order_and_keeps_finished_ones(tmp_path, tiny_be
     assert [row.split()[0] for row in table] == ["one", "two_s0", "two_s1"]
     assert record["runs"]["two_s0"]["trainable"] == record["runs"]["two_s0"]["total"] > 0
     logs = {name: (root / name / "metrics.jsonl").read_text() for name in ("one", "two_s0")}
+    # The stage's `before` function ran once, before it trained (after the earlier stages).
+    assert (root / "prepared.txt").read_text() == "one,two_s0\n"
     assert main(args) == 0  # finished stages are summarized, not trained again
     assert {n: (root / n / "metrics.jsonl").read_text() for n in logs} == logs
+    assert (root / "prepared.txt").read_text() == "one,two_s0\n"
 
 
 def test_pipeline_stage_starting_from_a_later_stage_is_refused(tmp_path, tiny_bert_dir,

@@ -11,7 +11,8 @@ A pipeline file is an experiment file that also defines `get_stages()`, the stag
 with results.json, is not run again; an interrupted one stops the pipeline, and the next call
 resumes it; the summary of an interrupted pipeline holds the stages finished so far and names
 the others), setting the stage's
-`init_from` to the workdir of the earlier stage it names. The summary holds every stage's
+`init_from` to the workdir of the earlier stage it names, and calling the file's function that
+the stage's `before` names first (a step that is not a run). The summary holds every stage's
 result splits and run facts (trainable parameters, wall time, adapter sizes) and, per group,
 the mean and standard deviation of each metric over the group's stages (seeds of one arm).
 A file that also defines `report(record, stem)` is given the pipeline's record after
@@ -45,6 +46,10 @@ class Stage:
     overrides: tuple[str, ...] = ()
     init_from: str | None = None  # an earlier stage's name
     group: str | None = None  # stages summarized together (an arm's seeds)
+    # A function of the pipeline file, called as fn(root) before the stage trains (not once it
+    # has finished): what the stage reads that no run writes, e.g. a teacher cache made from an
+    # earlier stage. Called again after an interruption, so it must continue or redo its work.
+    before: str | None = None
 
 
 def load_stages(path: str | Path) -> list[Stage]:
@@ -58,6 +63,9 @@ def load_stages(path: str | Path) -> list[Stage]:
     for stage in stages:
         if not isinstance(stage, Stage):
             raise ConfigError(f"{path}: get_stages() gave {stage!r}, not a Stage")
+        if stage.before is not None and not callable(getattr(module, stage.before, None)):
+            raise ConfigError(f"{path}: stage {stage.name!r} runs {stage.before}() first, "
+                              f"which the file does not define")
         if stage.name in seen:
             raise ConfigError(f"{path}: two stages are named {stage.name!r}")
         if stage.init_from is not None and stage.init_from not in seen:
@@ -84,12 +92,16 @@ def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] =
     configs = {s.name: stage_config(path, s, root, overrides) for s in stages}
     results, wall, steps, runs = {}, 0.0, {}, {}
     interrupted = None
+    module = import_experiment_file(Path(path))
     for stage in stages:
         workdir = root / stage.name
         done = workdir / "results.json"
-        if not done.is_file() and train(configs[stage.name], workdir, quiet=quiet).interrupted:
-            interrupted = stage.name
-            break
+        if not done.is_file():
+            if stage.before is not None:
+                getattr(module, stage.before)(root)
+            if train(configs[stage.name], workdir, quiet=quiet).interrupted:
+                interrupted = stage.name
+                break
         finished = json.loads(done.read_text())
         results[stage.name] = finished["eval"]
         steps[stage.name] = finished["final_step"]
