@@ -187,3 +187,28 @@ def test_a_top_k_cache_of_a_language_model_teacher(tmp_path, tiny_bert_dir, tiny
     result = train(load_config(path, [*student, f"data.teacher_cache={tmp_path / 'top5'}"]),
                    tmp_path / "student", quiet=True)
     assert result.final_step == 2
+
+
+def test_a_pretrained_language_model_as_the_teacher(tmp_path, tiny_bert_dir, tiny_text_data,
+                                                     tiny_llama_dir, prompts_file,  # noqa: F811
+                                                     capsys):
+    path, cfg = _lm_config(tmp_path, tiny_bert_dir, tiny_text_data, tiny_llama_dir,
+                           prompts_file, "task.packing=False")
+    lm = [f"model.name={tiny_llama_dir}", "head.kind=lm", "task.kind=causal_lm",
+          "task.max_length=24", f"data.path={prompts_file}", "task.prompt_key=prompt",
+          "task.text_key=target", "model.dtype=float32", "task.packing=False"]
+    assert main(["teacher-cache", str(path), "--pretrained", *[f"--set={o}" for o in lm],
+                 "--out", str(tmp_path / "c"), "--top-k", "3"]) == 0
+    cache = TeacherCache.open(tmp_path / "c")
+    assert cache.manifest["teacher"]["pretrained"] == str(tiny_llama_dir)
+    exp = build_run_experiment(load_config(path, lm))
+    from ftjax.data.features import IndexedRecord, stack_rows
+    records = exp.sources[0].splits["train"]
+    featurize = exp.sources[0].task.featurizer(exp.tokenizer)
+    rows = stack_rows([featurize(IndexedRecord(i, i, records[i])) for i in range(4)])
+    values, ids = teacher_outputs(exp.model, 3)(exp.params, rows)
+    np.testing.assert_allclose(cache.values[:4], values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cache.ids[:4], ids)
+    # A classification head would be new, not trained: refused in one line.
+    assert main(["teacher-cache", str(path), "--pretrained", "--out", str(tmp_path / "d")]) == 2
+    assert "--pretrained" in capsys.readouterr().err and not (tmp_path / "d").exists()
