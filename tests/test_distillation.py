@@ -224,3 +224,62 @@ def test_terms_naming_one_teacher_share_its_copy_and_its_forward_pass(teacher_ru
                              load_model=load_run_model)
     jax.jit(alone.train_step)(alone.state, batch)
     assert three == len(forwards) > 0
+
+
+@pytest.fixture(scope="module")
+def narrow_bert_dir(tmp_path_factory):
+    """A tiny BERT 20 wide (the teacher fixture is 30 wide), same vocabulary and tokenizer."""
+    from conftest import make_tiny_tokenizer
+    from ftjax.io import save_hf
+
+    cfg = dataclasses.replace(preset("tiny-bert"), hidden_size=20, intermediate_size=23)
+    params = init_params(Model(cfg, HeadConfig("none")), jax.random.key(1))
+    out = tmp_path_factory.mktemp("narrow_bert")
+    save_hf(cfg, params, out, tokenizer=make_tiny_tokenizer())
+    return out
+
+
+def test_a_learned_projection_matches_other_widths_trains_and_is_never_exported(
+        tiny_config_file, tiny_bert_dir, narrow_bert_dir, tmp_path):
+    base = [f"model.name={narrow_bert_dir}", "steps=4", "eval_every=4", "checkpoint_every=2",
+            "best_metric="]
+    hidden = ["losses.hid.kind=kd_hidden", f"losses.hid.teacher={tiny_bert_dir}",
+              "losses.hid.layers=('0:0', '1:1')"]
+    exp = build_run_experiment(load_config(tiny_config_file, [*base, *hidden]))
+    own = exp.state.trainable["terms"]["hid"]
+    assert {k: v["kernel"].shape for k, v in own.items()} == {
+        "student0_teacher0": (20, 30), "student1_teacher1": (20, 30)}
+    assert "terms" not in exp.params  # the model's own tree: what exports see
+    before = np.asarray(own["student1_teacher1"]["kernel"])
+    state, metrics = jax.jit(exp.train_step)(exp.state, next(exp.train_iterator()))
+    assert float(metrics["loss/hid"]) > 0
+    assert not np.array_equal(before, state.trainable["terms"]["hid"]["student1_teacher1"]
+                              ["kernel"])  # it trains with the student
+
+    # Resumed runs equal the uninterrupted one, projection included.
+    whole = train(load_config(tiny_config_file, [*base, *hidden]), tmp_path / "whole",
+                  quiet=True)
+    train(load_config(tiny_config_file, [*base, *hidden, "steps=2"]), tmp_path / "parts",
+          quiet=True)
+    parts = train(load_config(tiny_config_file, [*base, *hidden]), tmp_path / "parts",
+                  quiet=True)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), whole.state.trainable,
+                        parts.state.trainable)
+    assert all(jax.tree.leaves(same))
+    # At weight 0 the student trains exactly as without the term.
+    zero = train(load_config(tiny_config_file, [*base, *hidden, "losses.hid.weight=0.0"]),
+                 tmp_path / "zero", quiet=True)
+    plain = train(load_config(tiny_config_file, base), tmp_path / "plain", quiet=True)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), zero.state.params,
+                        plain.state.params)
+    assert all(jax.tree.leaves(same))
+    # Exports hold the student alone.
+    from ftjax.cli import main
+    from safetensors.numpy import load_file
+
+    for fmt, extra in (("hf", ["--backbone-only"]), ("adapter", [])):
+        assert main(["export", "--workdir", str(tmp_path / "whole"), "--format", fmt,
+                     "--out", str(tmp_path / fmt), *extra]) == 0
+    exported = [p for d in ("hf", "adapter") for p in (tmp_path / d).glob("*.safetensors")]
+    assert exported and not any("terms" in key or "teacher" in key
+                                for p in exported for key in load_file(p))

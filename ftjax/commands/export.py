@@ -132,8 +132,8 @@ def _export(args, out: Path) -> int:
     if heads:
         if not args.backbone_only:
             what = (f"the task heads {heads} of a multi-task run" if model.task_heads
-                    else f"a {heads[0]!r} head of ours")
-            return _refuse(f"HF format holds no {what}; pass --backbone-only to export the "
+                    else f"our {heads[0]!r} head")
+            return _refuse(f"HF format cannot hold {what}; pass --backbone-only to export the "
                            f"fine-tuned backbone without it")
         params = {"backbone": params["backbone"]}
     save_hf(model, params, out, tokenizer=exp.tokenizer, dtype=args.dtype,

@@ -16,8 +16,9 @@ step on the same batch, without gradient and without dropout, in `teacher_dtype`
 
     kd_hidden = mean over pairs (s, t) of  mean over real tokens of  d(h_s, h_t)
 
-with h the output of student block s and teacher block t (`layers`: "s:t" pairs), d the mean
-squared difference over the width or 1 - cosine; each row weighs once. `kd_attention` is the
+with h the output of student block s (times a learned projection when the widths differ) and
+teacher block t (`layers`: "s:t" pairs), d the mean squared difference over the width or
+1 - cosine; each row weighs once. `kd_attention` is the
 same over KL(teacher || student) of each head's attention distribution (MiniLM's attention
 transfer), and / or of each head's value relation softmax(V V^T / sqrt(d)) (MiniLM's value
 transfer). The student's hidden
@@ -36,7 +37,14 @@ from ftjax.data.features import TEACHER_FEATURES
 from ftjax.models.model import layer_hidden_states, sown_per_layer
 from ftjax.nn.scan import INTERMEDIATES
 from ftjax.objectives.inputs import model_inputs
-from ftjax.objectives.term import LossTerm, TermConfig, TermContext, TermSetup, TermValue
+from ftjax.objectives.term import (
+    TERM_PARAMS,
+    LossTerm,
+    TermConfig,
+    TermContext,
+    TermSetup,
+    TermValue,
+)
 from ftjax.settings import ConfigError, setting
 
 
@@ -106,19 +114,27 @@ class _TeacherTerm(LossTerm):
     def _key(self) -> tuple:
         return ("teacher", self.config.teacher, self.config.teacher_dtype)
 
-    def constants(self, setup: TermSetup):
-        """The teacher's parameters, placed on the run's devices. Terms naming one teacher (in
-        one dtype) share one loaded copy (setup.shared), and in the step one forward pass."""
+    def loaded_teacher(self, setup: TermSetup) -> tuple:
+        """(model, params) of the teacher, loaded once for every term naming it in one dtype
+        (setup.shared); its params are placed when the state is built (constants)."""
         if setup.load_model is None:
             raise ConfigError(f"loss term {self.name!r}: this set-up cannot load a teacher")
         if self._key() not in setup.shared:
-            model, params = setup.load_model(self.config.teacher, self.config.teacher_dtype)
-            setup.shared[self._key()] = (model, setup.place_replicated(params))
-        model, params = setup.shared[self._key()]
+            setup.shared[self._key()] = setup.load_model(self.config.teacher,
+                                                         self.config.teacher_dtype)
+        return setup.shared[self._key()]
+
+    def constants(self, setup: TermSetup):
+        """The teacher's parameters, placed on the run's devices. Terms naming one teacher (in
+        one dtype) share one placed copy, and in the step one forward pass."""
+        model, _ = self.loaded_teacher(setup)
+        placed = ("placed",) + self._key()
+        if placed not in setup.shared:
+            setup.shared[placed] = setup.place_replicated(setup.shared[self._key()][1])
         if setup.model is not None:
             self.check(model, setup.model)
         self.teacher = model
-        return params
+        return setup.shared[placed]
 
     def check(self, teacher, student) -> None:
         """Refuse a teacher the term cannot compare with this student (ConfigError)."""
@@ -233,28 +249,40 @@ class _LayerPairsTerm(_TeacherTerm):
 
 class HiddenKD(_LayerPairsTerm):
     """Hidden-state transfer: the student's block outputs pulled toward the teacher's, per
-    real token (attention_mask), each row the mean over its tokens and the chosen pairs. The
-    widths must agree (a learned projection between different widths is not built)."""
+    real token (attention_mask), each row the mean over its tokens and the chosen pairs. When
+    the widths differ the student's side goes through a learned projection per pair
+    (TinyBERT's W_h: the term's own parameters, trained with the student, never exported)."""
 
     Config = HiddenKDConfig
 
+    def init_params(self, setup: TermSetup, rng: jax.Array):
+        """One (student width, teacher width) projection per pair when the widths differ."""
+        if setup.model is None:
+            return None
+        teacher, _ = self.loaded_teacher(setup)
+        d_s, d_t = setup.model.config.hidden_size, teacher.config.hidden_size
+        if d_s == d_t:
+            return None
+        init = jax.nn.initializers.lecun_normal()
+        return {_pair_name(s, t): {"kernel": init(jax.random.fold_in(rng, i), (d_s, d_t),
+                                                  jnp.float32)}
+                for i, (s, t) in enumerate(self.config.pairs())}
+
     def check(self, teacher, student) -> None:
-        if teacher.config.hidden_size != student.config.hidden_size:
-            raise ConfigError(
-                f"teacher {self.config.teacher}: width {teacher.config.hidden_size}, the "
-                f"student {student.config.hidden_size}; kd_hidden matches equal widths (a "
-                f"learned projection between them is not built)")
         _check_token_aligned(teacher, student, self.config)
 
     def __call__(self, ctx: TermContext) -> TermValue:
         student = layer_hidden_states(ctx.intermediates)
         _, sown = self.teacher_forward(ctx)
         teacher = layer_hidden_states(sown)
+        own = ctx.params.get(TERM_PARAMS, {}).get(self.name)
         mask = ctx.batch["attention_mask"].astype(jnp.float32)
         per_row = jnp.zeros(mask.shape[:1], jnp.float32)
         pairs = self.config.pairs()
         for s, t in pairs:
             a, b = student[s].astype(jnp.float32), teacher[t].astype(jnp.float32)
+            if own is not None:
+                a = a @ own[_pair_name(s, t)]["kernel"].astype(jnp.float32)
             if self.config.loss == "mse":
                 per_token = jnp.mean(jnp.square(a - b), axis=-1)
             else:
@@ -321,6 +349,10 @@ class AttentionKD(_LayerPairsTerm):
         per_row = per_row / (len(pairs) * len(self.config.relations)) * \
             self.normalizer(ctx.batch)
         return TermValue(total=per_row.sum(), per_row=per_row)
+
+
+def _pair_name(s: int, t: int) -> str:
+    return f"student{s}_teacher{t}".replace("-", "m")
 
 
 def _check_token_aligned(teacher, student, config: LayerPairsConfig) -> None:

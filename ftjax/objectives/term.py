@@ -22,6 +22,12 @@ differentiated:
   a moving average of the parameters); saved in checkpoints, updated once per step by
   `update_state`.
 
+A term may also own parameters that train with the model (`init_params`: a learned projection
+between a student's and a teacher's widths). They live in the parameter tree under
+TERM_PARAMS/<term name> ("terms/..."), always trainable at the run's learning rate, in the
+optimizer and in checkpoints like any trained leaf, and never in an export (TrainState.params
+is the model's own tree); the term reads them from `ctx.params[TERM_PARAMS][name]`.
+
 The weight follows a schedule of the step (`TermConfig.weight_start` .. `weight` over a ramp),
 computed inside the jitted step, so a changing weight never recompiles.
 """
@@ -37,6 +43,10 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.settings import setting
+
+
+# The top-level key of the terms' own parameters in the parameter tree (see above).
+TERM_PARAMS = "terms"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +194,12 @@ class LossTerm(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.config})"
+
+    def init_params(self, setup: TermSetup, rng: jax.Array) -> Any:
+        """Parameters the term trains with the model (see the module docstring), or None.
+        Called before the train state exists: `setup` holds the model, its config, tokenizer,
+        load_model and shared (the parameter fields are None)."""
+        return None
 
     def constants(self, setup: TermSetup) -> Any:
         return None

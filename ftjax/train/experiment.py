@@ -42,8 +42,9 @@ from ftjax.nn.adapters import ADAPTER_LEAVES
 from ftjax.nn.dense_methods import DenseMethod
 from ftjax.nn.hyperformer import HyperConfig
 from ftjax.objectives import LossTerm
+from ftjax.objectives.term import TERM_PARAMS, TermSetup
 from ftjax.optim import learning_rate_fn, make_optimizer, trainability
-from ftjax.optim.rules import check_rules_match, parse_spec
+from ftjax.optim.rules import Rule, check_rules_match, parse_spec
 from ftjax.peft import (
     PEFT_METHODS,
     add_dense_method,
@@ -364,10 +365,23 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
         resolved = trainability.resolve(spec, params)
         mask = trainability.trainable_mask(resolved)
         base_hash = params_shape_hash(params)
+    plan = plan_for_model(pretrained.model, params, mesh)
+    shared: dict = {}  # what the terms build alike (a loaded teacher), from here to their state
+    own = term_params(loss_terms, TermSetup(
+        params=None, mask=None, trainable=None, place_like_trainable=None,
+        place_replicated=None, model=pretrained.model, tokenizer=pretrained.tokenizer,
+        config=cfg, load_model=load_model, shared=shared), jax.random.key(cfg.seed))
+    if own:  # the terms' own parameters: always trained, replicated
+        params = {**params, TERM_PARAMS: own}
+        spec = [(f"{TERM_PARAMS}/.*", Rule()), *spec]
+        resolved = trainability.resolve(spec, params)
+        mask = trainability.trainable_mask(resolved)
+        base_hash = params_shape_hash(params)
+        plan = dataclasses.replace(plan, params={
+            **plan.params, TERM_PARAMS: jax.tree.map(lambda _: plan.replicated, own)})
     # Shapes suffice for the optimizer.
     shapes = trainability.trainable_half(jax.eval_shape(lambda p: p, params), mask)
     tx = make_optimizer(cfg.optimizer, resolved, shapes, total_steps=cfg.steps)
-    plan = plan_for_model(pretrained.model, params, mesh)
     # The loaded arrays move into the state (no second copy of the model on any device), so
     # pretrained keeps none: its arrays are donated, and re-combining the halves here would
     # pin a copy of every stack split between them. exp.params combines them on demand.
@@ -376,7 +390,7 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
                                model=pretrained.model, tokenizer=pretrained.tokenizer,
                                config=cfg, load_model=load_model,
                                train_rows=trained[0].train_task.row_shapes()
-                               if trained else None)
+                               if trained else None, shared=shared)
     pretrained.params = None
     lr_fn = learning_rate_fn(cfg.optimizer, cfg.steps)
     return Experiment(
@@ -389,6 +403,16 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
                                  predict=getattr(task, "predict", None)),
         learning_rate=lr_fn, plan=plan, base_hash=base_hash,
     )
+
+
+def term_params(terms, setup: TermSetup, rng: jax.Array) -> dict:
+    """{term name: its own parameters} of the terms that have some (LossTerm.init_params)."""
+    out = {}
+    for i, term in enumerate(terms):
+        own = term.init_params(setup, jax.random.fold_in(rng, 7919 + i))
+        if own is not None:
+            out[term.name] = own
+    return out
 
 
 def compose_from_config(cfg, pretrained: Pretrained, rng: jax.Array) -> tuple:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ftjax.objectives.term import LossTerm, TermSetup
+from ftjax.objectives.term import TERM_PARAMS, LossTerm, TermSetup
 from ftjax.optim.trainability import combine, partition
 from ftjax.parallel.placement import like_params, opt_state_shardings, put
 
@@ -37,11 +37,14 @@ class TrainState:
 
     @property
     def params(self):
-        return combine(self.trainable, self.frozen)
+        """The model's parameters (the halves combined), without the loss terms' own."""
+        combined = combine(self.trainable, self.frozen)
+        return {k: v for k, v in combined.items() if k != TERM_PARAMS}
 
     def param_shapes(self):
-        """ShapeDtypeStructs of `params`, without combining any arrays (for reports)."""
-        return jax.eval_shape(lambda state: state.params, self)
+        """ShapeDtypeStructs of every parameter, the loss terms' own included (the tree the
+        trainability rules resolve), without combining any arrays (for reports)."""
+        return jax.eval_shape(lambda state: combine(state.trainable, state.frozen), self)
 
 
 # The fields the step does not donate (they come back unchanged) and checkpoints never hold.
@@ -110,7 +113,7 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
                        seed: int, *, terms: Sequence[LossTerm] = (), plan=None,
                        frozen_dtype=None, donate_params: bool = False,
                        model=None, tokenizer=None, config=None,
-                       load_model=None, train_rows=None) -> TrainState:
+                       load_model=None, train_rows=None, shared=None) -> TrainState:
     """The initial state: params split by `trainable_mask`, fresh optimizer state, seeded rng,
     and the constants and states of the loss `terms`.
 
@@ -122,8 +125,8 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
     frozen_dtype: storage dtype of frozen kernels / embedding tables (see `cast_frozen`).
     donate_params: with a plan, hand `params`' buffers over to the state instead of copying them
       (saves a copy of the model; the caller must not use `params` afterwards).
-    model, tokenizer, config, load_model, train_rows: handed to the terms (TermSetup) for their
-      constants and states.
+    model, tokenizer, config, load_model, train_rows, shared: handed to the terms (TermSetup)
+      for their constants and states.
     """
     trainable, frozen = partition(params, trainable_mask)
     trainable_sh, frozen_sh = (None, None) if plan is None else partition(plan.params,
@@ -133,7 +136,7 @@ def create_train_state(params, trainable_mask, tx: optax.GradientTransformation,
     setup = TermSetup(params=params, mask=trainable_mask, trainable=trainable,
                       place_like_trainable=like_trainable, place_replicated=replicated,
                       model=model, tokenizer=tokenizer, config=config, load_model=load_model,
-                      train_rows=train_rows)
+                      train_rows=train_rows, shared={} if shared is None else shared)
     constants, states = {}, {}
     for term in terms:
         if (c := term.constants(setup)) is not None:
