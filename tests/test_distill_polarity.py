@@ -1,5 +1,6 @@
-"""experiments/distill_polarity.py: its stages are valid configs, and a few steps of its real
-stages run end to end (teacher, teacher cache, a cached and an all-terms student)."""
+"""The distillation experiments: their stages are valid configs, and a few steps of
+distill_polarity.py's real stages run end to end (teacher, teacher cache, a cached and an
+all-terms student)."""
 
 from pathlib import Path
 
@@ -44,3 +45,14 @@ def test_a_few_steps_of_the_real_stages(tmp_path_factory, student):
     logged = (root / student / "metrics.jsonl").read_text()
     terms = ("kd",) if "cached" in student else ("kd", "hidden", "attention")
     assert all(f'"loss/{t}"' in logged for t in terms)
+
+
+def test_the_language_model_distillation_stages_are_valid_configs(tmp_path):
+    path = PATH.with_name("distill_lm_smollm2.py")
+    stages = load_stages(path)
+    configs = {s.name: stage_config(path, s, tmp_path) for s in stages}
+    assert sorted(configs) == sorted(f"{a}_s{s}" for a in ("lm", "kd") for s in (0, 1, 2))
+    for seed in (0, 1, 2):
+        lm, kd = configs[f"lm_s{seed}"], configs[f"kd_s{seed}"]
+        assert len(lm.model.keep_layers) == 15 and lm.seed == kd.seed == seed
+        assert not lm.losses and kd.losses.kd.teacher == "smollm2-135m-instruct"
