@@ -1,12 +1,17 @@
 """GGUF (llama.cpp) files: architecture from metadata, tensors dequantized to fp32.
 
-Only `general.architecture == "llama"` is read. Facts this module depends on (see
-shared/ASSETS.md):
+`general.architecture` "llama" (SmolLM2, Llama) and "gemma3" are read. Facts this module
+depends on (see shared/ASSETS.md):
 - `gguf.quants.dequantize` returns arrays in numpy order, which for a 2-D weight is (out, in),
   torch's Linear layout; GGUF's own `shape` lists the dimensions the other way round.
 - llama.cpp's converter permutes the rows of attn_q / attn_k so that its interleaved-pair rotary
   embedding computes what HF's "rotate_half" does. We use rotate_half, so the permutation is
   undone here; without it the logits are off by whole units while still looking plausible.
+  Gemma 3 uses llama.cpp's rotate-half ("NEOX") rotary: its rows are not permuted.
+- Gemma's norm weights are stored with its "+1" already added (HF keeps w and computes
+  x * (1 + w)): our RMSNorm's x * scale takes them as they are. The local / global layer
+  pattern (every 6th layer global) and the local RoPE base (10,000) are not in the metadata:
+  they are Gemma 3's constants.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from ftjax.io.loading import Checkpoint, CheckpointError
 from ftjax.io.names import NameMap, Rule, convert, transpose
 from ftjax.models import LlamaConfig
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
+# Gemma 3's constants that its GGUF metadata does not hold (its HF config's values).
+GEMMA3_GLOBAL_EVERY = 6
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
 
 
 def unpermute_rotary_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -67,6 +75,25 @@ def gguf_llama_names(config: LlamaConfig) -> NameMap:
     ])
 
 
+def gguf_gemma3_names() -> NameMap:
+    """GGUF tensor names -> our paths for Gemma 3 (read-only)."""
+    layer = "backbone/layers_{i}/"
+    linear = {"attn_q": "self_attn/q_proj", "attn_k": "self_attn/k_proj",
+              "attn_v": "self_attn/v_proj", "attn_output": "self_attn/o_proj",
+              "ffn_gate": "mlp/gate_proj", "ffn_up": "mlp/up_proj", "ffn_down": "mlp/down_proj"}
+    norms = {"attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+             "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+             "attn_q_norm": "self_attn/q_norm", "attn_k_norm": "self_attn/k_norm"}
+    return NameMap([
+        Rule("token_embd.weight", "backbone/embed_tokens/embedding", save=None),
+        *(Rule(f"blk.{{i}}.{theirs}.weight", f"{layer}{ours}/kernel", load=transpose, save=None)
+          for theirs, ours in linear.items()),
+        *(Rule(f"blk.{{i}}.{theirs}.weight", f"{layer}{ours}/scale", save=None)
+          for theirs, ours in norms.items()),
+        Rule("output_norm.weight", "backbone/norm/scale", save=None),
+    ])
+
+
 def open_gguf(path: str | os.PathLike):
     """A gguf.GGUFReader (parsing the metadata costs seconds: open a file once, share it)."""
     import gguf  # deferred: only GGUF users pay for importing it
@@ -83,7 +110,8 @@ def read_gguf_checkpoint(path: str | os.PathLike, reader=None) -> Checkpoint:
     reader = reader or open_gguf(path)
     tensor_names = {t.name for t in reader.tensors}
     config = llama_config_from_gguf(reader.fields, tensor_names, where=str(path))
-    conversion = convert(dequantize_all(reader, where=str(path)), gguf_llama_names(config))
+    names = gguf_gemma3_names() if config.family == "gemma3" else gguf_llama_names(config)
+    conversion = convert(dequantize_all(reader, where=str(path)), names)
     return Checkpoint(config=config, conversion=conversion)
 
 
@@ -134,40 +162,46 @@ def llama_config_from_gguf(
         supported = ", ".join(map(repr, SUPPORTED_ARCHITECTURES))
         raise CheckpointError(f"{where}: general.architecture is {arch!r}; only {supported} "
                               f"GGUF files are supported")
-    scaling = get("llama.rope.scaling.type", "none")
+    scaling = get(f"{arch}.rope.scaling.type", "none")
     if scaling not in ("none", None):
-        raise CheckpointError(f"{where}: llama.rope.scaling.type {scaling!r} is not supported "
+        raise CheckpointError(f"{where}: {arch}.rope.scaling.type {scaling!r} is not supported "
                               f"(only plain RoPE)")
     if "tokenizer.ggml.tokens" not in fields:
         raise CheckpointError(
             f"{where}: GGUF metadata has no 'tokenizer.ggml.tokens' (the vocabulary)")
 
-    hidden = int(require("llama.embedding_length"))
-    num_heads = int(require("llama.attention.head_count"))
-    head_dim = int(get("llama.attention.key_length", hidden // num_heads))
-    rotary_dims = int(get("llama.rope.dimension_count", head_dim))
+    hidden = int(require(f"{arch}.embedding_length"))
+    num_heads = int(require(f"{arch}.attention.head_count"))
+    head_dim = int(get(f"{arch}.attention.key_length", hidden // num_heads))
+    rotary_dims = int(get(f"{arch}.rope.dimension_count", head_dim))
     if rotary_dims != head_dim:
-        raise CheckpointError(f"{where}: llama.rope.dimension_count={rotary_dims} rotates only "
+        raise CheckpointError(f"{where}: {arch}.rope.dimension_count={rotary_dims} rotates only "
                               f"part of each {head_dim}-dim head; partial rotary is not supported")
 
     def token_id(key: str) -> int | None:
         value = get(key)
         return None if value is None else int(value)
 
+    gemma3 = dict(family="gemma3", hidden_act="gelu_pytorch_tanh", qk_norm=True,
+                  sandwich_norms=True, scale_embeddings=True,
+                  sliding_window=int(get("gemma3.attention.sliding_window", 0)),
+                  global_every=GEMMA3_GLOBAL_EVERY, rope_local_theta=GEMMA3_LOCAL_ROPE_THETA)
+
     return LlamaConfig(
         # The array length, not its decoded strings: decoding 49k tokens is the tokenizer's job.
         vocab_size=len(fields["tokenizer.ggml.tokens"].data),
         hidden_size=hidden,
-        intermediate_size=int(require("llama.feed_forward_length")),
-        num_layers=int(require("llama.block_count")),
+        intermediate_size=int(require(f"{arch}.feed_forward_length")),
+        num_layers=int(require(f"{arch}.block_count")),
         num_heads=num_heads,
-        num_kv_heads=int(get("llama.attention.head_count_kv", num_heads)),
+        num_kv_heads=int(get(f"{arch}.attention.head_count_kv", num_heads)),
         head_dim=0 if head_dim == hidden // num_heads else head_dim,
-        rope_theta=_f32(get("llama.rope.freq_base", 10000.0)),
-        rms_norm_eps=_f32(require("llama.attention.layer_norm_rms_epsilon")),
-        max_position_embeddings=int(require("llama.context_length")),
+        rope_theta=_f32(get(f"{arch}.rope.freq_base", 10000.0)),
+        rms_norm_eps=_f32(require(f"{arch}.attention.layer_norm_rms_epsilon")),
+        max_position_embeddings=int(require(f"{arch}.context_length")),
         tie_word_embeddings="output.weight" not in tensor_names,
         bos_token_id=token_id("tokenizer.ggml.bos_token_id"),
         eos_token_id=token_id("tokenizer.ggml.eos_token_id"),
         pad_token_id=token_id("tokenizer.ggml.padding_token_id"),
+        **(gemma3 if arch == "gemma3" else {}),
     )

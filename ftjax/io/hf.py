@@ -177,6 +177,9 @@ def _check_exportable(config: BackboneConfig, params: dict[str, Any]) -> None:
         return
     if not isinstance(config, LlamaConfig):
         raise CheckpointError(f"save_hf cannot export a {type(config).__name__}")
+    if config.family != "llama":
+        raise CheckpointError(f"HF export of a {config.family} model is not built (only Llama "
+                              f"names); its weights stay in ftjax checkpoints and adapters")
     if config.tie_word_embeddings:
         if head:
             raise CheckpointError(

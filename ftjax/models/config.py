@@ -130,9 +130,32 @@ class LlamaConfig(PolicyMixin):
     hidden_dropout: float = 0.0  # on each residual branch (attention and MLP outputs)
     attention_dropout: float = 0.0
     embedding_dropout: float = 0.0
+    # Gemma 3 (family "gemma3") differs from Llama by these, all off for a Llama: a GeGLU MLP
+    # (hidden_act), RMSNorm on each head's queries and keys, norms after the attention and the
+    # MLP as well as before ("sandwich"), embeddings scaled by sqrt(hidden_size), and local
+    # layers attending to the last `sliding_window` slots with their own RoPE base, every
+    # `global_every`-th layer (the n-th, 2n-th, ...) attending to all.
+    family: str = "llama"
+    hidden_act: str = "silu"
+    qk_norm: bool = False
+    sandwich_norms: bool = False
+    scale_embeddings: bool = False
+    sliding_window: int = 0
+    global_every: int = 0
+    rope_local_theta: float = 0.0  # 0: rope_theta
     arch: str = dataclasses.field(default="llama", init=False)
 
+    def is_local(self, layer: int) -> bool:
+        """Whether `layer` attends within the sliding window only."""
+        return bool(self.sliding_window) and (not self.global_every
+                                              or (layer + 1) % self.global_every != 0)
+
     def __post_init__(self):
+        if self.family not in ("llama", "gemma3"):
+            raise ValueError(f"family must be llama or gemma3, got {self.family!r}")
+        if self.sliding_window and self.scan_layers:
+            raise ValueError("local and global attention layers (sliding_window) run "
+                             "unscanned: set scan_layers=False")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"

@@ -1,4 +1,6 @@
-"""Llama-family decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+"""Llama-family decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU; and Gemma
+3 by its config's flags (query / key norms, sandwich norms, GeGLU, scaled embeddings, local
+sliding-window layers with their own RoPE base beside global ones).
 
 Parameter paths mirror Hugging Face's LlamaModel (without its `model.` prefix), e.g.
 `layers_3/self_attn/q_proj/kernel`, so import/export and PEFT key names map one-to-one. With
@@ -30,6 +32,7 @@ from ftjax.nn.layers import (
     Dense,
     Embed,
     RMSNorm,
+    activation,
     apply_rope,
     attention_mask,
     attention_probs,
@@ -54,6 +57,11 @@ def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None
     }
 
 
+def _rms_norm(cfg: LlamaConfig, name: str | None) -> RMSNorm:
+    return RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                   name=name)
+
+
 class LlamaAttention(nn.Module):
     config: LlamaConfig
 
@@ -70,6 +78,9 @@ class LlamaAttention(nn.Module):
         q = dense(N * H, ("embed", "heads"), "q_proj")(x_BTD, deterministic).reshape(B, T, N, H)
         k = dense(K * H, ("embed", "kv_heads"), "k_proj")(x_BTD, deterministic).reshape(B, T, K, H)
         v = dense(K * H, ("embed", "kv_heads"), "v_proj")(x_BTD, deterministic).reshape(B, T, K, H)
+        if cfg.qk_norm:  # Gemma 3: each head's queries and keys normalized, before RoPE
+            q = _rms_norm(cfg, "q_norm")(q)
+            k = _rms_norm(cfg, "k_norm")(k)
         if layer_cache is None and self.is_mutable_collection(INTERMEDIATES):
             # MiniLM's value relation (per kv head), causal like the attention, for a reader
             self.sow(INTERMEDIATES, "value_relation", attention_probs(v, v, mask_B1TS))
@@ -111,7 +122,8 @@ class LlamaMLP(nn.Module):
         )
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x_BTD, deterministic)
         up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x_BTD, deterministic)
-        return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(jax.nn.silu(gate) * up,
+        act = activation(cfg.hidden_act)  # SwiGLU (silu); Gemma's GeGLU (gelu_pytorch_tanh)
+        return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(act(gate) * up,
                                                                      deterministic)
 
 
@@ -122,9 +134,7 @@ class LlamaBlock(nn.Module):
     def __call__(self, x_BTD, cos, sin, mask_B1TS, layer_cache, cache_end, deterministic=True,
                  prefix_kv=None):
         cfg = self.config
-        norm = lambda name: RMSNorm(  # noqa: E731
-            cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name
-        )
+        norm = lambda name: _rms_norm(cfg, name)  # noqa: E731
         drop = lambda y: nn.Dropout(cfg.hidden_dropout)(  # noqa: E731
             y, deterministic=deterministic or not cfg.hidden_dropout
         )
@@ -136,8 +146,14 @@ class LlamaBlock(nn.Module):
             norm("input_layernorm")(x_BTD), cos, sin, mask_B1TS, layer_cache, cache_end,
             deterministic, prefix_kv,
         )
+        if cfg.sandwich_norms:  # Gemma: each branch normalized on both sides (HF's names)
+            attn = norm("post_attention_layernorm")(attn)
         x_BTD = x_BTD + adapt("attn", drop(attn))
-        mlp = LlamaMLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BTD), deterministic)
+        pre_mlp = "pre_feedforward_layernorm" if cfg.sandwich_norms else \
+            "post_attention_layernorm"
+        mlp = LlamaMLP(cfg, name="mlp")(norm(pre_mlp)(x_BTD), deterministic)
+        if cfg.sandwich_norms:
+            mlp = norm("post_feedforward_layernorm")(mlp)
         x_BTD = x_BTD + adapt("mlp", drop(mlp))
         self.sow(INTERMEDIATES, "hidden", x_BTD)  # kept only when the caller asks (mutable)
         return x_BTD, layer_cache
@@ -190,7 +206,7 @@ class LlamaModel(nn.Module):
                 # argnums count self: (self, x, cos, sin, mask, cache, end, deterministic, prefix)
                 block = nn.remat(block, policy=policy, static_argnums=(7,))
             self.blocks = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
-        self.norm = RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        self.norm = _rms_norm(cfg, None)
         self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
 
     def attend(self, x_BTD):
@@ -209,6 +225,8 @@ class LlamaModel(nn.Module):
         starts the sequence passes True so that the prompt's slots are cached."""
         cfg = self.config
         x = self.embed_tokens(input_ids)
+        if cfg.scale_embeddings:  # Gemma: sqrt(hidden_size), rounded to the compute dtype
+            x = x * jnp.asarray(cfg.hidden_size ** 0.5, x.dtype)
         if with_prompt is None:
             with_prompt = cfg.prompt is not None and cache is None
         virtual = 0
@@ -230,7 +248,7 @@ class LlamaModel(nn.Module):
 
         if cache is None:
             cache_end = 0
-            mask = attention_mask(
+            mask_args = dict(
                 k_valid_BS=attention_mask_BT, causal_offset=0,
                 q_segments_BT=segment_ids, k_segments_BS=segment_ids, always_visible=virtual,
                 q_len=T, k_len=T,
@@ -243,11 +261,14 @@ class LlamaModel(nn.Module):
             slot_mask = jax.lax.dynamic_update_slice(
                 cache["mask"], attention_mask_BT.astype(jnp.int32), (0, cache_end)
             )
-            mask = attention_mask(
-                k_valid_BS=slot_mask, causal_offset=cache_end,
-                q_len=T, k_len=cache["mask"].shape[1],
-            )
+            mask_args = dict(k_valid_BS=slot_mask, causal_offset=cache_end,
+                             q_len=T, k_len=cache["mask"].shape[1])
             layer_caches = (cache["k"], cache["v"])
+        mask = attention_mask(**mask_args)
+        # Local layers (Gemma 3): a window over the slots and RoPE of their own base.
+        local = (attention_mask(**mask_args, window=cfg.sliding_window),
+                 *rope_cos_sin(positions, cfg.head_size, cfg.rope_local_theta or cfg.rope_theta)
+                 ) if cfg.sliding_window else None
         # Reparameterized prefixes: every layer's (k, v), each (L, P, F), computed once per call.
         prefixes = self.prefix_encoder() if cfg.prefix is not None and cfg.prefix.projection \
             else None
@@ -262,8 +283,9 @@ class LlamaModel(nn.Module):
                     layer_caches[0][i], layer_caches[1][i]
                 )
                 prefix_kv = None if prefixes is None else (prefixes[0][i], prefixes[1][i])
-                x, layer_cache = block(x, cos, sin, mask, layer_cache, cache_end, deterministic,
-                                       prefix_kv)
+                layer_mask, layer_cos, layer_sin = local if cfg.is_local(i) else (mask, cos, sin)
+                x, layer_cache = block(x, layer_cos, layer_sin, layer_mask, layer_cache,
+                                       cache_end, deterministic, prefix_kv)
                 if layer_cache is not None:
                     new_k.append(layer_cache[0])
                     new_v.append(layer_cache[1])

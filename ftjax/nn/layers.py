@@ -176,13 +176,15 @@ def attention_mask(
     always_visible: int = 0,
     q_len: int,
     k_len: int,
+    window: int = 0,
 ):
     """Boolean mask (B, 1, T, S): True where query t may attend to key s.
 
     causal_offset: None for bidirectional attention; otherwise the key index of query 0 (an int
     or a (B,) array), so query t sees keys s <= offset + t. That covers plain causal attention
     (offset 0) and decoding against a KV cache (offset = number of cached slots).
-    Segment ids keep packed documents apart; the first `always_visible` keys (a soft prompt's
+    window (with causal_offset): query t sees only the keys s > offset + t - window (a local
+    layer's sliding window, counted in slots). Segment ids keep packed documents apart; the first `always_visible` keys (a soft prompt's
     virtual tokens, ftjax.nn.prompt) belong to every segment. Query rows with no visible key
     are not produced by the masks we build (a padding query still sees itself or its segment's
     padding slot) except for fully padded rows; those give finite garbage that the loss masks
@@ -193,6 +195,8 @@ def attention_mask(
         q_idx = jnp.arange(q_len)[None, :] + jnp.reshape(jnp.asarray(causal_offset), (-1, 1))
         k_idx = jnp.arange(k_len)
         mask = mask & (k_idx[None, None, :] <= q_idx[:, :, None])[:, None]
+        if window:
+            mask = mask & (k_idx[None, None, :] > q_idx[:, :, None] - window)[:, None]
     if k_valid_BS is not None:
         mask = mask & k_valid_BS.astype(bool)[:, None, None, :]
     if q_segments_BT is not None and k_segments_BS is not None:
