@@ -56,3 +56,18 @@ def test_the_language_model_distillation_stages_are_valid_configs(tmp_path):
         lm, kd = configs[f"lm_s{seed}"], configs[f"kd_s{seed}"]
         assert len(lm.model.keep_layers) == 15 and lm.seed == kd.seed == seed
         assert not lm.losses and kd.losses.kd.teacher == "smollm2-135m-instruct"
+
+
+def test_the_sequence_level_distillation_stages_are_valid_configs(tmp_path):
+    path = PATH.with_name("distill_math_gemma.py")
+    stages = load_stages(path)
+    configs = {s.name: stage_config(path, s, tmp_path) for s in stages}
+    teacher = configs["teacher"]
+    assert teacher.model.name == "gemma3-270m" and teacher.sources.halves.train
+    for seed in (0, 1, 2):
+        kd, gold = configs[f"seq_kd_s{seed}"], configs[f"gold_s{seed}"]
+        assert kd.model.name == gold.model.name == "smollm2-135m-instruct"
+        assert kd.sources.answers.path == str(tmp_path / "teacher_answers.jsonl")
+        assert gold.sources.answers.path == str(tmp_path / "true_answers.jsonl")
+        assert not kd.sources.heldout.train  # the figures come from questions never trained on
+    assert {s.before for s in stages if s.name != "teacher"} == {"write_answers"}
