@@ -42,6 +42,7 @@ import numpy as np
 from ftjax.data.errors import DataError
 from ftjax.data.features import TEACHER_FEATURES, IndexedRecord, Row, Shapes
 from ftjax.data.types import RecordSource, TokenizerLike
+from ftjax.io.atomic_dir import OutputExistsError, atomic_file
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -109,8 +110,8 @@ class CacheWriter:
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.manifest = {"format": FORMAT, **manifest}
         if self.out.exists() and not overwrite:
-            raise FileExistsError(f"{self.out} exists: choose a new path, or pass --overwrite "
-                                  f"(overwrite=True) to replace it")
+            raise OutputExistsError(f"{self.out} exists: choose a new path, or pass "
+                                    f"--overwrite (overwrite=True) to replace it")
         if self.partial.exists():
             begun = read_manifest(self.partial)
             changed = sorted(k for k in begun.keys() | self.manifest.keys()
@@ -121,7 +122,8 @@ class CacheWriter:
                                 f"another path")
         else:
             self.partial.mkdir(parents=True)
-            _write_atomic(self.partial / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+            with atomic_file(self.partial / MANIFEST) as tmp:
+                tmp.write_text(json.dumps(self.manifest, indent=1))
 
     def parts(self) -> list[Path]:
         return sorted(self.partial.glob("part-*.npz"))
@@ -140,10 +142,10 @@ class CacheWriter:
 
     def write_part(self, start: int, values: np.ndarray, ids: np.ndarray,
                    crcs: np.ndarray) -> None:
-        tmp = self.partial / f".tmp-{os.getpid()}.npz"
-        np.savez(tmp, values=values.astype(np.float32), ids=ids.astype(np.int32),
-                 tokens_crc=crcs.astype(np.uint32))
-        os.replace(tmp, self.partial / _PART.format(start))
+        with atomic_file(self.partial / _PART.format(start), overwrite=True) as tmp:
+            with open(tmp, "wb") as f:  # a file object: np.savez names a path "*.npz"
+                np.savez(f, values=values.astype(np.float32), ids=ids.astype(np.int32),
+                         tokens_crc=crcs.astype(np.uint32))
 
     def finish(self) -> Path:
         """Join the parts into the cache's arrays and move it to `out`."""
@@ -163,12 +165,6 @@ class CacheWriter:
             shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
         os.replace(self.partial, self.out)
         return self.out
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
