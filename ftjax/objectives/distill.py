@@ -1,28 +1,30 @@
-"""Knowledge distillation terms: logits (`kd`, Hinton et al. 2015) and hidden states
-(`kd_hidden`, as in TinyBERT / DistilBERT's cosine loss).
+"""Knowledge distillation terms: logits (`kd`, Hinton et al. 2015), hidden states
+(`kd_hidden`, TinyBERT) and attention (`kd_attention`, MiniLM).
 
     kd = T^2 * KL( softmax(teacher / T) || softmax(student / T) )
 
 per example (class logits, rows weighted by `example_mask`) or per target token (LM logits,
 positions weighted by `loss_mask`: the task loss's own mask), summed like the task loss, which
 it sits beside with its own (schedulable) weight. The T^2 keeps its gradient's scale
-independent of T.
+independent of T. Without a `teacher`, kd reads the teacher's outputs from the batch: a teacher
+cache (ftjax.data.teacher_cache) holds all of its logits or its top k, renormalized over them.
 
 The teacher is the term's constant: its parameters are loaded at set-up (`teacher` names a
 pretrained model, an adapter directory or a finished run's workdir, through
 TermSetup.load_model), placed on the run's devices, never trained, never in the optimizer and
 never saved (rebuilt identically from `teacher`). Its forward pass runs inside the same jitted
-step on the same batch, without gradient and without dropout, in `teacher_dtype`.
+step on the same batch, without gradient and without dropout, in `teacher_dtype`; terms naming
+one teacher share one copy and one forward pass.
 
-    kd_hidden = mean over pairs (s, t) of  mean over real tokens of  d(h_s, h_t)
+    kd_hidden = mean over pairs (s, t) of  mean over real tokens of  d(h_s W, h_t)
 
-with h the output of student block s (times a learned projection when the widths differ) and
-teacher block t (`layers`: "s:t" pairs), d the mean squared difference over the width or
-1 - cosine; each row weighs once. `kd_attention` is the
-same over KL(teacher || student) of each head's attention distribution (MiniLM's attention
-transfer), and / or of each head's value relation softmax(V V^T / sqrt(d)) (MiniLM's value
-transfer). The student's hidden
-states come from the step's own forward pass (the term `captures`), the teacher's from its.
+with h the output of student block s and teacher block t (`layers`: "s:t" pairs), W a learned
+projection per pair when the widths differ (the term's own parameters; else none), d the mean
+squared difference over the width or 1 - cosine; each row weighs once. `kd_attention` is the
+same over KL(teacher || student) of each head's attention distribution and / or of each head's
+value relation softmax(V V^T / sqrt(d)) (MiniLM's attention and value transfer). The student's
+hidden states and attention come from the step's own forward pass (the term `captures`), the
+teacher's from its.
 """
 
 from __future__ import annotations
