@@ -26,14 +26,13 @@ students: STUDENT_STEPS steps at 1e-4), one evaluation at the end on the validat
 Measured: not run yet (see the README's distillation section once it is).
 """
 
-import statistics
 import time
 from pathlib import Path
 
 import ml_collections
 
 from ftjax.train.config import base_config
-from ftjax.train.stages import Stage
+from ftjax.train.stages import Stage, mean_std
 
 TEACHER_STEPS = 400
 STUDENT_STEPS = 300
@@ -159,13 +158,6 @@ def examples_per_second(variant: str, *, batch: int = 128, repeats: int = 5) -> 
     return batch / best
 
 
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def report(record: dict, stem: Path) -> list[Path]:
     metrics, runs = record["metrics"], record.get("runs", {})
     speed = {"teacher": examples_per_second("teacher"),
@@ -180,7 +172,7 @@ def report(record: dict, stem: Path) -> list[Path]:
         names = [n for n in names if n in runs]
         if not names:
             continue
-        mean, std = _mean_std([metrics.get(f"{n}/test/accuracy") for n in names])
+        mean, std = mean_std([metrics.get(f"{n}/test/accuracy") for n in names])
         lines.append("| " + " | ".join([
             title, arm, str(len(names)), f"{mean:.4f} ± {std:.4f}",
             f"{runs[names[0]]['total']:,}", f"{speed[model]:.0f}",

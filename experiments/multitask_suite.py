@@ -37,7 +37,7 @@ import ml_collections
 
 from ftjax.data.task_suite import SUITE, suite_sources, suite_tasks
 from ftjax.train.config import base_config
-from ftjax.train.stages import Stage
+from ftjax.train.stages import Stage, mean_std
 
 STEPS = 150
 SEEDS = (0, 1, 2)
@@ -173,13 +173,6 @@ def _arm_rows(record: dict) -> dict:
     return out
 
 
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def report(record: dict, stem: Path) -> list[Path]:
     """The suite's table (markdown) and plot, from the pipeline's record."""
     rows = _arm_rows(record)
@@ -193,11 +186,11 @@ def report(record: dict, stem: Path) -> list[Path]:
             continue
         cells = [ARM_TITLES[arm], str(len(seeds))]
         for task in SUITE:
-            mean, std = _mean_std([s["scores"].get(task) for s in seeds.values()])
+            mean, std = mean_std([s["scores"].get(task) for s in seeds.values()])
             cells.append("-" if mean is None else f"{mean:.3f} ± {std:.3f}")
         means = [statistics.fmean(v for v in s["scores"].values() if v is not None)
                  for s in seeds.values()]
-        mean, std = _mean_std(means)
+        mean, std = mean_std(means)
         summary[arm] = {"mean": mean, "std": std, "seeds": len(seeds)}
         first = next(iter(seeds.values()))
         cells += [f"{mean:.3f} ± {std:.3f}", f"{first['trainable']:,}",

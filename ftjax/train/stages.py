@@ -124,6 +124,15 @@ def write_report(path: str | Path, record: dict, stem: Path) -> list[Path]:
     return [] if report is None else [Path(p) for p in report(record, stem)]
 
 
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values that are not None (0 for one value;
+    (None, None) for none): what a pipeline's tables show per arm."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def group_summary(stages: Sequence[Stage], results: dict) -> dict:
     """{group: {split/metric: {"mean", "std", "n"}}} over the group's stages."""
     groups: dict[str, list[str]] = {}
@@ -135,7 +144,6 @@ def group_summary(stages: Sequence[Stage], results: dict) -> dict:
         flat = [{f"{split}/{k}": v for split, values in results[n].items()
                  for k, v in values.items()} for n in names]
         keys = [k for k in flat[0] if all(k in f for f in flat)]
-        out[group] = {k: {"mean": statistics.fmean(f[k] for f in flat),
-                          "std": statistics.stdev(f[k] for f in flat) if len(flat) > 1 else 0.0,
-                          "n": len(flat)} for k in keys}
+        out[group] = {k: dict(zip(("mean", "std"), mean_std(f[k] for f in flat)),
+                              n=len(flat)) for k in keys}
     return out
