@@ -22,10 +22,11 @@ of 4 rows, AdamW 1e-4 cosine); `kd` adds logit KD from the 30-block teacher run 
 Measured: not run yet.
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from ftjax import assets
-from ftjax.train.config import base_config
+from ftjax.settings import import_experiment_file
 from ftjax.train.stages import Stage
 
 STEPS = 150
@@ -38,30 +39,14 @@ KEPT = tuple(range(0, 30, 2))
 def get_config(arm: str = "lm"):
     if arm not in ARMS:
         raise ValueError(f"arm one of {ARMS}, got {arm!r}")
-    c = base_config()
+    # The data, rows and evaluation of the DAPT experiment; the student and its schedule here.
+    c = import_experiment_file(Path(__file__).with_name("dapt_clm_smollm2.py")).get_config()
     c.model.name = TEACHER
     c.model.keep_layers = KEPT
-    c.head.kind = "lm"
     c.method = "full"
-    c.task.kind = "causal_lm"
-    c.task.max_length = 256
-    c.sources.sotu = ml_collections.ConfigDict({
-        "kind": "local", "format": "txt", "txt_unit": "document",
-        "path": str(assets.resolve("sotu") / "*.txt"), "label_column": None,
-        "split_fractions": (0.9, 0.05, 0.05), "split_seed": 0, "max_eval_examples": 4,
-    })
-    c.sources.general = ml_collections.ConfigDict({
-        "kind": "polarity", "label_column": None, "train": False, "max_eval_examples": 300,
-    })
-    c.data.source = "polarity"
-    c.eval_splits = ("validation", "test")
-    c.eval_at_start = True
     c.steps = STEPS
-    c.batch_size = 4
-    c.eval_batch_size = 8
     c.eval_every = STEPS
     c.checkpoint_every = 50
-    c.log_every = 10
     c.best_metric = ""  # no selection: the last step is the result
     c.optimizer.learning_rate = 1e-4
     c.optimizer.warmup_steps = STEPS // 10
