@@ -60,9 +60,13 @@ class BertEmbeddings(nn.Module):
             cfg.hidden_dropout if cfg.embedding_dropout is None else cfg.embedding_dropout
         )
 
-    def __call__(self, input_ids, token_type_ids, positions, deterministic, prompt_PD=None):
-        """positions / token_type_ids cover [prompt; tokens] when a soft prompt is given."""
+    def __call__(self, input_ids, token_type_ids, positions, deterministic, prompt_PD=None,
+                 delta_BTD=None):
+        """positions / token_type_ids cover [prompt; tokens] when a soft prompt is given;
+        delta_BTD is added to the tokens' word embeddings (an adversarial perturbation)."""
         x = self.word_embeddings(input_ids)
+        if delta_BTD is not None:
+            x = x + delta_BTD.astype(x.dtype)
         if prompt_PD is not None:
             x = prepend_embeddings(prompt_PD, x)
         x = x + self.position_embeddings(positions)
@@ -178,6 +182,7 @@ class BertModel(nn.Module):
 
     def __call__(
         self, input_ids, *, positions, attention_mask_BT, token_type_ids=None, deterministic=True,
+        embedding_delta=None,
     ):
         cfg = self.config
         B, T = input_ids.shape
@@ -199,7 +204,8 @@ class BertModel(nn.Module):
             token_type_ids = jnp.concatenate(
                 [jnp.zeros((B, virtual), token_type_ids.dtype), token_type_ids], axis=1)
         positions = positions + prefix  # the prefix occupies positions 0..P-1 (ftjax.nn.prefix)
-        x = self.embeddings(input_ids, token_type_ids, positions, deterministic, prompt)
+        x = self.embeddings(input_ids, token_type_ids, positions, deterministic, prompt,
+                            embedding_delta)
         mask = attention_mask(k_valid_BS=attention_mask_BT, q_len=T + virtual, k_len=T + virtual)
         # Reparameterized prefixes: every layer's (k, v), each (L, P, D), computed once per call.
         prefixes = self.prefix_encoder() if cfg.prefix is not None and cfg.prefix.projection \

@@ -218,15 +218,19 @@ class LlamaModel(nn.Module):
 
     def __call__(
         self, input_ids, *, positions, attention_mask_BT, segment_ids=None, cache=None,
-        deterministic=True, with_prompt=None,
+        deterministic=True, with_prompt=None, embedding_delta=None,
     ):
         """with_prompt: whether the soft prompt (config.prompt) precedes input_ids in this call;
         None: exactly when there is no cache (a whole sequence). With a cache, the call that
-        starts the sequence passes True so that the prompt's slots are cached."""
+        starts the sequence passes True so that the prompt's slots are cached.
+        embedding_delta (B, T, D): added to the tokens' embeddings as the blocks receive them
+        (after Gemma's scaling): an adversarial perturbation."""
         cfg = self.config
         x = self.embed_tokens(input_ids)
         if cfg.scale_embeddings:  # Gemma: sqrt(hidden_size), rounded to the compute dtype
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, x.dtype)
+        if embedding_delta is not None:
+            x = x + embedding_delta.astype(x.dtype)
         if with_prompt is None:
             with_prompt = cfg.prompt is not None and cache is None
         virtual = 0

@@ -116,11 +116,15 @@ class Model(nn.Module):
         deterministic: bool = True,
         with_prompt: bool | None = None,
         adapter_ids=None,
+        embedding_delta=None,
     ) -> ModelOutput:
         """with_prompt (decoders with a soft prompt, config.prompt): whether the prompt precedes
         input_ids in this call. None: exactly when no KV cache is passed; generation's prefill
         passes True so the prompt enters the cache (ftjax.generate does this).
-        adapter_ids: (B,) each row's slot, for (and only for) a model with adapter_slots."""
+        adapter_ids: (B,) each row's slot, for (and only for) a model with adapter_slots.
+        embedding_delta: (B, T, D) added to the token embeddings of input_ids (not to a soft
+        prompt's), where the first block and the embedding norm receive them: the input
+        perturbation of adversarial training (ftjax.objectives.adversarial)."""
         if self.adapter_slots is not None and not self.is_initializing():
             if adapter_ids is None:
                 raise ValueError(f"this model holds {self.adapter_slots.size} adapters "
@@ -130,7 +134,8 @@ class Model(nn.Module):
                                  deterministic=deterministic, with_prompt=with_prompt,
                                  row_inputs=dict(attention_mask=attention_mask,
                                                  positions=positions, segment_ids=segment_ids,
-                                                 token_type_ids=token_type_ids))
+                                                 token_type_ids=token_type_ids,
+                                                 embedding_delta=embedding_delta))
         if adapter_ids is not None and self.adapter_slots is None:
             raise ValueError("adapter_ids given to a model without adapter slots")
         if self.hypernetwork is not None:  # initializing: create the hypernetwork's leaves
@@ -145,7 +150,7 @@ class Model(nn.Module):
             hidden, cache = self.backbone(
                 input_ids, positions=positions, attention_mask_BT=attention_mask,
                 segment_ids=segment_ids, cache=cache, deterministic=deterministic,
-                with_prompt=with_prompt,
+                with_prompt=with_prompt, embedding_delta=embedding_delta,
             )
         else:
             if cache is not None:
@@ -158,6 +163,7 @@ class Model(nn.Module):
             hidden, pooled = self.backbone(
                 input_ids, positions=positions, attention_mask_BT=attention_mask,
                 token_type_ids=token_type_ids, deterministic=deterministic,
+                embedding_delta=embedding_delta,
             )
 
         if self.task_heads:

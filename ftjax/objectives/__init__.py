@@ -1,7 +1,9 @@
 """Loss terms: the step minimizes a weighted sum of named terms (ftjax.objectives.term).
 
-Built-in: `ce` / `lm` / `mlm` (the task's cross-entropy, ftjax.objectives.cross_entropy) and the
-penalties `l1`, `l2`, `l2_sp` (ftjax.objectives.penalties).
+Built-in: `ce` / `lm` / `mlm` / `span` (the task's loss, ftjax.objectives.cross_entropy, .span),
+the penalties `l1`, `l2`, `l2_sp` (.penalties), distillation `kd`, `kd_hidden`, `kd_attention`
+(.distill) and adversarial training on embeddings `fgm`, `pgd`, `freelb`, `smart`
+(.adversarial).
 """
 
 from ftjax.objectives.cross_entropy import (

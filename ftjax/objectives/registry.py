@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ftjax.objectives.cross_entropy import TASK_TERMS, CrossEntropy, CrossEntropyConfig
+from ftjax.objectives.adversarial import FGM, PGD, SMART, FreeLB
+from ftjax.objectives.cross_entropy import CrossEntropy
 from ftjax.objectives.distill import AttentionKD, HiddenKD, LogitKD
 from ftjax.objectives.penalties import L1, L2, L2SP
 from ftjax.objectives.span import SpanCrossEntropy
+from ftjax.objectives.task_loss import loss_for_task
 from ftjax.objectives.term import LossTerm
 from ftjax.utils.imports import import_object
 
@@ -27,7 +29,14 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "kd": LogitKD,
     "kd_hidden": HiddenKD,
     "kd_attention": AttentionKD,
+    "fgm": FGM,
+    "pgd": PGD,
+    "freelb": FreeLB,
+    "smart": SMART,
 }
+
+__all__ = ["TERMS", "entry_config_class", "entry_kind", "loss_for_task", "make_term",
+           "term_class"]
 
 
 def term_class(kind: str) -> type[LossTerm]:
@@ -57,13 +66,3 @@ def entry_config_class(name: str, values: Mapping) -> type:
 def make_term(name: str, config) -> LossTerm:
     """The term of a `losses` entry from its built settings block."""
     return term_class(config.kind or name)(name, config)
-
-
-def loss_for_task(task_kind: str, label_smoothing: float = 0.0) -> LossTerm:
-    """The task term of a task kind ("classification", "causal_lm", "masked_lm",
-    "extractive_qa"), named as TASK_TERMS says."""
-    if task_kind not in TASK_TERMS:
-        raise ValueError(f"no loss for task kind {task_kind!r}; expected one of "
-                         f"{tuple(TASK_TERMS)}")
-    name = TASK_TERMS[task_kind]
-    return TERMS[name](name, CrossEntropyConfig(label_smoothing=label_smoothing))

@@ -113,7 +113,8 @@ class TermContext:
     output: the shared forward pass on `batch` (logits; None for per-step terms);
     state / constants: this term's own pytrees;
     rng: a key of this term's own for this micro-batch; step: the optimizer step (traced);
-    deterministic: False while training (dropout on), True in evaluation.
+    deterministic: False while training (dropout on), True in evaluation;
+    params_of: trainable-shaped tree -> the forward pass's params with it (see below).
     """
 
     model: Any
@@ -133,6 +134,9 @@ class TermContext:
     # One dict for all the terms on this micro-batch: work several terms need (a teacher's
     # forward pass) is done by the first and found by the others under an agreed key.
     shared: dict = dataclasses.field(default_factory=dict)
+    # The forward pass's `params` for another trainable half laid out like `trainable` (a
+    # moving average of the weights): the frozen half joined as the step joins it.
+    params_of: Callable[[Any], Any] | None = None
 
     def forward(self, batch: dict | None = None, *, params: Any = None, model: Any = None,
                 deterministic: bool | None = None, rng: jax.Array | None = None, **kwargs):

@@ -111,7 +111,8 @@ def make_train_step(
             model=forward, params=params, trainable=trainable, batch=batch, output=output,
             state=state.terms.get(term.name), constants=state.constants.get(term.name),
             rng=rng, step=step, deterministic=False, apply_inputs=inputs_of,
-            intermediates=intermediates, shared={} if shared is None else shared)
+            intermediates=intermediates, shared={} if shared is None else shared,
+            params_of=lambda other: scan_split_view(model, other, state.frozen)[1])
 
     def micro_loss(trainable, state, micro, rng, normalizers):
         forward, params = scan_split_view(model, trainable, state.frozen)
