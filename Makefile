@@ -54,7 +54,7 @@ paper-converged: $(SWEEP_STAMP)
 
 # What the tests read (short real runs of the experiments); `assets` adds what only the
 # experiments read (the multi-task suite's data), so CI does not build them.
-TEST_ASSETS = smollm2-135m-instruct all-minilm-l6-v2 polarity squad-v1.1 wnut16 bible-es-en \
+TEST_ASSETS = wordnet smollm2-135m-instruct all-minilm-l6-v2 polarity squad-v1.1 wnut16 bible-es-en \
 	sotu chitchat math-add-sub paraphrase-minilm-l3-v2 gemma3-270m
 
 test-assets: $(DEV_STAMP)

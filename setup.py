@@ -33,6 +33,9 @@ setup(
         # Reads ONNX exports of BERT encoders (paraphrase-MiniLM-L3-v2) with its numpy helpers:
         # the format's own reader, not a protobuf parser of ours.
         "onnx>=1.16",
+        # WordNet's own database reader (synonyms for augmentation and word-substitution
+        # attacks), reading the Debian wordnet-base files in place.
+        "nltk>=3.9",
         # Reads the SWORD Bible modules behind the bible-es-en asset (ftjax.assets.bible).
         "pysword>=0.2.8",
     ],

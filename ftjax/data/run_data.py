@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from ftjax.assets import resolve
+from ftjax.data.augment import AugmentedRecords, check_augmentable
 from ftjax.data.config import DataConfig, SourceConfig, TaskConfig
 from ftjax.data.errors import DataError
 from ftjax.data.extractive_qa import ExtractiveQA
@@ -28,6 +30,7 @@ from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.teacher_cache import TeacherCache, WithTeacherOutputs
 from ftjax.data.token_classification import TokenClassification, load_tagged_source
 from ftjax.data.types import RecordSource
+from ftjax.data.wordnet import Synonyms
 
 SINGLE_SOURCE = "data"
 
@@ -69,7 +72,8 @@ def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
         text_column=task.text_key, text_pair_column=task.text_pair_key,
         label_column=task.label_key if classification else None, prompt_column=task.prompt_key,
         max_train_examples=data.max_train_examples, max_eval_examples=data.max_eval_examples,
-        max_test_examples=data.max_test_examples, teacher_cache=data.teacher_cache)
+        max_test_examples=data.max_test_examples, teacher_cache=data.teacher_cache,
+        augment=data.augment)
 
 
 def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
@@ -174,15 +178,32 @@ def _load_one(name: str, config: SourceConfig, task: TaskConfig, num_labels: int
         loaded = load_source(name, config, roles=source_roles, needs_labels=needs_labels,
                              label_names=saved.get("labels"),
                              num_labels=num_labels if needs_labels else None)
-    num_train = len(loaded.splits["train"]) if "train" in loaded.splits else \
-        saved.get("train_examples", 0)
     made = make_task(task, config, num_labels=num_labels, label_names=loaded.label_names)
+    splits = dict(loaded.splits)
+    if config.augment.enabled and "train" in splits:
+        splits["train"] = augmented(name, config, splits["train"])
+    num_train = len(splits["train"]) if "train" in splits else saved.get("train_examples", 0)
     cache = None
     if config.teacher_cache and "train" in loaded.splits:
         cache = TeacherCache.open(config.teacher_cache)
         cache.check_source(name, loaded.splits["train"], made)
-    return RunSource(name, made, loaded.splits, loaded.label_names, config.weight, num_train,
+    return RunSource(name, made, splits, loaded.label_names, config.weight, num_train,
                      config.train, tuple(config.generation_metrics), cache)
+
+
+def augmented(name: str, config: SourceConfig, records: RecordSource) -> AugmentedRecords:
+    """A source's train records with their augmented copies (SourceConfig.augment)."""
+    augment = config.augment
+    where = f"source {name!r}"
+    if config.teacher_cache:
+        raise DataError(f"{where}: a teacher cache holds the outputs of the records as they "
+                        f"are; it cannot also be augmented (drop augment or teacher_cache)")
+    if len(records):
+        check_augmentable(records[0], where)
+    synonyms = None
+    if augment.needs_synonyms:
+        synonyms = Synonyms(resolve(augment.wordnet), augment.senses)
+    return AugmentedRecords(records, augment, synonyms)
 
 
 def with_task_features(sources: Sequence[RunSource], configs: Mapping[str, SourceConfig], *,

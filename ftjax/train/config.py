@@ -32,6 +32,7 @@ from ftjax.parallel.mesh import MeshConfig
 from ftjax.peft import PEFT_METHODS, method_config
 from ftjax.peft.presets import METHODS, MethodConfig
 from ftjax.settings import ConfigError, Schema, files, setting
+from ftjax.train.robustness import RobustnessConfig
 from ftjax.settings.schema import block_keys
 from ftjax.utils.imports import import_object
 
@@ -198,6 +199,7 @@ class RunConfig:
         (), "PEFT methods of your own that live in Dense layers, each 'module:Name' of a "
         "ftjax.nn.dense_methods.DenseMethod subclass (made with no arguments) or a function "
         "returning one; their leaves are added to the model, and rules say what trains")
+    robustness: RobustnessConfig = setting(factory=RobustnessConfig)
     hooks: tuple[str, ...] = setting(
         (), "extra Trainer hooks, each 'module:Name' of a Hook class (made with no arguments) "
         "or a function returning a hook (ftjax.train.hooks)")

@@ -7,17 +7,20 @@ from ftjax.train.hooks.metrics_log import MetricsLog, StepClock
 from ftjax.train.hooks.nonfinite import NonFinite, NonFiniteLossError
 from ftjax.train.hooks.pseudo_perplexity import PseudoPerplexity
 from ftjax.train.hooks.results import FinalReport
+from ftjax.train.hooks.robustness import RobustnessEval
 from ftjax.train.hooks.schedules import CheckpointEvery, EvalEvery, Every
 from ftjax.train.hooks.selection import BestCheckpoint, EarlyStopping, MetricTracker
 from ftjax.train.hooks.signals import StopOnSignal
 from ftjax.train.hooks.unfreeze import UnfreezeReport
+from ftjax.settings.blocks import from_config
+from ftjax.train.robustness import RobustnessConfig
 from ftjax.utils.imports import import_object
 
 __all__ = [
     "NOTHING", "BestCheckpoint", "CheckpointEvery", "EarlyStopping", "EvalEvery", "Every",
     "FinalReport", "Gathering",
     "Hook", "MetricTracker", "MetricsLog", "NonFinite", "NonFiniteLossError",
-    "PseudoPerplexity", "Request",
+    "PseudoPerplexity", "Request", "RobustnessEval",
     "StepClock", "StepMetrics", "StopOnSignal", "UnfreezeReport", "default_hooks", "fetch_all",
     "hooks_from_config",
 ]
@@ -37,6 +40,9 @@ def default_hooks(cfg) -> list[Hook]:
         EvalEvery(cfg.eval_every, cfg.steps, at_start=cfg.eval_at_start),
         CheckpointEvery(cfg.checkpoint_every, cfg.steps),
     ]
+    robustness = from_config(RobustnessConfig, cfg.get("robustness"), "robustness")
+    if robustness.enabled:  # its metrics join the evaluated splits' results
+        hooks.append(RobustnessEval(robustness))
     if cfg.best_metric:
         split, mode = cfg.eval_splits[0], cfg.best_mode
         hooks.append(BestCheckpoint(split, cfg.best_metric, mode, cfg.early_stopping.min_delta))
