@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,9 @@ _TINY = 1e-12
 class PerturbationConfig(TermConfig):
     """The perturbation's ball (every adversarial term)."""
 
+    # Whether epsilon may be 0, meaning no bound (iterated ascent; fgm's step needs a length).
+    unbounded: ClassVar[bool] = False
+
     norm: str = setting("l2", "the perturbation's norm: l2 (per example, over its real "
                         "tokens and the width) | linf (per coordinate)", choices=NORMS)
     epsilon: float = setting(1.0, "the radius of the norm ball (fgm: the step's length)")
@@ -62,13 +65,17 @@ class PerturbationConfig(TermConfig):
         super().__post_init__()
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"epsilon must be a finite number > 0, got {self.epsilon}")
+        low_ok = self.epsilon >= 0 if self.unbounded else self.epsilon > 0
+        if not (math.isfinite(self.epsilon) and low_ok):
+            bound = ">= 0 (0: no bound)" if self.unbounded else "> 0"
+            raise ValueError(f"epsilon must be a finite number {bound}, got {self.epsilon}")
 
 
 @dataclasses.dataclass(frozen=True)
 class AscentConfig(PerturbationConfig):
     """Iterated ascent (pgd, freelb, smart)."""
+
+    unbounded: ClassVar[bool] = True
 
     epsilon: float = setting(1.0, "the radius of the norm ball the perturbation is projected "
                              "onto after each step; 0: no bound")
@@ -81,12 +88,7 @@ class AscentConfig(PerturbationConfig):
     init_scale: float = setting(0.0, "the scale of a random delta_0")
 
     def __post_init__(self):
-        TermConfig.__post_init__(self)
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if not (math.isfinite(self.epsilon) and self.epsilon >= 0):
-            raise ValueError(f"epsilon must be a finite number >= 0 (0: no bound), got "
-                             f"{self.epsilon}")
+        super().__post_init__()
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not (math.isfinite(self.step_size) and self.step_size > 0):
