@@ -2,8 +2,9 @@
 
 Built-in: `ce` / `lm` / `mlm` / `span` (the task's loss, ftjax.objectives.cross_entropy, .span),
 the penalties `l1`, `l2`, `l2_sp` (.penalties), distillation `kd`, `kd_hidden`, `kd_attention`
-(.distill) and adversarial training on embeddings `fgm`, `pgd`, `freelb`, `smart`
-(.adversarial).
+(.distill), adversarial training on embeddings `fgm`, `pgd`, `freelb`, `smart`
+(.adversarial), and augmentation inside the step: `mixup` of pooled representations (.mixup)
+and span `cutoff` (.cutoff).
 """
 
 from ftjax.objectives.cross_entropy import (

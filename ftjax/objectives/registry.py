@@ -11,7 +11,9 @@ from collections.abc import Mapping
 
 from ftjax.objectives.adversarial import FGM, PGD, SMART, FreeLB
 from ftjax.objectives.cross_entropy import CrossEntropy
+from ftjax.objectives.cutoff import Cutoff
 from ftjax.objectives.distill import AttentionKD, HiddenKD, LogitKD
+from ftjax.objectives.mixup import Mixup
 from ftjax.objectives.penalties import L1, L2, L2SP
 from ftjax.objectives.span import SpanCrossEntropy
 from ftjax.objectives.task_loss import loss_for_task
@@ -33,6 +35,8 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "pgd": PGD,
     "freelb": FreeLB,
     "smart": SMART,
+    "mixup": Mixup,
+    "cutoff": Cutoff,
 }
 
 __all__ = ["TERMS", "entry_config_class", "entry_kind", "loss_for_task", "make_term",
