@@ -95,8 +95,12 @@ class Classifier:
         """(probabilities (N, C), label ids (N,)) of `records`, in their order."""
         exp = self.exp
         probs, labels = [], []
+        # The attack scores a few texts at a time: batches of the next power of two (up to the
+        # eval batch size) keep that cheap with a handful of compiled shapes.
+        size = min(exp.cfg.eval_batch_size, max(1 << max(len(records) - 1, 0).bit_length(),
+                                                 jax.device_count()))
         for batch in make_eval_batches(records, exp.sources[0].task, exp.tokenizer,
-                                       batch_size=exp.cfg.eval_batch_size):
+                                       batch_size=size):
             keep = np.asarray(batch["example_mask"]) > 0
             placed = parallel.place_batch(cut_to_bucket(batch, exp.buckets), exp.plan.batch,
                                           per_process=False)

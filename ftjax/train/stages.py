@@ -34,7 +34,8 @@ from ftjax.train.loop import train
 
 
 # What the summary keeps of each stage's results.json besides its metrics.
-RUN_FACTS = ("trainable", "total", "wall_s", "adapter", "final_step", "best_step")
+RUN_FACTS = ("trainable", "total", "wall_s", "adapter", "final_step", "best_step",
+             "step_time_s")
 
 
 @dataclasses.dataclass(frozen=True)
