@@ -61,5 +61,5 @@ setup(
         "sweep": ["matplotlib>=3.8"],  # ftjax sweep's plots
         "cuda": ["jax[cuda12]>=0.10,<0.13"],
     },
-    entry_points={"console_scripts": ["ftjax=ftjax.cli:main"]},
+    entry_points={"console_scripts": ["ftjax=ftjax.cli:entry"]},
 )

@@ -49,5 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     return int(_module(args.command).run(args) or 0)
 
 
+def entry() -> int:
+    """The `ftjax` program: main() in a process of its own, which also keeps jax's compiled
+    programs between starts (ftjax.utils.compile_cache; FTJAX_COMPILE_CACHE=off opts out)."""
+    if any(a in SUBCOMMANDS for a in sys.argv[1:]):
+        # Imported here, like the subcommands: jax stays out of `ftjax --help`.
+        from ftjax.utils.compile_cache import enable_compile_cache
+        enable_compile_cache()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
