@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> int:
     """The `ftjax` program: main() in a process of its own, which also keeps jax's compiled
-    programs between starts (ftjax.utils.compile_cache; FTJAX_COMPILE_CACHE=off opts out)."""
+    programs between starts (ftjax.parallel.compile_cache; FTJAX_COMPILE_CACHE=off opts out)."""
     if any(a in SUBCOMMANDS for a in sys.argv[1:]):
         # Imported here, like the subcommands: jax stays out of `ftjax --help`.
-        from ftjax.utils.compile_cache import enable_compile_cache
+        from ftjax.parallel.compile_cache import enable_compile_cache
         enable_compile_cache()
     return main()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax
 
-from ftjax.assets.fetching import cache_root
+from ftjax.assets import cache_root
 
 ENV = "FTJAX_COMPILE_CACHE"
 
