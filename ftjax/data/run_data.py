@@ -83,11 +83,17 @@ def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
     their indices are their places in the train mixture; sources only evaluated follow."""
     if not sources:
         return {SINGLE_SOURCE: legacy_source(data, task)}
-    order = sorted(sources, key=lambda name: (not sources[name].train, name))
+    order = source_order({name: s.train for name, s in sources.items()})
     if not sources[order[0]].train:
         raise DataError(f"every source ({', '.join(order)}) has train=False: a run needs one "
                         f"to train on")
     return {name: sources[name] for name in order}
+
+
+def source_order(trained: Mapping[str, bool]) -> list[str]:
+    """Source names in the order of their indices in batches: trained ones first, each group
+    by name. `trained`: name -> whether the source trains (SourceConfig.train)."""
+    return sorted(trained, key=lambda name: (not trained[name], name))
 
 
 def check_columns_for_task(task: TaskConfig, source: SourceConfig, name: str = "") -> None:

@@ -13,6 +13,7 @@ from ftjax.objectives.adversarial import FGM, PGD, SMART, FreeLB
 from ftjax.objectives.cross_entropy import CrossEntropy
 from ftjax.objectives.cutoff import Cutoff
 from ftjax.objectives.distill import AttentionKD, HiddenKD, LogitKD
+from ftjax.objectives.gan import GAN
 from ftjax.objectives.mixup import Mixup
 from ftjax.objectives.penalties import L1, L2, L2SP
 from ftjax.objectives.span import SpanCrossEntropy
@@ -37,6 +38,7 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "smart": SMART,
     "mixup": Mixup,
     "cutoff": Cutoff,
+    "gan": GAN,
 }
 
 __all__ = ["TERMS", "entry_config_class", "entry_kind", "loss_for_task", "make_term",
