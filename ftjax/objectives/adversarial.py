@@ -134,9 +134,9 @@ class SmartConfig(AscentConfig):
 
 # --- the perturbation's geometry -------------------------------------------------------------
 
-def _real(batch: dict, like: jax.Array) -> jax.Array:
+def _real(batch: dict) -> jax.Array:
     """(B, T, 1) 1.0 at real tokens."""
-    return batch["attention_mask"][..., None].astype(like.dtype)
+    return batch["attention_mask"][..., None].astype(jnp.float32)
 
 
 def _l2(x: jax.Array) -> jax.Array:
@@ -226,7 +226,7 @@ class FGM(_EmbeddingAdversary):
 
     def __call__(self, ctx: TermContext) -> TermValue:
         cfg = self.config
-        real = _real(ctx.batch, jnp.zeros((), jnp.float32))
+        real = _real(ctx.batch)
         zero = jnp.zeros(real.shape[:2] + (self.width(ctx),), jnp.float32)
         _, grad = self.loss_and_ascent(ctx, zero)
         delta = jax.lax.stop_gradient(steepest(grad, cfg.norm, cfg.epsilon, real))
@@ -245,7 +245,7 @@ class PGD(_EmbeddingAdversary):
         """delta_0 .. delta_K by ascent on objective(delta) -> (value, grad); returns the last
         delta and the values at delta_0 .. delta_{K-1}."""
         cfg = self.config
-        real = _real(ctx.batch, jnp.zeros((), jnp.float32))
+        real = _real(ctx.batch)
         delta = initial_delta(cfg, jax.random.fold_in(ctx.rng, 1), real, self.width(ctx))
         values = []
         for _ in range(cfg.steps):
@@ -271,11 +271,14 @@ class FreeLB(PGD):
     def __call__(self, ctx: TermContext) -> TermValue:
         rows = []
 
+        def loss(d):
+            value = self.loss_at(ctx, d)
+            return value.total, value.per_row
+
         def objective(d):
-            # The per-row values, differentiable in the parameters, and the ascent direction.
-            (total, per_row), grad = jax.value_and_grad(
-                lambda x: (lambda v: (v.total, v.per_row))(self.loss_at(ctx, x)),
-                has_aux=True)(d)
+            # The loss at d, differentiable in the parameters (its rows kept for the
+            # per-source figures), and the ascent direction.
+            (total, per_row), grad = jax.value_and_grad(loss, has_aux=True)(d)
             rows.append(per_row)
             return total, jax.lax.stop_gradient(grad)
 
