@@ -28,8 +28,9 @@ Robustness (test split): accuracy with character noise at rates 0.05 and 0.1 (ty
 swaps) and with 20% of the words swapped for WordNet synonyms; a greedy word-substitution
 attack on the first 200 test sentences with a budget of 100 scored texts each.
 
-Back-translation is not an arm: the library has no trained translation model to run it with
-(named in the closing note of the robustness issue).
+Back-translation is not an arm: `ftjax back-translate` needs a translator, and the library's
+only instruct model, SmolLM2-135M-Instruct, prompted to translate into French and back, returned
+broken French both ways on three polarity sentences tried (2026-12-07), not paraphrases.
 
 Measured: not run yet.
 """

@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "adapters": "list, add or remove the adapters of a store (many adapters for one base)",
     "distill-targets": "write a teacher run's answers to a source's prompts as a data source",
     "teacher-cache": "write a teacher run's outputs on a source's records as a teacher cache",
+    "back-translate": "a source's texts translated into a pivot language and back, as a data "
+                      "source (augmentation)",
     "robustness": "a classifier run's accuracy on perturbed text and under a word-substitution "
                   "attack",
     "demo": "fine-tune MiniLM on the polarity corpus and print the result table",

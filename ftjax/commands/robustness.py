@@ -48,7 +48,7 @@ def run(args) -> int:
         if args.split not in exp.splits:
             raise ValueError(f"unknown split {args.split!r}; have {exp.splits}")
         metrics = RobustnessEval(config).measure(exp, restored.state.params, args.split)
-    except user_errors() as err:
+    except (*user_errors(), ValueError, OSError) as err:
         return fail("robustness", err)
     out = {"step": restored.step, "split": args.split, "metrics": metrics}
     Path(args.workdir, f"robustness-{args.split}.json").write_text(json.dumps(out, indent=2))

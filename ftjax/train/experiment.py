@@ -265,6 +265,17 @@ def in_dtype(model, params: dict, dtype: str) -> tuple:
     return model, jax.tree.map(cast, params)
 
 
+def build_data(cfg: ml_collections.ConfigDict, *, roles: tuple[str, ...] = ROLES,
+               data_facts: dict | None = None) -> list:
+    """A run config's sources, loaded and checked as its run loads them (no model)."""
+    run = typed(cfg)
+    return load_run_data(
+        source_configs(run.sources, run.data, run.task), run.task, roles=roles,
+        num_labels=labels_of(run.task, run.head), facts=data_facts,
+        tasks={name: (entry.task, labels_of(entry.task, entry.head))
+               for name, entry in run.tasks.items()})
+
+
 def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, ...] = (),
                      roles: tuple[str, ...] = ROLES, data_facts: dict | None = None,
                      base_params: dict | None = None,
@@ -283,11 +294,7 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     """
     run = typed(cfg)
     loss_terms = terms_from_config(cfg, run, terms)
-    sources = load_run_data(
-        source_configs(run.sources, run.data, run.task), run.task, roles=roles,
-        num_labels=labels_of(run.task, run.head), facts=data_facts,
-        tasks={name: (entry.task, labels_of(entry.task, entry.head))
-               for name, entry in run.tasks.items()})
+    sources = build_data(cfg, roles=roles, data_facts=data_facts)
     available = {role for s in sources for role in s.splits} | set(
         role for role in ROLES if role not in roles)
     unknown = [s for s in cfg.eval_splits if s not in available]
