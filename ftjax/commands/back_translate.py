@@ -17,15 +17,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ftjax.commands.decoding import (
+    add_decoding_arguments,
+    check_decoding_arguments,
+    pick_source,
+)
 from ftjax.commands.errors import fail, user_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the experiment whose source's records are translated")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--source", help="the source (default: the first)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--out", required=True, help="the JSONL file to write")
     parser.add_argument("--forward", required=True, help="model into the pivot language")
     parser.add_argument("--backward", required=True, help="model back from it")
     parser.add_argument("--forward-template", default="{text}", metavar="T")
@@ -33,11 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true",
                         help="frame both prompts with the tokenizers' chat templates")
     parser.add_argument("--fields", nargs="+", default=["text"], help="record fields translated")
-    parser.add_argument("--limit", type=int, default=0, metavar="N", help="the first N records")
-    parser.add_argument("--max-new-tokens", type=int, default=96, metavar="N")
-    parser.add_argument("--num-beams", type=int, default=1, metavar="K")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="B")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_decoding_arguments(parser, max_new_tokens=96)
 
 
 def _translator(spec: str, template: str, chat: bool):
@@ -62,23 +60,16 @@ def run(args: argparse.Namespace) -> int:
     from ftjax.data import ROLES
     from ftjax.generate.back_translation import back_translate
     from ftjax.generate.targets import write_targets
-    from ftjax.io.atomic_dir import check_file_target
     from ftjax.train.config import load_config
     from ftjax.train.experiment import build_data
 
     try:
-        if min(args.max_new_tokens, args.num_beams, args.batch_size) < 1 or args.limit < 0:
-            raise ValueError("--max-new-tokens, --num-beams and --batch-size must be >= 1, "
-                             "--limit >= 0")
-        check_file_target(args.out, overwrite=args.overwrite)  # before any model is loaded
+        check_decoding_arguments(args)  # before any model is loaded
         sources = build_data(load_config(args.config, args.set), roles=ROLES)
-        names = [s.name for s in sources]
-        name = args.source or names[0]
-        if name not in names:
-            raise ValueError(f"--source {name!r}: the experiment's sources are {names}")
-        split = sources[names.index(name)].splits.get(args.split)
+        source = pick_source(sources, args.source, "the experiment's")
+        split = source.splits.get(args.split)
         if split is None:
-            raise ValueError(f"source {name!r} has no {args.split!r} split")
+            raise ValueError(f"source {source.name!r} has no {args.split!r} split")
         records = [dict(split[i]) for i in range(min(args.limit or len(split), len(split)))]
         forward = _translator(args.forward, args.forward_template, args.chat)
         backward = _translator(args.backward, args.backward_template, args.chat)

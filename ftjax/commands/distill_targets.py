@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import argparse
 
+from ftjax.commands.decoding import (
+    add_decoding_arguments,
+    check_decoding_arguments,
+    pick_source,
+)
 from ftjax.commands.errors import fail, user_errors
 
 
@@ -22,39 +27,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="the teacher run's directory")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change the teacher's config (its data: the prompts to answer)")
-    parser.add_argument("--source", help="the source whose prompts are answered (default: the "
-                                         "first)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--out", required=True, help="the JSONL file to write")
-    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
-    parser.add_argument("--num-beams", type=int, default=1, metavar="K")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="B")
-    parser.add_argument("--limit", type=int, default=0, metavar="N",
-                        help="answer only the first N records (0: all)")
+    add_decoding_arguments(parser, max_new_tokens=128)
     parser.add_argument("--best", action="store_true", help="the best checkpoint, not the latest")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def run(args: argparse.Namespace) -> int:
     from ftjax.data import ROLES
     from ftjax.generate.targets import teacher_targets, write_targets
-    from ftjax.io.atomic_dir import check_file_target
     from ftjax.train.config import load_config
     from ftjax.train.restore import restore_run
 
     try:
-        if min(args.max_new_tokens, args.num_beams, args.batch_size) < 1 or args.limit < 0:
-            raise ValueError("--max-new-tokens, --num-beams and --batch-size must be >= 1, "
-                             "--limit >= 0")
-        check_file_target(args.out, overwrite=args.overwrite)  # before any model is loaded
+        check_decoding_arguments(args)  # before any model is loaded
         cfg = load_config(args.config, args.set)
         exp, restored = restore_run(args.workdir, best=args.best, cfg=cfg, full_precision=True,
                                     roles=ROLES)
-        names = [s.name for s in exp.sources]
-        name = args.source or names[0]
-        if name not in names:
-            raise ValueError(f"--source {name!r}: the teacher's sources are {names}")
-        source = exp.sources[names.index(name)]
+        source = pick_source(exp.sources, args.source, "the teacher's")
         rows = teacher_targets(exp.model, restored.state.params, exp.tokenizer, source,
                                args.split, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
@@ -62,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         path = write_targets(rows, args.out, overwrite=args.overwrite)
     except (*user_errors(), ValueError, OSError) as err:
         return fail("distill-targets", err)
-    print(f"wrote the teacher's answers to {len(rows)} prompts of {name} {args.split} "
+    print(f"wrote the teacher's answers to {len(rows)} prompts of {source.name} {args.split} "
           f"(step {restored.step}) to {path}")
     return 0
