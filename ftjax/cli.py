@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "teacher-cache": "write a teacher run's outputs on a source's records as a teacher cache",
     "back-translate": "a source's texts translated into a pivot language and back, as a data "
                       "source (augmentation)",
+    "fisher": "the diagonal Fisher information of a finished run, for EWC in the runs after it",
     "robustness": "a classifier run's accuracy on perturbed text and under a word-substitution "
                   "attack",
     "demo": "fine-tune MiniLM on the polarity corpus and print the result table",

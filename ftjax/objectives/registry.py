@@ -13,6 +13,7 @@ from ftjax.objectives.adversarial import FGM, PGD, SMART, FreeLB
 from ftjax.objectives.cross_entropy import CrossEntropy
 from ftjax.objectives.cutoff import Cutoff
 from ftjax.objectives.distill import AttentionKD, HiddenKD, LogitKD
+from ftjax.objectives.ewc import EWC
 from ftjax.objectives.gan import GAN
 from ftjax.objectives.mixup import Mixup
 from ftjax.objectives.penalties import L1, L2, L2SP
@@ -29,6 +30,7 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "l1": L1,
     "l2": L2,
     "l2_sp": L2SP,
+    "ewc": EWC,
     "kd": LogitKD,
     "kd_hidden": HiddenKD,
     "kd_attention": AttentionKD,

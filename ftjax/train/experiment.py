@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable
+import re
+from typing import Any, Callable, Sequence
 
 from pathlib import Path
 
@@ -141,13 +142,16 @@ class Experiment:
             group_by_length=data.group_by_length)
 
     def eval_batches(self, split: str, source: str | None = None, *, task=None,
-                     max_records: int | None = None):
+                     max_records: int | None = None, indices: Sequence[int] | None = None):
         """numpy eval batches of one source's split (every process reads all of them); the
         source may be left out when the run has one. task: rows of another task over the same
-        records (a masked LM's pseudo-likelihood rows); max_records: the first n only."""
+        records (a masked LM's pseudo-likelihood rows); max_records: the first n only;
+        indices: these records only, in this order."""
         index = self._source_index(source)
         s = self.sources[index]
         records = s.splits[split]
+        if indices is not None:
+            records = [records[int(i)] for i in indices]
         if max_records is not None and max_records < len(records):
             records = [records[i] for i in range(max_records)]
         return make_eval_batches(records, task or s.task, self.tokenizer,
@@ -360,7 +364,7 @@ def build_experiment(cfg: ml_collections.ConfigDict, *, terms: tuple[LossTerm, .
     own_rules = parse_spec(cfg.rules)
     check_rules_match(own_rules, params)
     trained = [s for s in sources if s.trained]  # first, in mixture order (source_configs)
-    spec = own_rules + presets.method_spec(
+    spec = own_rules + idle_heads_frozen(run, trained) + presets.method_spec(
         cfg.method, pretrained.model.config,
         method_cfg=method_args(cfg, sum(s.num_train for s in trained)),
         head_kind="sequence" if run.tasks else cfg.head.kind)  # task heads are new
@@ -445,6 +449,15 @@ def compose_from_config(cfg, pretrained: Pretrained, rng: jax.Array) -> tuple:
                               f"{settings[first]}; composed adapters share one kind and size")
     return compose_adapters(pretrained.model, pretrained.params, adapters, settings[first],
                             cfg.method, rng, target=compose.target)
+
+
+def idle_heads_frozen(run, trained) -> list:
+    """Rules freezing the heads of a multi-task run's tasks that no trained source feeds (a
+    continual stage's earlier and later tasks, evaluated only): they get no gradient, and
+    frozen they also get no weight decay and no optimizer state, so they stay bit-identical."""
+    fed = {run.sources[s.name].task for s in trained} if run.sources else set()
+    return [(f"head/{re.escape(task)}/.*", Rule(frozen=True))
+            for task in run.tasks if task not in fed]
 
 
 def per_task_leaves(mask) -> str:

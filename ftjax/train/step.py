@@ -20,7 +20,7 @@ wastes), `examples` (the first term's normalizer), `nonfinite`, `learning_rate`.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ftjax.objectives.task_term import TaskTerm
-from ftjax.objectives.term import LossTerm, TermContext
+from ftjax.objectives.term import LossTerm, TermContext, TermValue
 from ftjax.nn.scan import INTERMEDIATES
 from ftjax.train.forward import model_inputs, scan_split_view
 from ftjax.train.state import (
@@ -287,6 +287,31 @@ def compiled_memory(jitted_step, state: TrainState, batch: dict) -> dict | None:
     return out
 
 
+def evaluated_terms(loss: LossTerm | Sequence[LossTerm]) -> list[LossTerm]:
+    """The per-example terms evaluation computes (the task's term first)."""
+    evaluated = [t for t in as_terms(loss) if t.per_example and t.evaluated]
+    if not evaluated:
+        raise ValueError("no loss term is evaluated (the task's cross-entropy is)")
+    return evaluated
+
+
+def evaluate_terms(model, evaluated: Sequence[LossTerm], trainable, frozen, batch: dict,
+                   constants=None) -> tuple[Any, list[TermValue]]:
+    """The deterministic forward pass of a batch and each evaluated term's value on it: what
+    the eval step sums, and what a per-example quantity (a Fisher diagonal) differentiates."""
+    forward, params = scan_split_view(model, trainable, frozen)  # no restacked copy
+    inputs_of = lambda b: model_inputs(b, model)  # noqa: E731
+    output = forward.apply({"params": params}, batch["input_ids"], **inputs_of(batch),
+                           deterministic=True)
+    values = [term(TermContext(model=forward, params=params, trainable=trainable, batch=batch,
+                               output=output, state=None,
+                               constants=(constants or {}).get(term.name),
+                               rng=jax.random.key(0), step=jnp.zeros((), jnp.int32),
+                               deterministic=True, apply_inputs=inputs_of))
+              for term in evaluated]
+    return output, values
+
+
 def make_eval_step(model, loss: LossTerm | Sequence[LossTerm],
                    predict: Callable[[jax.Array], dict] | None = None):
     """eval_step(trainable, frozen, batch, constants={}) -> sums of the evaluated terms; jit it.
@@ -296,23 +321,12 @@ def make_eval_step(model, loss: LossTerm | Sequence[LossTerm],
     `predict` (the task's, ftjax.data.tasks), also `predictions`: predict(logits) of the batch,
     for the task's metric on the host (not summed).
     """
-    evaluated = [t for t in as_terms(loss) if t.per_example and t.evaluated]
-    if not evaluated:
-        raise ValueError("no loss term is evaluated (the task's cross-entropy is)")
-    inputs_of = lambda batch: model_inputs(batch, model)  # noqa: E731
+    evaluated = evaluated_terms(loss)
 
     def eval_step(trainable, frozen, batch, constants=None):
-        forward, params = scan_split_view(model, trainable, frozen)  # no restacked copy
-        output = forward.apply({"params": params}, batch["input_ids"], **inputs_of(batch),
-                               deterministic=True)
+        output, values = evaluate_terms(model, evaluated, trainable, frozen, batch, constants)
         sums = {}
-        for i, term in enumerate(evaluated):
-            ctx = TermContext(model=forward, params=params, trainable=trainable, batch=batch,
-                              output=output, state=None,
-                              constants=(constants or {}).get(term.name),
-                              rng=jax.random.key(0), step=jnp.zeros((), jnp.int32),
-                              deterministic=True, apply_inputs=inputs_of)
-            value = term(ctx)
+        for i, (term, value) in enumerate(zip(evaluated, values)):
             sums[f"loss_sum/{term.name}"] = value.total
             sums[f"weight/{term.name}"] = jnp.sum(term.normalizer(batch))
             sums.update({stat_key(i, term, k): v for k, v in value.stats.items()})
