@@ -294,9 +294,11 @@ def _check_tasks(run: RunConfig) -> None:
         if source.task not in run.tasks:
             raise ValueError(f"sources.{name}.task must name one of the tasks "
                              f"{sorted(run.tasks)}, got {source.task!r}")
-    untrained = sorted(set(run.tasks) - {s.task for s in run.sources.values() if s.train})
-    if untrained:
-        raise ValueError(f"task(s) {untrained}: no trained source feeds them")
+    # A task with only evaluated sources is fine (a continual stage's other tasks: their heads
+    # are frozen, ftjax.train.experiment.idle_heads_frozen); one with no source is a mistake.
+    unused_tasks = sorted(set(run.tasks) - {s.task for s in run.sources.values()})
+    if unused_tasks:
+        raise ValueError(f"task(s) {unused_tasks}: no source names them")
     lengths = {name: entry.task.max_length for name, entry in run.tasks.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"the tasks share rows, so they need one task.max_length; got "
