@@ -242,6 +242,10 @@ class SourceConfig:
         "split: its rows then carry the teacher's outputs, which the kd term without a "
         "teacher distils from")
     augment: AugmentConfig = setting(factory=AugmentConfig)
+    replay_from: str = setting(
+        "", "a replay buffer (an earlier run's replay.json, or its workdir): the train split "
+        "is then the records of this source it holds (experience replay in continual "
+        "learning)")
     max_train_examples: int = setting(
         0, "n > 0 keeps a random n of the train split (drawn with split_seed, order kept); 0 "
         "keeps it whole")

@@ -26,6 +26,7 @@ from ftjax.data.mixing import TrainSource
 from ftjax.data.multitask import TaskOfMany
 from ftjax.data.conversation import Conversation
 from ftjax.data.prompting import PromptTemplate
+from ftjax.data.replay import replayed
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.teacher_cache import TeacherCache, WithTeacherOutputs
 from ftjax.data.token_classification import TokenClassification, load_tagged_source
@@ -188,6 +189,13 @@ def _load_one(name: str, config: SourceConfig, task: TaskConfig, num_labels: int
     splits = dict(loaded.splits)
     if config.augment.enabled and "train" in splits:
         splits["train"] = augmented(name, config, splits["train"])
+    if config.replay_from and "train" in splits:
+        # The buffer holds indices of the train split as the earlier run read it (augmented
+        # copies included), so the source keeps that run's augment block.
+        if config.teacher_cache:
+            raise DataError(f"sources.{name}: replay_from and teacher_cache both choose the "
+                            f"train records; use one")
+        splits["train"] = replayed(name, splits["train"], config.replay_from)
     num_train = len(splits["train"]) if "train" in splits else saved.get("train_examples", 0)
     cache = None
     if config.teacher_cache and "train" in loaded.splits:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import ml_collections
 
 from ftjax.data.config import DataConfig, SourceConfig, TaskConfig
+from ftjax.data.replay import ReplayConfig
 from ftjax.models import HeadConfig
 from ftjax.nn.adapters import AdapterConfig
 from ftjax.nn.ia3 import IA3Config
@@ -200,6 +201,7 @@ class RunConfig:
         "ftjax.nn.dense_methods.DenseMethod subclass (made with no arguments) or a function "
         "returning one; their leaves are added to the model, and rules say what trains")
     robustness: RobustnessConfig = setting(factory=RobustnessConfig)
+    replay: ReplayConfig = setting(factory=ReplayConfig)
     hooks: tuple[str, ...] = setting(
         (), "extra Trainer hooks, each 'module:Name' of a Hook class (made with no arguments) "
         "or a function returning a hook (ftjax.train.hooks)")

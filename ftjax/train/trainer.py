@@ -66,9 +66,10 @@ class RunResult:
 
 class Trainer:
     """Runs an Experiment in a workdir. Attributes hooks may use: `cfg`, `exp`, `workdir`,
-    `state` (the current TrainState), `start_step`, `primary` (this process writes the run's
-    files), `log` (metrics.jsonl / TensorBoard), `checkpoints`, `summary` (what the run reports
-    at the end: hooks fill it), and the methods `say`, `evaluate`, `save`."""
+    `state` (the current TrainState), `host_batch` (this process's rows of the step's batch,
+    numpy, as the data pipeline gave them), `start_step`, `primary` (this process writes the
+    run's files), `log` (metrics.jsonl / TensorBoard), `checkpoints`, `summary` (what the run
+    reports at the end: hooks fill it), and the methods `say`, `evaluate`, `save`."""
 
     def __init__(self, experiment: Experiment, workdir, *, hooks: Sequence[Hook] = (),
                  quiet: bool = False, defaults: bool = True, allow_config_change: bool = False,
@@ -83,6 +84,7 @@ class Trainer:
         self.allow_config_change = allow_config_change
         self.allow_inexact_resume = allow_inexact_resume
         self.state = experiment.state
+        self.host_batch: dict | None = None
         self.primary = parallel.is_primary()
         self.summary: dict[str, Any] = {}
 
@@ -132,7 +134,8 @@ class Trainer:
     def _loop(self) -> str:
         """Steps until the last one ("finished") or a hook's stop ("stopped" / "interrupted")."""
         for step in range(self.start_step, self.cfg.steps):
-            batch = self.exp.place_train_batch(next(self.data))
+            self.host_batch = next(self.data)
+            batch = self.exp.place_train_batch(self.host_batch)
             if step == self.start_step:  # compiles; the first call reuses the executable
                 self.summary["step_memory"] = compiled_memory(self.step, self.state, batch)
             self.state, metrics = self.step(self.state, batch)

@@ -6,12 +6,14 @@ from ftjax.train.hooks.base import NOTHING, Gathering, Hook, Request, StepMetric
 from ftjax.train.hooks.metrics_log import MetricsLog, StepClock
 from ftjax.train.hooks.nonfinite import NonFinite, NonFiniteLossError
 from ftjax.train.hooks.pseudo_perplexity import PseudoPerplexity
+from ftjax.train.hooks.replay import ReplayRecorder
 from ftjax.train.hooks.results import FinalReport
 from ftjax.train.hooks.robustness import RobustnessEval
 from ftjax.train.hooks.schedules import CheckpointEvery, EvalEvery, Every
 from ftjax.train.hooks.selection import BestCheckpoint, EarlyStopping, MetricTracker
 from ftjax.train.hooks.signals import StopOnSignal
 from ftjax.train.hooks.unfreeze import UnfreezeReport
+from ftjax.data.replay import ReplayConfig
 from ftjax.settings.blocks import from_config
 from ftjax.train.robustness import RobustnessConfig
 from ftjax.utils.imports import import_object
@@ -20,7 +22,7 @@ __all__ = [
     "NOTHING", "BestCheckpoint", "CheckpointEvery", "EarlyStopping", "EvalEvery", "Every",
     "FinalReport", "Gathering",
     "Hook", "MetricTracker", "MetricsLog", "NonFinite", "NonFiniteLossError",
-    "PseudoPerplexity", "Request", "RobustnessEval",
+    "PseudoPerplexity", "ReplayRecorder", "Request", "RobustnessEval",
     "StepClock", "StepMetrics", "StopOnSignal", "UnfreezeReport", "default_hooks", "fetch_all",
     "hooks_from_config",
 ]
@@ -43,6 +45,9 @@ def default_hooks(cfg) -> list[Hook]:
     robustness = from_config(RobustnessConfig, cfg.get("robustness"), "robustness")
     if robustness.enabled:  # its metrics join the evaluated splits' results
         hooks.append(RobustnessEval(robustness))
+    replay = from_config(ReplayConfig, cfg.get("replay"), "replay")
+    if replay.enabled:
+        hooks.append(ReplayRecorder(replay))
     if cfg.best_metric:
         split, mode = cfg.eval_splits[0], cfg.best_mode
         hooks.append(BestCheckpoint(split, cfg.best_metric, mode, cfg.early_stopping.min_delta))
