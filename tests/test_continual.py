@@ -10,6 +10,7 @@ import pytest
 from conftest import make_sentences
 
 from ftjax.io.fisher import flat_leaves, load_fisher
+from ftjax.objectives.inputs import model_inputs
 from ftjax.settings import ConfigError
 from ftjax.train.continual import accuracy_matrix, initial_scores, transfer_metrics
 from ftjax.train.evaluation import evaluate_splits
@@ -63,7 +64,15 @@ def get_stages():
     return [Stage("s0_sentiment", "sentiment"),
             Stage("s1_length", "length", init_from="s0_sentiment", before="fisher_of_sentiment",
                   overrides=("losses.ewc.fisher='{{root}}/s0_sentiment/fisher.safetensors'",
-                             "losses.ewc.weight=1.0"))]
+                             "losses.ewc.weight=1.0")),
+            # A large step, so that the backbone moves and naive training disturbs the
+            # sentiment head's outputs.
+            Stage("s1_naive", "length", init_from="s0_sentiment",
+                  overrides=("optimizer.learning_rate=0.03",)),
+            Stage("s1_lwf", "length", init_from="s0_sentiment",
+                  overrides=("optimizer.learning_rate=0.03",
+                             "losses.lwf.teacher='{{root}}/s0_sentiment'",
+                             "losses.lwf.tasks=('sentiment',)", "losses.lwf.weight=10.0"))]
 '''
 
 
@@ -148,3 +157,33 @@ def test_a_separate_model_per_task_keeps_each_task_s_own_score(tmp_path):
         accuracy_matrix(tmp_path, ["a", "b"], ["x", "y"], metric="f1")
     with pytest.raises(ConfigError, match="has not finished"):
         accuracy_matrix(tmp_path, ["a", "c"], ["x", "y"])
+
+
+def test_lwf_keeps_the_earlier_task_s_outputs_on_the_new_data(sequence):
+    """Learning without forgetting: after the length stage, the sentiment head's outputs on
+    length data stay nearer the stage-0 model's with LwF than with naive training."""
+    runs, _ = sequence
+    models = {}
+    for stage in ("s0_sentiment", "s1_naive", "s1_lwf"):
+        exp, restored = restore_run(runs / stage)
+        models[stage] = (exp, restored.state.params)
+    exp = models["s0_sentiment"][0]
+    (batch,) = list(exp.eval_batches("test", "length"))[:1]
+    batch = {k: v for k, v in batch.items()}
+
+    def sentiment_log_probs(stage):
+        stage_exp, params = models[stage]
+        logits = stage_exp.model.apply({"params": params}, batch["input_ids"],
+                                       **model_inputs(batch, stage_exp.model),
+                                       deterministic=True).logits["sentiment"]
+        return jax.nn.log_softmax(np.asarray(logits, np.float32))
+
+    start = sentiment_log_probs("s0_sentiment")
+
+    def drift(stage):
+        p = np.exp(start)
+        return float(np.mean(np.sum(p * (start - sentiment_log_probs(stage)), axis=-1)))
+
+    assert drift("s1_lwf") < 0.5 * drift("s1_naive")
+    rows = [json.loads(line) for line in open(runs / "s1_lwf" / "metrics.jsonl")]
+    assert any("loss/lwf" in r for r in rows if "split" not in r)

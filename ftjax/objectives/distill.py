@@ -104,7 +104,7 @@ class KDConfig(TeacherConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
-class _TeacherTerm(LossTerm):
+class TeacherTerm(LossTerm):
     """A term that compares the student with a teacher loaded at set-up (its constants)."""
 
     Config = TeacherConfig
@@ -157,7 +157,7 @@ class _TeacherTerm(LossTerm):
         return ctx.shared[self._key()]
 
 
-class LogitKD(_TeacherTerm):
+class LogitKD(TeacherTerm):
     """Logit KD from a teacher run in the step, or, without `teacher`, from the outputs a
     teacher cache puts in the train rows (ftjax.data.teacher_cache: all of a teacher's class
     logits, or its top k per token, renormalized over those k)."""
@@ -173,7 +173,7 @@ class LogitKD(_TeacherTerm):
             raise ConfigError(f"loss term {self.name!r} has no teacher and the train rows "
                               f"carry no teacher outputs: name losses.{self.name}.teacher, or "
                               f"give every trained source a teacher_cache")
-        width = _width(setup.model) if setup.model is not None else None
+        width = output_width(setup.model) if setup.model is not None else None
         cached = rows[found[0]][0][-1]
         if width is not None and cached > width:
             raise ConfigError(f"loss term {self.name!r}: the teacher cache holds {cached} "
@@ -181,7 +181,7 @@ class LogitKD(_TeacherTerm):
         return None
 
     def check(self, teacher, student) -> None:
-        _check_same_outputs(teacher, student, self.config.teacher)
+        check_same_outputs(teacher, student, self.config.teacher)
 
     def __call__(self, ctx: TermContext) -> TermValue:
         batch, student = ctx.batch, ctx.output.logits
@@ -235,7 +235,7 @@ class HiddenKDConfig(LayerPairsConfig):
                         "(1 - cosine similarity), per token", choices=("mse", "cosine"))
 
 
-class _LayerPairsTerm(_TeacherTerm):
+class _LayerPairsTerm(TeacherTerm):
     """Compares what chosen blocks of the student and the teacher sowed, token by token;
     every row weighs once."""
 
@@ -370,16 +370,17 @@ def _check_token_aligned(teacher, student, config: LayerPairsConfig) -> None:
                                   f"blocks, no block {index}")
 
 
-def _width(model) -> int:
+def output_width(model) -> int:
     """The outputs of a model's head: its labels, or its vocabulary."""
     head = model.head_config
     return model.config.vocab_size if head.kind in ("lm", "mlm") else head.num_labels
 
 
-def _check_same_outputs(teacher, student, where: str) -> None:
+def check_same_outputs(teacher, student, where: str) -> None:
     """Logit KD compares distributions over one label or vocabulary space."""
-    if teacher.head_config.kind != student.head_config.kind or _width(teacher) != _width(student):
+    t_width, s_width = output_width(teacher), output_width(student)
+    if teacher.head_config.kind != student.head_config.kind or t_width != s_width:
         raise ConfigError(
-            f"teacher {where}: a {teacher.head_config.kind!r} head over {_width(teacher)} "
-            f"outputs, the student a {student.head_config.kind!r} head over {_width(student)}; "
-            f"logit KD needs one output space (sequence-level KD works across vocabularies)")
+            f"teacher {where}: a {teacher.head_config.kind!r} head over {t_width} outputs, the "
+            f"student a {student.head_config.kind!r} head over {s_width}; logit KD needs one "
+            f"output space (sequence-level KD works across vocabularies)")

@@ -15,6 +15,7 @@ from ftjax.objectives.cutoff import Cutoff
 from ftjax.objectives.distill import AttentionKD, HiddenKD, LogitKD
 from ftjax.objectives.ewc import EWC
 from ftjax.objectives.gan import GAN
+from ftjax.objectives.lwf import LwF
 from ftjax.objectives.mixup import Mixup
 from ftjax.objectives.penalties import L1, L2, L2SP
 from ftjax.objectives.span import SpanCrossEntropy
@@ -34,6 +35,7 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "kd": LogitKD,
     "kd_hidden": HiddenKD,
     "kd_attention": AttentionKD,
+    "lwf": LwF,
     "fgm": FGM,
     "pgd": PGD,
     "freelb": FreeLB,
