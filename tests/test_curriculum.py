@@ -13,7 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ftjax.data import DataError, SequenceClassification, TrainSource
+from ftjax.data import (
+    CausalLM,
+    DataError,
+    SequenceClassification,
+    TrainSource,
+    make_mixed_train_iterator,
+)
 from ftjax.data.curriculum import Curriculum, CurriculumConfig, CurriculumOrder
 from ftjax.data.difficulty import (
     column_scores,
@@ -25,7 +31,8 @@ from ftjax.data.difficulty import (
 from ftjax.data.pacing import PACINGS, Pacing
 from ftjax.data.pipeline import _shuffled_forever
 from ftjax.data.teacher_cache import CacheWriter, TeacherCache, record_digest
-from ftjax.data.testing import tiny_encoder_tokenizer
+from ftjax.data.run_data import scored
+from ftjax.data.testing import tiny_decoder_tokenizer, tiny_encoder_tokenizer
 from ftjax.models.model import ModelOutput
 from ftjax.objectives.cross_entropy import CrossEntropy
 from ftjax.objectives.self_paced import SelfPaced, SelfPacedConfig
@@ -126,6 +133,43 @@ def test_a_share_of_one_from_the_start_is_the_plain_stream():
         assert [stream[p] for p in range(140)] == [plain[p] for p in range(140)]
 
 
+WORDS = [f"w{i}" for i in range(60)]
+
+
+@pytest.mark.parametrize("kind,batching", [("classification", "mixed"),
+                                           ("classification", "per_source"),
+                                           ("causal_packed", "mixed")])
+def test_a_source_with_a_curriculum_in_a_mixture_and_in_packed_rows(kind, batching):
+    """Source a (one word per record, w0..w36, record i of rank i) holds its share at
+    ceil(0.3 * 37) = 12 records; source b (w40..w50) has no curriculum."""
+    if kind == "classification":
+        tok = tiny_encoder_tokenizer(WORDS)
+        task = SequenceClassification("text", "label", num_labels=2, max_length=5)
+    else:
+        tok = tiny_decoder_tokenizer(WORDS)
+        task = CausalLM("text", max_length=11)
+    held = Curriculum(np.arange(37), Pacing("step", 0.3, full_at_step=10**6, stages=2))
+    sources = [TrainSource("a", [{"text": f"w{i}", "label": 0} for i in range(37)], task, 0.7,
+                           held),
+               TrainSource("b", [{"text": f"w{40 + i}", "label": 1} for i in range(11)], task)]
+
+    def fresh():
+        return make_mixed_train_iterator(sources, tok, batch_size=6, seed=2, batching=batching)
+
+    iterator = fresh()
+    batches = [next(iterator) for _ in range(30)]
+    ids = np.concatenate([b["input_ids"].ravel() for b in batches])
+    words = {int(w[1:]) for w in tok.decode([i for i in ids if i not in tok.special_ids]).split()}
+    assert {w for w in words if w < 40} == set(range(12))
+    assert {w for w in words if w >= 40} == set(range(40, 51))
+    state = iterator.get_state()
+    later = [next(iterator) for _ in range(5)]
+    resumed = fresh()
+    resumed.set_state(state)
+    for a, b in zip(later, [next(resumed) for _ in range(5)]):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_rarity_length_and_column_scores_by_hand():
     three = [{"text": "the cat sat", "label": 0, "level": 2},
              {"text": "The dog", "label": 1, "level": "7.5"},
@@ -163,12 +207,14 @@ def test_reference_scores_from_a_teacher_cache_and_a_cache_of_other_records(tmp_
     assert reference_scores(cache, recs, "reference_loss", "s") == pytest.approx(loss, rel=1e-6)
     # Minus the margin: hard = small margin. Record 2 is wrong by 3, record 0 right by 2.
     assert list(reference_scores(cache, recs, "reference_margin", "s")) == [-2.0, -2.0, 3.0]
+    # As a source loads it: the cache checked against the train records first.
     task = SequenceClassification("text", "label", num_labels=3, max_length=7)
-    cache.check_source("s", recs, task)
+    config = CurriculumConfig(score="reference_loss", reference=str(tmp_path / "cache"))
+    assert scored("s", config, recs, task) == pytest.approx(loss, rel=1e-6)
     other = [dict(r) for r in recs]
     other[1]["text"] = "changed"
     with pytest.raises(DataError, match="made from other records"):
-        cache.check_source("s", other, task)
+        scored("s", config, other, task)
 
 
 @pytest.fixture(scope="module")
@@ -191,14 +237,17 @@ def train_rows(workdir) -> dict[int, dict]:
 
 
 def test_random_scores_and_constant_pacing_train_exactly_as_without_a_curriculum(
-        plain_run, tmp_path):
+        plain_run, tmp_path, capsys):
     tiny_config_file, plain = plain_run
+    capsys.readouterr()
     constant = train_rows(tiny_run(tiny_config_file, tmp_path / "constant", [
         "data.curriculum.score=random", "data.curriculum.pacing=constant"]))
     assert sorted(plain) == list(range(1, 9))
     assert [plain[s]["loss"] for s in plain] == [constant[s]["loss"] for s in plain]
+    said = "curriculum: random scores, easy_first, c = 1, 96 records"
+    assert f"source 'data': {said}" in capsys.readouterr().err  # said once at the start
     facts = json.loads((tmp_path / "constant" / "data.json").read_text())
-    assert facts["sources"]["data"]["curriculum"].startswith("curriculum: random scores")
+    assert facts["sources"]["data"]["curriculum"] == said
 
 
 def test_a_curriculum_run_resumed_from_a_checkpoint_equals_the_uninterrupted_one(
