@@ -95,7 +95,8 @@ def test_each_step_draws_only_from_its_available_share_and_sees_all_of_it():
 
 def test_hard_first_is_the_reverse_order_of_easy_first():
     scores = np.array([3.0, 1.0, 2.0, 1.0, 5.0, 4.0, 1.0])
-    easy, hard = difficulty_ranks(scores, "easy_first", 0), difficulty_ranks(scores, "hard_first", 0)
+    easy = difficulty_ranks(scores, "easy_first", 0)
+    hard = difficulty_ranks(scores, "hard_first", 0)
     assert list(np.argsort(easy)[3:]) == [2, 0, 5, 4] and easy[4] == 6
     assert hard[4] == 0 and hard[5] == 1 and sorted(hard[[1, 3, 6]]) == [4, 5, 6]
     # Ties are broken by a seeded permutation, not by record order.

@@ -27,7 +27,6 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
@@ -160,12 +159,6 @@ def difficulty_ranks(scores: np.ndarray, order: str, seed: int) -> np.ndarray:
     ranks = np.empty(len(scores), np.int64)
     ranks[by_rank] = np.arange(len(scores))
     return ranks
-
-
-def describe_scores(scores: np.ndarray) -> dict[str, Any]:
-    """min / median / max of the scores, for the run's report."""
-    return {"min": float(np.min(scores)), "median": float(np.median(scores)),
-            "max": float(np.max(scores))}
 
 
 __all__ = ["ORDERS", "REFERENCE_SCORES", "SCORES", "column_scores", "difficulty_ranks",
