@@ -186,11 +186,7 @@ class CurriculumOrder(grain.transforms.DatasetSelectionMap):
             raise DataError("curriculum ranks must be a permutation of 0..N-1")
         self.pacing, self.seed = curriculum.pacing, seed
         self.examples_per_step = examples_per_step
-        # The first step with every record available (<= full_at_step, where c = 1); the
-        # outputs before its first one are the paced ones.
-        steps = np.arange(curriculum.pacing.full_at_step + 1)
-        full_step = int(np.flatnonzero(self.available(steps) >= self.num_records)[0])
-        self.paced = full_step * examples_per_step
+        self.paced = self._full_step() * examples_per_step  # outputs before it are paced
         self._chunk = min(CHUNK, self.num_records)
         self._reset_cache()
 
@@ -233,6 +229,18 @@ class CurriculumOrder(grain.transforms.DatasetSelectionMap):
         """K(s): how many of the easiest records step s draws from (1..N)."""
         share = self.pacing(np.asarray(steps))
         return np.clip(np.ceil(share * self.num_records), 1, self.num_records).astype(np.int64)
+
+    def _full_step(self) -> int:
+        """The first step with every record available: at most full_at_step (c = 1 there),
+        found by bisection since the pacing never decreases."""
+        low, high = 0, self.pacing.full_at_step
+        while low < high:
+            middle = (low + high) // 2
+            if self.available(np.array([middle]))[0] >= self.num_records:
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
     def _block(self, block: int) -> np.ndarray:
         if block in self._blocks:
