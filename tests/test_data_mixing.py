@@ -586,7 +586,8 @@ def test_experiment_stream_anneals_over_the_whole_run_by_default(encoder_tok):
     cfg.steps, cfg.batch_size, cfg.seed = 30, 4, 3
     cfg.data.mixing, cfg.data.batching = "annealed", "per_source"
     run = SimpleNamespace(cfg=cfg, tokenizer=encoder_tok, sources=[
-        SimpleNamespace(trained=True, train_source=lambda s=s: s) for s in two_sources()])
+        SimpleNamespace(trained=True, train_source=lambda tokenizer, s=s: s)
+        for s in two_sources()])
     got = take(Experiment.train_iterator(run), 30)
 
     def sources_of(anneal_examples):

@@ -49,6 +49,7 @@ from ftjax.data.readers import read_rows
 from ftjax.data.run_data import (
     RunSource,
     data_facts,
+    data_notes,
     load_run_data,
     make_task,
     source_configs,
@@ -73,6 +74,7 @@ __all__ = [
     "cut_to_bucket",
     "RunSource",
     "data_facts",
+    "data_notes",
     "load_run_data",
     "make_task",
     "source_configs",

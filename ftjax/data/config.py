@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ftjax.data.augment import AugmentConfig
+from ftjax.data.curriculum import CurriculumConfig
 from ftjax.data.mixing import BATCHINGS, MIXINGS
 from ftjax.data.readers import FORMATS, TXT_UNITS
 from ftjax.settings import setting
@@ -122,6 +123,7 @@ class DataConfig:
     teacher_cache: str = setting("", "a teacher cache of the train split (ftjax "
                                  "teacher-cache); see SourceConfig.teacher_cache")
     augment: AugmentConfig = setting(factory=AugmentConfig)
+    curriculum: CurriculumConfig = setting(factory=CurriculumConfig)
     max_eval_examples: int = setting(0, "the same for the validation and test splits")
     max_test_examples: int | None = setting(None, "the test split's own limit (None: "
                                             "max_eval_examples): a small validation subset to "
@@ -242,6 +244,7 @@ class SourceConfig:
         "split: its rows then carry the teacher's outputs, which the kd term without a "
         "teacher distils from")
     augment: AugmentConfig = setting(factory=AugmentConfig)
+    curriculum: CurriculumConfig = setting(factory=CurriculumConfig)
     replay_from: str = setting(
         "", "a replay buffer (an earlier run's replay.json, or its workdir): the train split "
         "is then the records of this source it holds (experience replay in continual "

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ftjax.data.curriculum import Curriculum
 from ftjax.data.errors import DataError, EmptySplitError
 from ftjax.data.tasks import Task
 from ftjax.data.types import RecordSource
@@ -48,13 +49,15 @@ BATCHINGS = ("mixed", "per_source")
 
 
 class TrainSource(NamedTuple):
-    """One source of the train mixture: its records, the task that makes them rows, and its
-    weight (used with mixing="fixed")."""
+    """One source of the train mixture: its records, the task that makes them rows, its
+    weight (used with mixing="fixed") and its curriculum, if any (the records' difficulty
+    ranks and pacing: ftjax.data.curriculum orders its stream)."""
 
     name: str
     records: RecordSource
     task: Task
     weight: float = 1.0
+    curriculum: Curriculum | None = None
 
 
 def mixture_weights(

@@ -45,6 +45,7 @@ import grain.experimental
 import numpy as np
 
 from ftjax.data.bucketing import LengthGroupedBatches, group_order, row_length
+from ftjax.data.curriculum import CurriculumOrder
 from ftjax.data.errors import DataError, EmptySplitError
 from ftjax.data.features import (
     IndexedRecord,
@@ -157,7 +158,9 @@ def make_mixed_train_iterator(
     sources = tuple(sources)
     weights = mixture_weights(sources, mixing, temperature)
     check_compatible(sources)
-    streams = [_shuffled_forever(source, index, seed) for index, source in enumerate(sources)]
+    # A curriculum's clock: examples of the global batch (its source's own examples).
+    streams = [_shuffled_forever(source, index, seed, examples_per_step=batch_size * shard_count)
+               for index, source in enumerate(sources)]
     featurizers = [source.task.featurizer(tokenizer, seed=seed) for source in sources]
     read_options = read_options or default_read_options()
     task = sources[0].task
@@ -285,15 +288,22 @@ def _flatten(rows: grain.IterDataset) -> grain.IterDataset:
     return grain.experimental.FlatMapIterDataset(rows, _Rows())
 
 
-def _shuffled_forever(source: TrainSource, index: int, seed: int) -> grain.MapDataset:
-    """The source's records as (source, record index, record), reshuffled every epoch."""
+def _shuffled_forever(source: TrainSource, index: int, seed: int, *,
+                      examples_per_step: int = 1) -> grain.MapDataset:
+    """The source's records as (source, record index, record), reshuffled every epoch; with a
+    curriculum, its paced records first, then that stream (ftjax.data.curriculum),
+    ``examples_per_step`` examples making a step of its pacing."""
     n = num_records(source)
-    return (
-        grain.MapDataset.source(source.records)
-        .map_with_index(_RecordIndex(n, index))
-        .shuffle(seed=_shuffle_seed(seed, index))
-        .repeat()
-    )
+    records = grain.MapDataset.source(source.records).map_with_index(_RecordIndex(n, index))
+    plain = records.shuffle(seed=_shuffle_seed(seed, index)).repeat()
+    if source.curriculum is None:
+        return plain
+    if len(source.curriculum.ranks) != n:
+        raise DataError(f"source {source.name!r}: its curriculum ranks "
+                        f"{len(source.curriculum.ranks)} records, its train split has {n}")
+    order = CurriculumOrder(source.curriculum, seed=_shuffle_seed(seed, index),
+                            examples_per_step=examples_per_step)
+    return grain.MapDataset.select_from_datasets([plain, records], order)
 
 
 class EvalBatches:

@@ -9,6 +9,11 @@ canonical names; a source's own columns and label set live in its SourceConfig.
 A run saves `data_facts` (each source's label names and train size) beside its checkpoints, and
 a run restored for evaluation, export or generation loads with them: the label names map as in
 training and the train split is never read.
+
+A source with a `curriculum` block has its train records scored here, where the records are
+(every bad record or reference cache refused before the model loads); length scores need the
+run's tokenizer and wait for `RunSource.train_source(tokenizer)`. The train stream then sees
+only the ranks (ftjax.data.curriculum).
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from ftjax.assets import resolve
 from ftjax.data.augment import AugmentedRecords, check_augmentable
 from ftjax.data.config import DataConfig, SourceConfig, TaskConfig
+from ftjax.data.curriculum import Curriculum, CurriculumConfig, curriculum_scores
 from ftjax.data.errors import DataError
 from ftjax.data.extractive_qa import ExtractiveQA
 from ftjax.data.loading import ROLES, load_source
@@ -30,7 +38,7 @@ from ftjax.data.replay import replayed
 from ftjax.data.tasks import CausalLM, MaskedLM, SequenceClassification, Task
 from ftjax.data.teacher_cache import TeacherCache, WithTeacherOutputs
 from ftjax.data.token_classification import TokenClassification, load_tagged_source
-from ftjax.data.types import RecordSource
+from ftjax.data.types import RecordSource, TokenizerLike
 from ftjax.data.wordnet import Synonyms
 
 SINGLE_SOURCE = "data"
@@ -49,6 +57,8 @@ class RunSource:
     trained: bool = True  # False: evaluated only (SourceConfig.train)
     generation_metrics: tuple[str, ...] = ()  # scored on generations (SourceConfig)
     teacher_cache: TeacherCache | None = None  # its train rows carry a teacher's outputs
+    curriculum: CurriculumConfig | None = None  # its train stream follows a curriculum
+    difficulty: np.ndarray | None = None  # the train records' scores (None: length, not yet)
 
     @property
     def train_task(self) -> Task:
@@ -57,8 +67,17 @@ class RunSource:
             return self.task
         return WithTeacherOutputs(self.task, self.teacher_cache)
 
-    def train_source(self) -> TrainSource:
-        return TrainSource(self.name, self.splits["train"], self.train_task, self.weight)
+    def train_source(self, tokenizer: TokenizerLike | None = None) -> TrainSource:
+        """The source in the train mixture; `tokenizer` scores a curriculum by length."""
+        curriculum = None
+        if self.curriculum is not None:
+            scores = self.difficulty
+            if scores is None:
+                scores = curriculum_scores(self.curriculum, self.splits["train"],
+                                           f"source {self.name!r}", tokenizer=tokenizer)
+            curriculum = Curriculum.from_scores(scores, self.curriculum)
+        return TrainSource(self.name, self.splits["train"], self.train_task, self.weight,
+                           curriculum)
 
 
 def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
@@ -74,7 +93,7 @@ def legacy_source(data: DataConfig, task: TaskConfig) -> SourceConfig:
         label_column=task.label_key if classification else None, prompt_column=task.prompt_key,
         max_train_examples=data.max_train_examples, max_eval_examples=data.max_eval_examples,
         max_test_examples=data.max_test_examples, teacher_cache=data.teacher_cache,
-        augment=data.augment)
+        augment=data.augment, curriculum=data.curriculum)
 
 
 def source_configs(sources: Mapping[str, SourceConfig], data: DataConfig,
@@ -201,8 +220,26 @@ def _load_one(name: str, config: SourceConfig, task: TaskConfig, num_labels: int
     if config.teacher_cache and "train" in loaded.splits:
         cache = TeacherCache.open(config.teacher_cache)
         cache.check_source(name, loaded.splits["train"], made)
+    curriculum, difficulty = None, None
+    if config.curriculum.enabled and config.train and "train" in splits:
+        curriculum = config.curriculum
+        difficulty = scored(name, curriculum, splits["train"], made)
     return RunSource(name, made, splits, loaded.label_names, config.weight, num_train,
-                     config.train, tuple(config.generation_metrics), cache)
+                     config.train, tuple(config.generation_metrics), cache, curriculum,
+                     difficulty)
+
+
+def scored(name: str, curriculum: CurriculumConfig, records: RecordSource,
+           task: Task) -> np.ndarray | None:
+    """A source's train records' difficulty (SourceConfig.curriculum); None for length scores,
+    which need the tokenizer. A reference cache must have been made from these records."""
+    if curriculum.score == "length":
+        return None
+    reference = None
+    if curriculum.reference:
+        reference = TeacherCache.open(curriculum.reference)
+        reference.check_source(name, records, task)
+    return curriculum_scores(curriculum, records, f"source {name!r}", reference=reference)
 
 
 def augmented(name: str, config: SourceConfig, records: RecordSource) -> AugmentedRecords:
@@ -234,7 +271,18 @@ def with_task_features(sources: Sequence[RunSource], configs: Mapping[str, Sourc
 
 
 def data_facts(sources: Sequence[RunSource]) -> dict:
-    """What a restored run needs to load its data as in training (JSON)."""
-    return {"sources": {s.name: {"labels": None if s.label_names is None else
-                                 list(s.label_names), "train_examples": s.num_train}
-                        for s in sources}}
+    """What a restored run needs to load its data as in training (JSON), and how each
+    curriculum orders its source's train stream (said, not read back)."""
+    facts = {"sources": {s.name: {"labels": None if s.label_names is None else
+                                  list(s.label_names), "train_examples": s.num_train}
+                         for s in sources}}
+    for s in sources:
+        if s.curriculum is not None:
+            facts["sources"][s.name]["curriculum"] = s.curriculum.describe(s.num_train)
+    return facts
+
+
+def data_notes(sources: Sequence[RunSource]) -> list[str]:
+    """What a run says about its data when it starts: each source's curriculum."""
+    return [f"source {s.name!r}: {s.curriculum.describe(s.num_train)}" for s in sources
+            if s.curriculum is not None]

@@ -3,8 +3,9 @@
 Built-in: `ce` / `lm` / `mlm` / `span` (the task's loss, ftjax.objectives.cross_entropy, .span),
 the penalties `l1`, `l2`, `l2_sp` (.penalties), distillation `kd`, `kd_hidden`, `kd_attention`
 (.distill), adversarial training on embeddings `fgm`, `pgd`, `freelb`, `smart`
-(.adversarial), and augmentation inside the step: `mixup` of pooled representations (.mixup)
-and span `cutoff` (.cutoff).
+(.adversarial), augmentation inside the step: `mixup` of pooled representations (.mixup)
+and span `cutoff` (.cutoff), and self-paced learning `self_paced` (.self_paced: the rows the
+model finds hard leave the task loss).
 """
 
 from ftjax.objectives.cross_entropy import (

@@ -18,6 +18,7 @@ from ftjax.objectives.gan import GAN
 from ftjax.objectives.lwf import LwF
 from ftjax.objectives.mixup import Mixup
 from ftjax.objectives.penalties import L1, L2, L2SP
+from ftjax.objectives.self_paced import SelfPaced
 from ftjax.objectives.span import SpanCrossEntropy
 from ftjax.objectives.task_loss import loss_for_task
 from ftjax.objectives.term import LossTerm
@@ -43,6 +44,7 @@ TERMS: Mapping[str, type[LossTerm]] = {
     "mixup": Mixup,
     "cutoff": Cutoff,
     "gan": GAN,
+    "self_paced": SelfPaced,
 }
 
 __all__ = ["TERMS", "entry_config_class", "entry_kind", "loss_for_task", "make_term",

@@ -26,6 +26,7 @@ from ftjax.data import (
     bucket_lengths,
     cut_to_bucket,
     data_facts,
+    data_notes,
     load_run_data,
     make_eval_batches,
     make_mixed_train_iterator,
@@ -126,6 +127,10 @@ class Experiment:
     def data_facts(self) -> dict:
         return data_facts(self.sources)
 
+    def data_notes(self) -> list[str]:
+        """What the run says about its data at the start (each source's curriculum)."""
+        return data_notes(self.sources)
+
     def train_iterator(self):
         """This process's share of the train stream, the sources mixed and batched as
         configured (with several processes, process i reads every n-th example and batches of
@@ -133,8 +138,9 @@ class Experiment:
         the whole run: steps * batch_size examples of the global stream."""
         count = jax.process_count()
         data = self.cfg.data
+        trained = [s.train_source(self.tokenizer) for s in self.sources if s.trained]
         return make_mixed_train_iterator(
-            [s.train_source() for s in self.sources if s.trained], self.tokenizer,
+            trained, self.tokenizer,
             batch_size=self.cfg.batch_size // count, seed=self.cfg.seed,
             mixing=data.mixing, temperature=data.temperature,
             anneal_examples=data.anneal_examples or self.cfg.steps * self.cfg.batch_size,

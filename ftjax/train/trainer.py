@@ -194,6 +194,8 @@ class Trainer:
                                  else None)
         if self.start_step == 0:
             self.say(trainability.format_report(report))
+        for note in self.exp.data_notes():
+            self.say(note)
         for note, every_process in notes:
             self.say(note, every_process=every_process)
 
