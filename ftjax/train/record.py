@@ -79,6 +79,7 @@ def write_pipeline_record(experiment: str, summary: dict, argv: Sequence[str]) -
         "groups": summary["groups"],
         "metrics": metrics,
         "runs": summary.get("runs", {}),
+        "evaluations": summary.get("evaluations", {}),
         "command": shlex.join(argv),
         "seeds": summary["seeds"],
         "steps": summary["steps"],

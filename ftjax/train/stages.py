@@ -13,7 +13,8 @@ resumes it; the summary of an interrupted pipeline holds the stages finished so 
 the others), setting the stage's
 `init_from` to the workdir of the earlier stage it names, and calling the file's function that
 the stage's `before` names first (a step that is not a run). The summary holds every stage's
-result splits and run facts (trainable parameters, wall time, adapter sizes) and, per group,
+result splits, run facts (trainable parameters, wall time, adapter sizes) and logged
+evaluations (its learning curve) and, per group,
 the mean and standard deviation of each metric over the group's stages (seeds of one arm).
 A file that also defines `report(record, stem)` is given the pipeline's record after
 `--record` and may write its tables and plots next to it (stem: the record's path without
@@ -91,7 +92,7 @@ def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] =
     stages = load_stages(path)
     # Every stage's config is checked before the first one trains.
     configs = {s.name: stage_config(path, s, root, overrides) for s in stages}
-    results, wall, steps, runs = {}, 0.0, {}, {}
+    results, wall, steps, runs, evaluations = {}, 0.0, {}, {}, {}
     interrupted = None
     module = import_experiment_file(Path(path))
     for stage in stages:
@@ -108,15 +109,26 @@ def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] =
         steps[stage.name] = finished["final_step"]
         wall += float(finished.get("wall_s", 0.0))
         runs[stage.name] = {key: finished.get(key) for key in RUN_FACTS}
+        evaluations[stage.name] = logged_evaluations(workdir)
     summary = {"stages": results, "groups": group_summary(
                    [s for s in stages if s.name in results], results),
-               "steps": steps, "runs": runs,
+               "steps": steps, "runs": runs, "evaluations": evaluations,
                "seeds": sorted({int(configs[n].seed) for n in results}),
                "wall_time_s": round(wall, 1)}
     if interrupted is not None:  # what the finished stages measured is kept
         summary["interrupted"] = interrupted
         summary["not_finished"] = [s.name for s in stages if s.name not in results]
     return summary
+
+
+def logged_evaluations(workdir: Path) -> list[dict]:
+    """Every evaluation a run logged (metrics.jsonl rows with a split: step, split, metrics),
+    in order: a stage's learning curve."""
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [row for row in rows if "split" in row]
 
 
 def write_report(path: str | Path, record: dict, stem: Path) -> list[Path]:
