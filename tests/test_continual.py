@@ -187,3 +187,30 @@ def test_lwf_keeps_the_earlier_task_s_outputs_on_the_new_data(sequence):
     assert drift("s1_lwf") < 0.5 * drift("s1_naive")
     rows = [json.loads(line) for line in open(runs / "s1_lwf" / "metrics.jsonl")]
     assert any("loss/lwf" in r for r in rows if "split" not in r)
+
+
+def test_a_stage_is_restarted_on_its_own_and_trains_as_it_did(sequence, tmp_path):
+    """--restart moves the stage's workdir aside (nothing deleted) and trains it again from the
+    stage before: the same losses. --only trains one stage; one whose start has not finished
+    is refused."""
+    import shutil
+
+    runs, _ = sequence
+    root = tmp_path / "runs"
+    shutil.copytree(runs, root)
+    pipeline = runs.parent / "sequence.py"
+    summary = run_stages(pipeline, root, quiet=True, restart=["s1_naive"])
+    first = root / "s1_naive.before-restart-1"
+    assert (first / "results.json").is_file() and "not_finished" not in summary
+
+    def losses(workdir):
+        return [json.loads(line)["loss"] for line in open(workdir / "metrics.jsonl")
+                if "split" not in json.loads(line)]
+
+    assert losses(root / "s1_naive") == losses(first)
+    shutil.rmtree(root / "s0_sentiment")
+    shutil.rmtree(root / "s1_lwf")
+    with pytest.raises(ConfigError, match="starts from 's0_sentiment', which has not finished"):
+        run_stages(pipeline, root, quiet=True, only=["s1_lwf"])
+    with pytest.raises(ConfigError, match="no stage named 'nope'"):
+        run_stages(pipeline, root, quiet=True, only=["nope"])

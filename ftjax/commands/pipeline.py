@@ -15,6 +15,12 @@ def add_arguments(parser) -> None:
                              "stages are kept and not run again")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key of every stage (repeatable)")
+    parser.add_argument("--only", action="append", default=[], metavar="STAGE",
+                        help="train only this stage (repeatable); the stage it starts from "
+                             "must have finished")
+    parser.add_argument("--restart", action="append", default=[], metavar="STAGE",
+                        help="train this stage again from its start (repeatable): its "
+                             "workdir is moved to STAGE.before-restart-N, never deleted")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--record", action="store_true",
                         help="write every stage's figures and each group's mean and std to "
@@ -27,7 +33,8 @@ def run(args) -> int:
     from ftjax.train.stages import run_stages, write_report
 
     try:
-        summary = run_stages(args.config, args.workdir, overrides=args.set, quiet=args.quiet)
+        summary = run_stages(args.config, args.workdir, overrides=args.set, quiet=args.quiet,
+                             only=args.only, restart=args.restart)
     except user_errors() as err:
         return fail("pipeline", err)
     except NonFiniteLossError as err:

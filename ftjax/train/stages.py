@@ -85,20 +85,50 @@ def stage_config(path: str | Path, stage: Stage, root: Path, overrides: Sequence
     return load_config(f"{path}:{stage.config}", [*own, *init, *overrides])
 
 
+def set_aside(workdir: Path) -> Path:
+    """Move a stage's workdir to a free `<name>.before-restart-<n>` beside it (nothing is
+    deleted); returns the new place."""
+    n = 1
+    while (target := workdir.with_name(f"{workdir.name}.before-restart-{n}")).exists():
+        n += 1
+    workdir.rename(target)
+    return target
+
+
 def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] = (),
-               quiet: bool = False) -> dict:
-    """Train every stage not finished yet; return the summary (see the module docstring)."""
+               quiet: bool = False, only: Sequence[str] = (),
+               restart: Sequence[str] = ()) -> dict:
+    """Train every stage not finished yet; return the summary (see the module docstring).
+
+    only: train just these stages (each stage it starts from must have finished); the summary
+    still holds every finished stage. restart: stages to train again from their start (their
+    old workdirs moved aside, never deleted); they are trained even if `only` leaves them out.
+    Stages that started from a restarted one are not retrained: restart them too.
+    """
     root = Path(root)
     stages = load_stages(path)
+    names = [s.name for s in stages]
+    unknown = sorted((set(only) | set(restart)) - set(names))
+    if unknown:
+        raise ConfigError(f"{path}: no stage named {unknown[0]!r}; the stages are {names}")
     # Every stage's config is checked before the first one trains.
     configs = {s.name: stage_config(path, s, root, overrides) for s in stages}
     results, wall, steps, runs, evaluations = {}, 0.0, {}, {}, {}
     interrupted = None
     module = import_experiment_file(Path(path))
+    chosen = set(only) | set(restart)
     for stage in stages:
         workdir = root / stage.name
         done = workdir / "results.json"
+        if stage.name in restart and workdir.exists():
+            set_aside(workdir)
         if not done.is_file():
+            if chosen and stage.name not in chosen:
+                continue
+            if stage.init_from is not None and not (root / stage.init_from /
+                                                    "results.json").is_file():
+                raise ConfigError(f"stage {stage.name!r} starts from {stage.init_from!r}, "
+                                  f"which has not finished: train it first")
             if stage.before is not None:
                 getattr(module, stage.before)(root)
             if train(configs[stage.name], workdir, quiet=quiet).interrupted:
@@ -117,6 +147,7 @@ def run_stages(path: str | Path, root: str | Path, *, overrides: Sequence[str] =
                "wall_time_s": round(wall, 1)}
     if interrupted is not None:  # what the finished stages measured is kept
         summary["interrupted"] = interrupted
+    if len(results) < len(stages):
         summary["not_finished"] = [s.name for s in stages if s.name not in results]
     return summary
 
