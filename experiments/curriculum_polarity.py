@@ -35,6 +35,7 @@ from pathlib import Path
 
 import ml_collections
 
+from ftjax.generate.teacher_cache import cache_run_outputs
 from ftjax.train.config import base_config
 from ftjax.train.stages import Stage, mean_std
 
@@ -112,18 +113,7 @@ def get_stages():
 
 def make_reference_cache(root: Path) -> Path:
     """The reference run's class logits on every train record (once)."""
-    from ftjax.data import ROLES
-    from ftjax.generate.teacher_cache import write_teacher_cache
-    from ftjax.train.restore import restore_run
-
-    out = Path(root) / CACHE
-    if out.is_dir():
-        return out
-    exp, restored = restore_run(Path(root) / "reference", roles=ROLES)
-    teacher = {"workdir": str((Path(root) / "reference").resolve()),
-               "step": int(restored.step)}
-    return write_teacher_cache(exp.model, restored.state.params, exp.tokenizer, exp.sources[0],
-                               out, teacher=teacher, batch_size=128)
+    return cache_run_outputs(Path(root) / "reference", Path(root) / CACHE, batch_size=128)
 
 
 # ---- the table and the learning curves ------------------------------------------------------

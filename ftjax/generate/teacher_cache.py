@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftjax.data import ROLES
 from ftjax.data.features import IndexedRecord, stack_rows
 from ftjax.data.teacher_cache import CacheWriter, per_token, record_digest, tokens_crc
 from ftjax.objectives.inputs import model_inputs
+from ftjax.train.restore import restore_run
 from ftjax.utils.paths import leaf_paths
 
 
@@ -101,3 +103,17 @@ def write_teacher_cache(model, params, tokenizer, source, out: str | os.PathLike
         writer.write_part(start, np.concatenate(values), np.concatenate(ids),
                           np.asarray([tokens_crc(row) for row in rows], np.uint32))
     return writer.finish()
+
+
+def cache_run_outputs(workdir: str | os.PathLike, out: str | os.PathLike, *,
+                      batch_size: int = 128) -> Path:
+    """A finished run's outputs on every train record of its first source, as a teacher cache
+    at `out` (the checkpoint the run restores last); an existing cache is kept as it is (a
+    pipeline's `before` step, called again after an interruption)."""
+    out = Path(out)
+    if out.is_dir():
+        return out
+    exp, restored = restore_run(Path(workdir), roles=ROLES)
+    teacher = {"workdir": str(Path(workdir).resolve()), "step": int(restored.step)}
+    return write_teacher_cache(exp.model, restored.state.params, exp.tokenizer, exp.sources[0],
+                               out, teacher=teacher, batch_size=batch_size)
