@@ -35,3 +35,25 @@ def test_record_holds_every_result_metric_and_how_it_was_measured(tmp_path):
     assert record["command"] == f"ftjax train {experiment} --record"
     assert record["seeds"] == [3] and record["steps"] == 120 and record["wall_time_s"] == 12.3
     assert record["machine"].startswith(("CPU", "GPU", "TPU"))
+
+
+def test_a_pipeline_record_names_no_directory_of_the_machine(tmp_path):
+    """The workdir and the paths under it (an adapter's place) are written as WORKDIR/..."""
+    from ftjax.train.record import write_pipeline_record
+
+    experiment = str(tmp_path / "pipe.py")
+    root = tmp_path / "runs"
+    summary = {"stages": {"a": {"test": {"accuracy": 0.9}}}, "groups": {}, "seeds": [0],
+               "steps": {"a": 5}, "wall_time_s": 1.0,
+               "runs": {"a": {"adapter": {"path": str(root / "a" / "adapter")}}},
+               "evaluations": {"a": [{"step": 5, "split": "test", "accuracy": 0.9}]}}
+    path = write_pipeline_record(experiment, summary, [
+        "ftjax", "pipeline", "pipe.py", "--workdir", str(root), "--set",
+        f"init_from={root}/a", "--record"])
+    text = path.read_text()
+    assert str(root) not in text
+    record = json.loads(text)
+    assert record["command"] == ("ftjax pipeline pipe.py --workdir WORKDIR --set "
+                                 "init_from=WORKDIR/a --record")
+    assert record["runs"]["a"]["adapter"]["path"] == "WORKDIR/a/adapter"
+    assert record["evaluations"]["a"][0]["accuracy"] == 0.9

@@ -27,6 +27,43 @@ def record_path(experiment: str) -> Path:
     return path.parent / "results" / f"{stem}.json"
 
 
+def workdir_of(argv: Sequence[str]) -> str | None:
+    """The --workdir argument of a command line, if it has one."""
+    for i, token in enumerate(argv):
+        if token == "--workdir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--workdir="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def portable(value, root: str | None):
+    """`value` with the paths under the run's workdir `root` written relative to it, as
+    WORKDIR/...: a record names no directory of the machine that made it."""
+    if root is None:
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, root) for v in value]
+    if isinstance(value, str):
+        base = str(Path(root))
+        absolute = str(Path(root).resolve())
+        for prefix in dict.fromkeys((absolute, base)):
+            if value == prefix:
+                return "WORKDIR"
+            if value.startswith(prefix + "/"):
+                return "WORKDIR/" + value[len(prefix) + 1:]
+            value = value.replace("=" + prefix + "/", "=WORKDIR/")
+    return value
+
+
+def portable_command(argv: Sequence[str]) -> str:
+    """The command line with its workdir (and paths under it) as WORKDIR."""
+    root = workdir_of(argv)
+    return shlex.join(portable(list(argv), root))
+
+
 def write_record(experiment: str, result, cfg, argv: Sequence[str]) -> Path:
     """Write the record of `result` (a RunResult of `cfg`) and return its path."""
     path = record_path(experiment)
@@ -38,7 +75,7 @@ def write_record(experiment: str, result, cfg, argv: Sequence[str]) -> Path:
         "metrics": metrics,
         # Before any training (eval_at_start): zero-shot, or the model before adaptation.
         "metrics_at_start": metrics_at_step(Path(result.workdir), 0),
-        "command": shlex.join(argv),
+        "command": portable_command(argv),
         "seeds": [int(cfg.seed)],
         "steps": int(result.final_step),
         "best_step": result.best_step,
@@ -78,9 +115,9 @@ def write_pipeline_record(experiment: str, summary: dict, argv: Sequence[str]) -
         "experiment": experiment,
         "groups": summary["groups"],
         "metrics": metrics,
-        "runs": summary.get("runs", {}),
+        "runs": portable(summary.get("runs", {}), workdir_of(argv)),
         "evaluations": summary.get("evaluations", {}),
-        "command": shlex.join(argv),
+        "command": portable_command(argv),
         "seeds": summary["seeds"],
         "steps": summary["steps"],
         "wall_time_s": summary["wall_time_s"],
