@@ -61,7 +61,7 @@ test-assets: $(DEV_STAMP)
 	$(PY) -m ftjax.assets fetch $(TEST_ASSETS)
 
 assets: test-assets
-	$(PY) -m ftjax.assets fetch bbc-news sms-spam bible-paraphrase
+	$(PY) -m ftjax.assets fetch bbc-news sms-spam bible-paraphrase spdx-licenses python-code
 
 # --dist loadfile: a test file's module fixtures (a loaded real model) are built once, on one
 # worker. pytest exits 5 when it collects nothing; that is not a failure of the suite's code.

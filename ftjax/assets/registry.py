@@ -17,6 +17,7 @@ from ftjax.assets.bbc_news import build_bbc_news
 from ftjax.assets.bible import build_bible_pairs
 from ftjax.assets.bible_paraphrase import build_bible_paraphrase
 from ftjax.assets.dialogues import build_chitchat
+from ftjax.assets.domain_text import build_code, build_licences
 from ftjax.assets.math_problems import build_math
 from ftjax.assets.sms_spam import build_sms_spam
 from ftjax.assets.wordnet import build_wordnet
@@ -227,5 +228,23 @@ ASSETS: dict[str, Asset] = {
         path="package/data",
         description="US State of the Union addresses 1790-2021, one <year>_<name>_<party>.txt "
                     "per speech (233, PDDL-1.0 / CC0-1.0)",
+    ),
+    "spdx-licenses": Asset(
+        package="spdx-license-list",
+        version="6.12.0",
+        kind="npm",
+        path="licenses",
+        build=build_licences,
+        description="software licence texts, one <spdx id>.txt per distinct text (687 of the "
+                    "727 SPDX licences; CC0-1.0)",
+    ),
+    "python-code": Asset(
+        package="sympy",
+        version="1.4",
+        kind="wheel",
+        path="code",
+        build=build_code,
+        description="Python source code: sympy 1.4's non-test modules, one <dotted.module>.txt "
+                    "each (BSD)",
     ),
 }
