@@ -167,3 +167,18 @@ def copy_run(run, tmp_path):
     config, source = run
     shutil.copytree(source, tmp_path / "run")
     return config, tmp_path / "run"
+
+
+# The files that take longest (real models, several processes), run first: `make test` hands
+# whole files to two workers in collection order, so a long file collected last would keep
+# one worker busy after the other has run out of work.
+LONGEST_FIRST = ("test_multiprocess.py", "test_methods_polarity.py", "test_gemma3.py",
+                 "test_distillation.py", "test_distill_polarity.py", "test_translation.py",
+                 "test_dapt.py", "test_instruct.py", "test_extractive_qa.py",
+                 "test_parallel.py", "test_smollm2_lora_peft.py", "test_hyperformer.py",
+                 "test_ewc.py", "test_continual.py", "test_train_loop.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
