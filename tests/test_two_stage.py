@@ -1,5 +1,6 @@
 """Two-stage fine-tuning: a run that starts from another run's final weights (`init_from`)."""
 
+import argparse
 import json
 
 import jax
@@ -193,8 +194,10 @@ def test_an_interrupted_pipeline_records_its_finished_stages(tmp_path, monkeypat
     monkeypatch.setattr(stages_module, "run_stages", lambda *a, **k: summary)
     monkeypatch.setattr(stages_module, "write_report", lambda *a: [])
     monkeypatch.chdir(tmp_path)
-    args = type("Args", (), {"config": "experiments/fake.py", "workdir": str(tmp_path),
-                             "set": [], "quiet": True, "record": True})()
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)  # the command's own defaults for every other option
+    args = parser.parse_args(["experiments/fake.py", "--workdir", str(tmp_path), "--quiet",
+                              "--record"])
     assert command.run(args) == 130
     record = json.loads((tmp_path / "experiments" / "results" / "fake.json").read_text())
     assert record["metrics"] == {"a/test/accuracy": 0.9}
