@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.io.fisher import flat_leaves, load_fisher
+from ftjax.io.fisher import load_fisher
 from ftjax.objectives.term import LossTerm, TermConfig, TermContext, TermSetup, TermValue
 from ftjax.settings import ConfigError, setting
+from ftjax.utils.paths import path_str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,21 +44,23 @@ class EWCConfig(TermConfig):
 
 def _fisher_tree(trainable: Any, diagonal: dict[str, np.ndarray], where: str) -> Any:
     """The file's diagonal laid out like the trainable half (zeros where it has no entry)."""
-    shapes = flat_leaves(jax.tree.map(lambda x: x.shape, trainable))
-    for path, shape in shapes.items():
-        if path in diagonal and tuple(diagonal[path].shape) != tuple(shape):
-            raise ConfigError(f"{where}: {path} has shape {tuple(diagonal[path].shape)} in the "
-                              f"Fisher file but {tuple(shape)} in this run (another model, or "
-                              f"other trained layers)")
-    if not any(path in diagonal for path in shapes):
-        raise ConfigError(f"{where}: the Fisher file holds none of this run's trainable leaves")
+    held = []
 
     def leaf(key_path, x):
-        path = "/".join(str(getattr(k, "key", k)) for k in key_path)
-        return np.asarray(diagonal[path], np.float32) if path in diagonal else \
-            np.zeros(x.shape, np.float32)
+        path = path_str(key_path)
+        if path not in diagonal:
+            return np.zeros(x.shape, np.float32)
+        if tuple(diagonal[path].shape) != tuple(x.shape):
+            raise ConfigError(f"{where}: {path} has shape {tuple(diagonal[path].shape)} in the "
+                              f"Fisher file but {tuple(x.shape)} in this run (another model, or "
+                              f"other trained layers)")
+        held.append(path)
+        return np.asarray(diagonal[path], np.float32)
 
-    return jax.tree_util.tree_map_with_path(leaf, trainable)
+    tree = jax.tree_util.tree_map_with_path(leaf, trainable)
+    if not held:
+        raise ConfigError(f"{where}: the Fisher file holds none of this run's trainable leaves")
+    return tree
 
 
 class EWC(LossTerm):

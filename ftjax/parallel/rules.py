@@ -35,6 +35,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ftjax.parallel.mesh import BATCH_AXES
+from ftjax.utils.paths import path_str
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +96,10 @@ class ShardPlan:
 
     def describe(self) -> dict:
         """JSON-able summary: the mesh, each leaf's spec, and the divisibility fallbacks."""
-        specs = {_path(p): str(s.spec) for p, s in
+        specs = {path_str(p): str(s.spec) for p, s in
                  jax.tree_util.tree_flatten_with_path(self.params)[0]}
         return {"mesh": dict(self.mesh.shape), "params": specs,
                 "replicated_for_divisibility": [str(f) for f in self.fallbacks]}
-
-
-def _path(key_path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
 
 
 def _ways(mesh: Mesh, axes: MeshAxes) -> int:
@@ -141,8 +138,8 @@ def param_shardings(logical: Any, shapes: Any, mesh: Mesh, rules=RULES):
     spec_leaves, spec_def = jax.tree_util.tree_flatten_with_path(mesh_specs, is_leaf=is_spec)
     logical_leaves = jax.tree.leaves(logical, is_leaf=is_spec)
     shape_leaves, shape_def = jax.tree_util.tree_flatten_with_path(shapes)
-    spec_paths = [_path(p) for p, _ in spec_leaves]
-    shape_paths = [_path(p) for p, _ in shape_leaves]
+    spec_paths = [path_str(p) for p, _ in spec_leaves]
+    shape_paths = [path_str(p) for p, _ in shape_leaves]
     if spec_paths != shape_paths:
         missing = sorted(set(shape_paths) - set(spec_paths))
         extra = sorted(set(spec_paths) - set(shape_paths))
@@ -150,7 +147,7 @@ def param_shardings(logical: Any, shapes: Any, mesh: Mesh, rules=RULES):
                          f"leaves without axes {missing[:8]}, axes without leaves {extra[:8]}")
     out, fallbacks = [], []
     for (key_path, spec), names, (_, leaf) in zip(spec_leaves, logical_leaves, shape_leaves):
-        fitted, fell = fit_spec(_path(key_path), names, spec, leaf.shape, mesh)
+        fitted, fell = fit_spec(path_str(key_path), names, spec, leaf.shape, mesh)
         out.append(NamedSharding(mesh, fitted))
         fallbacks += fell
     return jax.tree.unflatten(shape_def, out), tuple(fallbacks)

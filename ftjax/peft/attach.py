@@ -32,6 +32,7 @@ from ftjax.nn.ia3 import IA3_LEAVES, IA3Config
 from ftjax.nn.lora import LORA_PATTERN, LoraConfig, lora_only, lora_paths
 from ftjax.nn.prefix import PREFIX_LEAVES, PrefixConfig
 from ftjax.nn.prompt import PROMPT_LEAVES, PromptConfig, initial_prompt
+from ftjax.utils.paths import key_name
 from ftjax.utils.tree import insert_leaves, leaf_paths, split_leaves
 
 # method -> (model config field, settings class, regex of the leaves it adds)
@@ -169,7 +170,7 @@ def dense_module_paths(model) -> list[str]:
     shapes = param_shapes(per_layer)
     paths = []
     for key_path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-        names = [str(getattr(k, "key", k)) for k in key_path]
+        names = [key_name(k) for k in key_path]
         if names[-1] == "kernel" and names[0] != "head" or names == ["head", "kernel"]:
             paths.append("/".join(names[:-1]))
     return paths

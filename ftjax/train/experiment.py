@@ -70,6 +70,7 @@ from ftjax.train.step import (
 )
 from ftjax.train.terms import terms_from_config
 from ftjax.utils.imports import import_object
+from ftjax.utils.paths import path_str
 from ftjax.utils.tree import split_leaves
 
 logger = logging.getLogger(__name__)
@@ -470,7 +471,7 @@ def per_task_leaves(mask) -> str:
     """The regex of the leaves each task of an adapter-per-task run has its own copy of: what
     trains besides the heads (head/<task>/ is already per task)."""
     flat = jax.tree_util.tree_flatten_with_path(mask)[0]
-    paths = {"/".join(str(getattr(k, "key", k)) for k in path): m for path, m in flat}
+    paths = {path_str(path): m for path, m in flat}
     partial = sorted(p for p, m in paths.items() if not isinstance(m, bool))
     if partial:
         raise ConfigError(f"adapter_per_task: {partial[0]} trains only some of its layers; "
