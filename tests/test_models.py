@@ -15,6 +15,7 @@ from ftjax.models import (
     logical_axes,
     preset,
     replace_head,
+    stacked_kv,
 )
 from ftjax.models.layout import stack_layers, to_layout, unstack_layers
 
@@ -165,6 +166,55 @@ def test_kv_cache_decoding_equals_full_forward(scan):
         _close(out.logits[:, 0], full[:, t], 1e-4)
         cache = out.cache
     assert int(cache["end"]) == 10
+
+
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-llama-tied"])
+def test_prefill_equals_the_general_cached_call(name, scan):
+    """Generation's first call (`prefill`: the prompt attends among its own tokens, the LM head
+    on the last position only) gives the general cached call's last logits and cache, for a
+    left-padded batch, tied or untied, per-layer or scanned."""
+    cfg = preset(name, scan_layers=scan)
+    model = Model(cfg)
+    params = init_params(model, jax.random.key(0))
+    if scan:
+        params = to_layout(params, scan_layers=True)
+    ids = _ids(cfg, (2, 7))
+    mask = jnp.array([[0, 0] + [1] * 5, [1] * 7], jnp.int32)
+
+    def call(prefill):
+        return model.apply({"params": params}, ids, attention_mask=mask,
+                           cache=init_cache(cfg, 2, 11), prefill=prefill)
+
+    general, first = call(False), call(True)
+    assert first.logits.shape == (2, 1, cfg.vocab_size)
+    _close(first.logits[:, 0], general.logits[:, -1], 1e-5)
+    # Padding slots hold garbage that no query attends to (mask 0): compare the real ones.
+    real = np.asarray(general.cache["mask"], bool)
+    for a, b in zip(stacked_kv(first.cache), stacked_kv(general.cache)):
+        _close(np.asarray(a)[:, real], np.asarray(b)[:, real], 1e-5)
+    assert int(first.cache["end"]) == 7
+    np.testing.assert_array_equal(first.cache["mask"], general.cache["mask"])
+    classifier = Model(preset("tiny-llama"), HeadConfig("sequence", 3, "last"))
+    with pytest.raises(ValueError, match="prefill is a decoder's first call"):
+        classifier.apply({"params": init_params(classifier, jax.random.key(0))}, ids,
+                         cache=init_cache(cfg, 2, 11), prefill=True)
+
+
+def test_per_layer_cache_buffers_hold_what_the_stacked_cache_holds():
+    """The per-layer KV cache (unscanned) and the stacked one (scan_layers) hold the same keys
+    and values after a prefill of the same weights."""
+    cfg = preset("tiny-llama-tied")
+    model, scanned = Model(cfg), Model(dataclasses.replace(cfg, scan_layers=True))
+    params = init_params(model, jax.random.key(0))
+    ids = _ids(cfg, (2, 6))
+    per_layer = _apply(model, params, ids, cache=init_cache(cfg, 2, 8)).cache
+    stacked = _apply(scanned, to_layout(params, scan_layers=True), ids,
+                     cache=init_cache(scanned.config, 2, 8)).cache
+    assert isinstance(per_layer["k"], tuple) and len(per_layer["k"]) == cfg.num_layers
+    assert stacked["k"].shape == (cfg.num_layers, 2, 8, cfg.num_kv_heads, cfg.head_size)
+    for a, b in zip(stacked_kv(per_layer), stacked_kv(stacked)):
+        _close(a, b, 1e-5)
 
 
 def test_replace_head_keeps_backbone_and_discards_old_head():

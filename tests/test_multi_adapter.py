@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ftjax.models import HeadConfig, Model, init_params, preset
-from ftjax.models.llama import init_cache
+from ftjax.models import init_cache
 from ftjax.peft import PEFT_LEAVES, add_peft, from_adapters, single_adapter, with_slots
 from ftjax.peft.multi import stack_slots
 from ftjax.utils.tree import split_leaves

@@ -20,7 +20,15 @@ import pytest
 from test_generate import PROMPTS, _full_forward_greedy
 
 from ftjax.generate import SamplingConfig, generate_ids
-from ftjax.models import HeadConfig, Model, init_cache, init_params, logical_axes, preset
+from ftjax.models import (
+    HeadConfig,
+    Model,
+    init_cache,
+    init_params,
+    logical_axes,
+    preset,
+    stacked_kv,
+)
 from ftjax.models.layout import to_layout
 from ftjax.nn.prompt import initial_prompt
 from ftjax.objectives import loss_for_task
@@ -149,8 +157,9 @@ def _cached_kv(model, params, prefix_ids):
     cache = init_cache(model.config, 1, len(prefix_ids))
     out = jax.jit(lambda p, ids, c: model.apply({"params": p}, ids, cache=c))(
         params, jnp.asarray([prefix_ids]), cache)
-    L, _, S, K, H = out.cache["k"].shape
-    return out.cache["k"][:, 0].reshape(L, S, K * H), out.cache["v"][:, 0].reshape(L, S, K * H)
+    k, v = stacked_kv(out.cache)
+    L, _, S, K, H = k.shape
+    return k[:, 0].reshape(L, S, K * H), v[:, 0].reshape(L, S, K * H)
 
 
 def test_prefix_is_a_kv_cache_of_real_tokens(base):

@@ -44,19 +44,7 @@ from ftjax.generate.decode import (
     virtual_tokens,
 )
 from ftjax.models import Model, init_cache
-
-
-def _take_rows(cache: dict, rows):
-    """The cache with its batch rows gathered by `rows` (k / v: axis 1, mask: axis 0)."""
-    out = {}
-    for name, value in cache.items():
-        if name in ("k", "v"):
-            out[name] = jnp.take(value, rows, axis=1)
-        elif name == "mask":
-            out[name] = jnp.take(value, rows, axis=0)
-        else:
-            out[name] = value
-    return out
+from ftjax.models.kv_cache import take_rows
 
 
 @functools.partial(jax.jit, static_argnames=("model", "cache_length", "num_beams"))
@@ -71,12 +59,13 @@ def _beam_search(model: Model, params, prompt_ids_BP, prompt_mask_BP, max_new_to
     cache = init_cache(model.config, B, cache_length)
     start = {"with_prompt": True} if virtual else {}
     out = model.apply({"params": params}, prompt_ids_BP, attention_mask=prompt_mask_BP,
-                      cache=cache, **start, **row_adapters(adapter_ids_B))
+                      cache=cache, prefill=True, **start,
+                      **row_adapters(adapter_ids_B))
     beam_adapters = row_adapters(None if adapter_ids_B is None else
                                  jnp.repeat(adapter_ids_B, K))  # row b's beams: b * K + k
     logp_BV = jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32), axis=-1)
     V = logp_BV.shape[-1]
-    cache = _take_rows(out.cache, jnp.repeat(jnp.arange(B), K))
+    cache = take_rows(out.cache, jnp.repeat(jnp.arange(B), K))
     logp_BKV = jnp.repeat(logp_BV[:, None], K, axis=1)
     N = cache_length - virtual - P - 1  # one slot spare: the last step's forward pass writes it
     tokens_BKN = jnp.full((B, K, N), pad_id, jnp.int32)
@@ -124,7 +113,7 @@ def _beam_search(model: Model, params, prompt_ids_BP, prompt_mask_BP, max_new_to
         parent_BK = jnp.take_along_axis(parent_B2, run_BK, -1)
         token_BK = jnp.take_along_axis(token_B2, run_BK, -1)
         tokens_BKN = jnp.take_along_axis(grown_B2N, run_BK[..., None], axis=1)
-        cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent_BK).reshape(B * K))
+        cache = take_rows(cache, (jnp.arange(B)[:, None] * K + parent_BK).reshape(B * K))
         out = model.apply({"params": params}, token_BK.reshape(B * K, 1),
                           attention_mask=jnp.ones((B * K, 1), jnp.int32), cache=cache,
                           **beam_adapters)

@@ -99,7 +99,7 @@ def _prefill(model: Model, params, prompt_ids_BP, prompt_mask_BP, knobs: Samplin
     # A soft prompt goes in front of the prompts here, once; decode steps find it in the cache.
     start = {"with_prompt": True} if virtual else {}
     out = model.apply({"params": params}, prompt_ids_BP, attention_mask=prompt_mask_BP,
-                      cache=cache, **start, **row_adapters(adapter_ids_B))
+                      cache=cache, prefill=True, **start, **row_adapters(adapter_ids_B))
     generated_BN = jnp.full((B, cache_length - virtual - P), pad_id, jnp.int32)
     context = DecodeContext(prompt_ids_BP, prompt_mask_BP, generated_BN, jnp.int32(0))
     # Left padding puts every row's last real token in the last column.

@@ -8,7 +8,7 @@ from ftjax.models.config import (
     default_compute_dtype,
     preset,
 )
-from ftjax.models.llama import init_cache
+from ftjax.models.kv_cache import init_cache, stacked_kv
 from ftjax.models.model import (
     Model,
     ModelOutput,
@@ -24,5 +24,5 @@ from ftjax.models.sharding import plan_for_model
 __all__ = [
     "PRESETS", "BertConfig", "HeadConfig", "LlamaConfig", "Model", "ModelOutput",
     "default_compute_dtype", "init_cache", "init_params", "lm_head_rows", "logical_axes",
-    "param_shapes", "plan_for_model", "preset", "replace_head", "verbalizer_from_lm",
+    "param_shapes", "plan_for_model", "preset", "replace_head", "stacked_kv", "verbalizer_from_lm",
 ]

@@ -20,10 +20,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from ftjax.models.kv_cache import cache_batch_axes, map_rows
 from ftjax.utils.tree import insert_leaves, split_leaves
-
-# Where each KV-cache entry keeps its batch axis (ftjax.models.llama.init_cache); None: shared.
-CACHE_BATCH_AXES = {"k": 1, "v": 1, "mask": 0, "end": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +82,11 @@ def stack_slots(adapters: Sequence[dict]) -> dict:
 
 
 def _expand_cache(cache: dict) -> dict:
-    return {k: v if CACHE_BATCH_AXES[k] is None else jnp.expand_dims(v, CACHE_BATCH_AXES[k])
-            for k, v in cache.items()}
+    return map_rows(jnp.expand_dims, cache)
 
 
 def _squeeze_cache(cache: dict) -> dict:
-    return {k: v if CACHE_BATCH_AXES[k] is None else jnp.squeeze(v, CACHE_BATCH_AXES[k])
-            for k, v in cache.items()}
+    return map_rows(jnp.squeeze, cache)
 
 
 def apply_per_row(apply_single: Callable, params: dict, slots: AdapterSlots, adapter_ids,
@@ -100,7 +96,7 @@ def apply_per_row(apply_single: Callable, params: dict, slots: AdapterSlots, ada
 
     apply_single(params, input_ids (1, T), cache, rng, **row_inputs) -> (logits, hidden,
     cache) of one row. row_inputs: batch-major arrays (masks, positions, ...); cache: a KV
-    cache (its rows follow CACHE_BATCH_AXES); rng: a key for dropout, folded per row.
+    cache (its rows where kv_cache.cache_batch_axes says); rng: a key for dropout, folded per row.
     Returns the batched (logits, hidden, cache)."""
     base, stacked = split_slots(params, slots)
     adapter_ids = jnp.asarray(adapter_ids, jnp.int32)
@@ -109,7 +105,7 @@ def apply_per_row(apply_single: Callable, params: dict, slots: AdapterSlots, ada
                          f"input_ids {input_ids.shape}")
     per_row = jax.tree.map(lambda x: x[adapter_ids], stacked)
     rows = jnp.arange(input_ids.shape[0])
-    cache_axes = None if cache is None else {k: CACHE_BATCH_AXES[k] for k in cache}
+    cache_axes = None if cache is None else cache_batch_axes(cache)
 
     def one_row(adapter, ids, inputs, row_cache, row):
         row_rng = None if rng is None else jax.random.fold_in(rng, row)

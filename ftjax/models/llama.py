@@ -7,13 +7,9 @@ Parameter paths mirror Hugging Face's LlamaModel (without its `model.` prefix), 
 `scan_layers` the per-layer modules collapse into one `layers/...` subtree whose leaves carry a
 leading "layers" axis (see ftjax.models.layout for converting between the two).
 
-KV cache (decoding): a dict
-  k, v:  (L, B, S, K, H) keys/values of every layer, S = cache length
-  mask:  (B, S) int32, 1 where a slot holds a real token
-  end:   int32 scalar, the number of slots written so far (same for every row: prompts are
-         left-padded so that rows stay aligned)
-Calling the model with a cache writes the T new tokens at slots [end, end + T) and returns the
-updated cache.
+KV cache (decoding): ftjax.models.kv_cache (per-layer buffers, or one stacked array for scanned
+layers). Calling the model with a cache writes the T new tokens at slots [end, end + T) and
+returns the updated cache.
 
 PEFT hooks (ftjax.peft; each active when its config field is set): LoRA and (IA)^3 live in the
 Dense layers, bottleneck adapters after the attention / MLP outputs, prefix keys/values inside
@@ -43,18 +39,6 @@ from ftjax.nn.prefix import PrefixEncoder, layer_prefix, prepend_prefix
 from ftjax.nn.prompt import extend_inputs, prepend_embeddings, soft_prompt_param
 from ftjax.nn.remat import remat_policy
 from ftjax.nn.scan import INTERMEDIATES, attach_layer_scans, run_layers
-
-
-def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None) -> dict:
-    """An empty KV cache for `batch_size` rows of up to `max_length` tokens."""
-    dtype = dtype or config.compute_dtype
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_size)
-    return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
-        "mask": jnp.zeros((batch_size, max_length), jnp.int32),
-        "end": jnp.zeros((), jnp.int32),
-    }
 
 
 def _rms_norm(cfg: LlamaConfig, name: str | None) -> RMSNorm:
@@ -218,13 +202,17 @@ class LlamaModel(nn.Module):
 
     def __call__(
         self, input_ids, *, positions, attention_mask_BT, segment_ids=None, cache=None,
-        deterministic=True, with_prompt=None, embedding_delta=None,
+        deterministic=True, with_prompt=None, embedding_delta=None, prefill=False,
     ):
         """with_prompt: whether the soft prompt (config.prompt) precedes input_ids in this call;
         None: exactly when there is no cache (a whole sequence). With a cache, the call that
         starts the sequence passes True so that the prompt's slots are cached.
         embedding_delta (B, T, D): added to the tokens' embeddings as the blocks receive them
-        (after Gemma's scaling): an adversarial perturbation."""
+        (after Gemma's scaling): an adversarial perturbation.
+        prefill (with a cache): the cache is empty, so the T tokens attend among themselves only
+        (T keys, causal, where the general path would score all S slots and mask the empty
+        ones; on a GPU this is also the shape cuDNN's fused kernel takes); their keys and values
+        then fill slots [0, T)."""
         cfg = self.config
         x = self.embed_tokens(input_ids)
         if cfg.scale_embeddings:  # Gemma: sqrt(hidden_size), rounded to the compute dtype
@@ -265,9 +253,14 @@ class LlamaModel(nn.Module):
             slot_mask = jax.lax.dynamic_update_slice(
                 cache["mask"], attention_mask_BT.astype(jnp.int32), (0, cache_end)
             )
-            mask_args = dict(k_valid_BS=slot_mask, causal_offset=cache_end,
-                             q_len=T, k_len=cache["mask"].shape[1])
-            layer_caches = (cache["k"], cache["v"])
+            if prefill:  # the layers write into T-slot buffers, copied to the cache below
+                cache_end = 0
+                mask_args = dict(k_valid_BS=attention_mask_BT, causal_offset=0, q_len=T, k_len=T)
+                layer_caches = jax.tree.map(lambda a: _token_slots(a, T), (cache["k"], cache["v"]))
+            else:
+                mask_args = dict(k_valid_BS=slot_mask, causal_offset=cache_end,
+                                 q_len=T, k_len=cache["mask"].shape[1])
+                layer_caches = (cache["k"], cache["v"])
         mask = attention_mask(**mask_args)
         # Local layers (Gemma 3): a window over the slots and RoPE of their own base.
         local = (attention_mask(**mask_args, window=cfg.sliding_window),
@@ -293,13 +286,27 @@ class LlamaModel(nn.Module):
                 if layer_cache is not None:
                     new_k.append(layer_cache[0])
                     new_v.append(layer_cache[1])
-            if layer_caches is not None:
-                layer_caches = (jnp.stack(new_k), jnp.stack(new_v))
+            if layer_caches is not None:  # each layer's buffer, updated in place
+                layer_caches = (tuple(new_k), tuple(new_v))
 
         x = self.norm(x)[:, virtual:]  # the heads see the real positions only
         new_cache = None
         if cache is not None:
+            if prefill:
+                layer_caches = jax.tree.map(_write_from_slot_0, (cache["k"], cache["v"]),
+                                            layer_caches)
             new_cache = {
-                "k": layer_caches[0], "v": layer_caches[1], "mask": slot_mask, "end": cache_end + T,
+                "k": layer_caches[0], "v": layer_caches[1], "mask": slot_mask,
+                "end": cache["end"] + T,
             }
         return x, new_cache
+
+
+def _token_slots(cache_entry, T: int):
+    """Zeros shaped like a cache buffer (..., S, K, H) with T slots instead of S."""
+    return jnp.zeros((*cache_entry.shape[:-3], T, *cache_entry.shape[-2:]), cache_entry.dtype)
+
+
+def _write_from_slot_0(cache_entry, written):
+    return jax.lax.dynamic_update_slice(cache_entry, written.astype(cache_entry.dtype),
+                                        (0,) * cache_entry.ndim)

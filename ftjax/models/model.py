@@ -117,6 +117,7 @@ class Model(nn.Module):
         with_prompt: bool | None = None,
         adapter_ids=None,
         embedding_delta=None,
+        prefill: bool = False,
     ) -> ModelOutput:
         """with_prompt (decoders with a soft prompt, config.prompt): whether the prompt precedes
         input_ids in this call. None: exactly when no KV cache is passed; generation's prefill
@@ -124,7 +125,11 @@ class Model(nn.Module):
         adapter_ids: (B,) each row's slot, for (and only for) a model with adapter_slots.
         embedding_delta: (B, T, D) added to the token embeddings of input_ids (not to a soft
         prompt's), where the first block and the embedding norm receive them: the input
-        perturbation of adversarial training (ftjax.objectives.adversarial)."""
+        perturbation of adversarial training (ftjax.objectives.adversarial).
+        prefill (a decoder with an LM head and an empty cache: generation's first call): the T
+        tokens attend among themselves only and fill the cache's first T slots, and the logits
+        (B, 1, V) are the last position's only (the LM head over every prompt position would
+        cost a fifth of a small model's prefill); `hidden` still holds every position."""
         if self.adapter_slots is not None and not self.is_initializing():
             if adapter_ids is None:
                 raise ValueError(f"this model holds {self.adapter_slots.size} adapters "
@@ -132,6 +137,7 @@ class Model(nn.Module):
                                  f"(adapter_ids)")
             return self._per_row(input_ids, adapter_ids, cache=cache,
                                  deterministic=deterministic, with_prompt=with_prompt,
+                                 prefill=prefill,
                                  row_inputs=dict(attention_mask=attention_mask,
                                                  positions=positions, segment_ids=segment_ids,
                                                  token_type_ids=token_type_ids,
@@ -141,6 +147,10 @@ class Model(nn.Module):
         if self.hypernetwork is not None:  # initializing: create the hypernetwork's leaves
             self.hyper()
         cfg, head = self.config, self.head_config
+        if prefill and (head.kind != "lm" or cache is None):
+            raise ValueError(f"prefill is a decoder's first call on an empty KV cache, with an "
+                             f"LM head; got head {head.kind!r} and "
+                             f"{'a' if cache is not None else 'no'} cache")
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         pooled = None
@@ -151,6 +161,7 @@ class Model(nn.Module):
                 input_ids, positions=positions, attention_mask_BT=attention_mask,
                 segment_ids=segment_ids, cache=cache, deterministic=deterministic,
                 with_prompt=with_prompt, embedding_delta=embedding_delta,
+                prefill=prefill,
             )
         else:
             if cache is not None:
@@ -173,8 +184,9 @@ class Model(nn.Module):
         if head.kind == "none":
             logits = None
         elif head.kind == "lm":
-            logits = (self.backbone.attend(hidden) if cfg.tie_word_embeddings
-                      else self.head(hidden, deterministic))
+            read = hidden[:, -1:] if prefill else hidden
+            logits = (self.backbone.attend(read) if cfg.tie_word_embeddings
+                      else self.head(read, deterministic))
         elif head.kind in CLASSIFIER_KINDS:
             logits = classifier_logits(head.kind, self.head, hidden, attention_mask, pooled,
                                        deterministic)
@@ -185,7 +197,7 @@ class Model(nn.Module):
         return ModelOutput(logits=logits, hidden=hidden, cache=cache)
 
     def _per_row(self, input_ids, adapter_ids, *, cache, deterministic, with_prompt,
-                 row_inputs):
+                 prefill, row_inputs):
         """Each row through this model with one adapter: its own slot's leaves."""
         single = self.clone(parent=None, adapter_slots=None, hypernetwork=None)
         params = self.variables["params"]
@@ -196,6 +208,7 @@ class Model(nn.Module):
         def apply_single(params, ids, row_cache, rng, **inputs):
             out = single.apply({"params": params}, ids, cache=row_cache,
                                deterministic=deterministic, with_prompt=with_prompt,
+                               prefill=prefill,
                                rngs={} if rng is None else {"dropout": rng}, **inputs)
             return out.logits, out.hidden, out.cache
 
