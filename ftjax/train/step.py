@@ -173,19 +173,27 @@ def make_train_step(
             grads = jax.tree.map(jnp.add, grads, step_grads)
             loss = loss + penalty
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-        trainable = optax.apply_updates(state.trainable, updates)
-        term_states = {t.name: t.update_state(state.terms[t.name], state.constants.get(t.name),
-                                              trainable, state.step)
-                       for t in terms if t.name in state.terms}
-
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+
+        def update(state):
+            updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+            trainable = optax.apply_updates(state.trainable, updates)
+            term_states = {name: value for name, value in state.terms.items()}
+            term_states.update({t.name: t.update_state(state.terms[t.name],
+                                                       state.constants.get(t.name), trainable,
+                                                       state.step)
+                                for t in terms if t.name in state.terms})
+            return trainable, opt_state, term_states
+
+        def skip(state):
+            return state.trainable, state.opt_state, state.terms
+
+        # A branch, not a select of new and old values: the update then writes the donated
+        # buffers in place, where a select must keep both (XLA CPU copied the optimizer moments
+        # of the largest leaf, an embedding table, on every step).
+        trainable, opt_state, term_states = jax.lax.cond(finite, update, skip, state)
         new_state = state.replace(
-            step=state.step + 1,
-            trainable=keep(trainable, state.trainable),
-            opt_state=keep(opt_state, state.opt_state),
-            terms=keep(term_states, state.terms),
+            step=state.step + 1, trainable=trainable, opt_state=opt_state, terms=term_states,
             nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
         )
         metrics = {"loss": loss, "grad_norm": grad_norm,
