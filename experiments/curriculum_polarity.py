@@ -27,17 +27,22 @@ Arms (each with seeds 0, 1, 2; the seed sets the head, the data order and the ra
   self_paced        no order; each batch keeps its easiest rows by the model's own loss, a
                     share growing linearly from 0.5 to 1 at step 200 (Kumar et al. 2010)
 
-Measured (2-core Intel Xeon CPU, 2026-12-07, the command above, stopped after five arms of seed
+Measured (2-core Intel Xeon CPU, 2026-12-07, the command above, stopped after nine arms of seed
 0; experiments/results/curriculum_polarity.{json,md,png}), test accuracy after 300 steps
 (validation at steps 100 / 200 / 300):
-  plain           0.8494 (0.825 / 0.832 / 0.862)
-  random_root     0.8485 (0.822 / 0.830 / 0.845)
-  length_root     0.8400 (0.821 / 0.830 / 0.840)
-  rarity_root     0.8419 (0.822 / 0.840 / 0.840)
-  reference_root  0.8333 (0.786 / 0.825 / 0.837)
-No curriculum beat plain training on this seed (1 to 1.6 points below; the random order with
-the same pacing lost 0.1): one seed, so nothing here is beyond noise yet. The other five arms
-and seeds 1 and 2 are not run.
+  plain             0.8494 (0.825 / 0.832 / 0.862)
+  random_root       0.8485 (0.822 / 0.830 / 0.845)
+  length_root       0.8400 (0.821 / 0.830 / 0.840)
+  rarity_root       0.8419 (0.822 / 0.840 / 0.840)
+  reference_root    0.8333 (0.786 / 0.825 / 0.837)
+  length_anti_root  0.8551 (0.820 / 0.839 / 0.844)
+  length_linear     0.8523 (0.824 / 0.839 / 0.847)
+  length_step       0.8438 (0.811 / 0.828 / 0.852)
+  length_geometric  0.8428 (0.789 / 0.832 / 0.842)
+No easy-first curriculum with root pacing beat plain training on this seed (0.6 to 1.6 points
+below); linear pacing (+0.3) and the anti-curriculum (+0.6) did, the opposite of the papers'
+ordering: one seed, so nothing here is beyond noise yet. self_paced and seeds 1 and 2 are not
+run.
 """
 
 from pathlib import Path
