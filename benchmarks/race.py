@@ -52,6 +52,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 EXPERIMENT = ROOT / "experiments" / "polarity_minilm.py"
 MODEL = "all-minilm-l6-v2"
 MAX_LENGTH = 64
+BATCH_SIZE = 32
 BUCKETS = (16, 32, 48, 64)
 GROUP_WINDOW = 50  # batches per length-sorting window (HF's megabatches are 50 batches)
 RECIPES = {"full": {"lr": 5e-5, "target": 0.82}, "lora": {"lr": 1e-3, "target": 0.80}}
@@ -85,6 +86,7 @@ def ftjax_command(workdir: Path, data: Path, mode: str, steps: int, eval_every: 
                   log_every: int) -> list[str]:
     sets = {"data.source": "local", "data.path": str(data / "{split}.jsonl"),
             "head.pooling": "pooler", "head.dropout": 0.1, "method": mode,
+            "batch_size": BATCH_SIZE, "task.max_length": MAX_LENGTH,
             "optimizer.learning_rate": RECIPES[mode]["lr"], "steps": steps,
             "eval_every": eval_every, "log_every": log_every, "checkpoint_every": steps,
             "best_metric": "", "data.buckets": BUCKETS, "data.group_by_length": GROUP_WINDOW}
@@ -101,7 +103,8 @@ def hf_command(out: Path, data: Path, mode: str, steps: int, eval_every: int) ->
     return [sys.executable, str(ROOT / "benchmarks" / "hf_polarity.py"),
             "--model", str(assets.resolve(MODEL)), "--data", str(data), "--out", str(out),
             "--mode", mode, "--steps", str(steps), "--eval-every", str(eval_every),
-            "--lr", str(RECIPES[mode]["lr"]), "--max-length", str(MAX_LENGTH)]
+            "--lr", str(RECIPES[mode]["lr"]), "--max-length", str(MAX_LENGTH),
+            "--batch-size", str(BATCH_SIZE)]
 
 
 def ftjax_events(workdir: Path) -> list[dict]:
@@ -216,7 +219,7 @@ def accuracy(args, data: Path, scratch: Path) -> dict:
         for side, result in sides.items():
             evals = [e for e in result["events"] if e["event"] == "eval"]
             reached = next((e for e in evals if e["accuracy"] >= target), None)
-            examples = steps * args.batch_size
+            examples = steps * BATCH_SIZE
             row[side] = {
                 "wall_s": result["wall_s"],
                 "time_to_target_s": reached["t_s"] if reached else None,
@@ -251,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="accuracy: 4 steps per run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    args.batch_size = 32
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)

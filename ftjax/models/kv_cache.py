@@ -48,7 +48,8 @@ def cache_batch_axes(cache: dict) -> dict:
     """Each entry's batch axis (None: shared by every row), a prefix of the cache's tree (for
     jax.vmap's in_axes): k / v 1 when stacked, 0 per layer."""
     layers = 1 if is_stacked(cache) else 0
-    return {name: {"k": layers, "v": layers, "mask": 0, "end": None}[name] for name in cache}
+    axes = {"k": layers, "v": layers, "mask": 0, "end": None}
+    return {name: axes[name] for name in cache}
 
 
 def map_rows(fn, cache: dict) -> dict:

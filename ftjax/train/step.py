@@ -178,11 +178,10 @@ def make_train_step(
         def update(state):
             updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
             trainable = optax.apply_updates(state.trainable, updates)
-            term_states = {name: value for name, value in state.terms.items()}
-            term_states.update({t.name: t.update_state(state.terms[t.name],
-                                                       state.constants.get(t.name), trainable,
-                                                       state.step)
-                                for t in terms if t.name in state.terms})
+            term_states = {t.name: t.update_state(state.terms[t.name],
+                                                  state.constants.get(t.name), trainable,
+                                                  state.step)
+                           for t in terms if t.name in state.terms}
             return trainable, opt_state, term_states
 
         def skip(state):
