@@ -32,9 +32,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from ftjax.data.errors import DataError
+from ftjax.data.stop_words import is_stop_word
 from ftjax.data.types import Record, RecordSource
 from ftjax.settings import setting
 
@@ -113,7 +113,7 @@ def _candidates(words: list[str], synonyms: SynonymLookup) -> list[int]:
     out = []
     for i, word in enumerate(words):
         core = split_word(word)[1]
-        if core.isalpha() and core.lower() not in ENGLISH_STOP_WORDS and synonyms(core):
+        if core.isalpha() and not is_stop_word(core) and synonyms(core):
             out.append(i)
     return out
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 
 class TaskMetric(Protocol):
@@ -51,6 +50,10 @@ class ClassificationMetric:
         self.predicted.append(np.asarray(predictions["label"])[rows])
 
     def result(self) -> dict[str, float]:
+        # scikit-learn is imported here, at the first evaluation, not when the data package
+        # is: it takes about 0.9 s (scipy, pandas), which every start would otherwise pay.
+        from sklearn.metrics import f1_score
+
         gold, predicted = np.concatenate(self.gold), np.concatenate(self.predicted)
         return {"macro_f1": float(f1_score(gold, predicted, labels=self.labels,
                                            average="macro", zero_division=0))}

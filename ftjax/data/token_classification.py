@@ -28,8 +28,6 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from seqeval import metrics as seqeval_metrics
-from seqeval.scheme import IOB2, IOBES
 
 from ftjax.data.config import SPLIT_PLACEHOLDER, SourceConfig
 from ftjax.data.errors import DataError, LabelOutOfRangeError
@@ -43,7 +41,8 @@ from ftjax.data.splitting import stratified_split
 from ftjax.data.types import TokenizerLike
 
 OUTSIDE = "O"
-SCHEMES = {"IOB2": IOB2, "BIO": IOB2, "IOBES": IOBES, "BIOES": IOBES}
+# A scheme's names -> the seqeval.scheme class that checks it in strict mode.
+SCHEMES = {"IOB2": "IOB2", "BIO": "IOB2", "IOBES": "IOBES", "BIOES": "IOBES"}
 WORD_INDEX = "word_index"
 
 
@@ -281,12 +280,18 @@ def word_predictions(num_words: int, word_index: np.ndarray, tags: np.ndarray) -
 def entity_scores(gold: list[list[str]], predicted: list[list[str]], scheme: str = "IOB2"
                   ) -> dict[str, float]:
     """seqeval's entity-level scores: default mode, strict mode with ``scheme``, per type."""
+    # seqeval is imported at the first evaluation, not with the data package: it imports
+    # scikit-learn (about 0.9 s), which every start would otherwise pay.
+    from seqeval import metrics as seqeval_metrics
+    from seqeval import scheme as seqeval_scheme
+
     out = {
         "f1": seqeval_metrics.f1_score(gold, predicted, zero_division=0),
         "precision": seqeval_metrics.precision_score(gold, predicted, zero_division=0),
         "recall": seqeval_metrics.recall_score(gold, predicted, zero_division=0),
         "f1_strict": seqeval_metrics.f1_score(gold, predicted, mode="strict",
-                                              scheme=SCHEMES[scheme], zero_division=0),
+                                              scheme=getattr(seqeval_scheme, SCHEMES[scheme]),
+                                              zero_division=0),
     }
     report = seqeval_metrics.classification_report(gold, predicted, output_dict=True,
                                                    zero_division=0)

@@ -14,20 +14,40 @@ import threading
 import warnings
 from pathlib import Path
 
-import nltk.data
-from nltk.corpus.reader.wordnet import WordNetCorpusReader
-
 from ftjax.data.errors import DataError
 
-class _WordNetReader(WordNetCorpusReader):
-    """nltk's reader of a WordNet database directory, without the Open Multilingual Wordnet.
+@functools.cache
+def _reader_class() -> type:
+    """nltk's WordNet reader, without the Open Multilingual Wordnet.
 
-    nltk maps synsets to the release of its own downloadable `wordnet` corpus for OMW's
-    multilingual data, which needs that corpus installed; no OMW reader is given here, so there
-    is nothing to map."""
+    nltk is imported here, when a run first asks for synonyms, not with the data package: with
+    the scikit-learn and scipy it imports it takes about 1.2 s, which every start would
+    otherwise pay.
+    """
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
-    def map_wn(self, version="wordnet"):
-        return None
+    class WordNetReader(WordNetCorpusReader):
+        # nltk maps synsets to the release of its own downloadable `wordnet` corpus for OMW's
+        # multilingual data, which needs that corpus installed; no OMW reader is given here,
+        # so there is nothing to map.
+        def map_wn(self, version="wordnet"):
+            return None
+
+    return WordNetReader
+
+
+def _open_wordnet(root: Path):
+    """A reader of the WordNet database files in `root` (checked by the caller)."""
+    import nltk.data  # see _reader_class
+
+    # nltk reads corpora only under the roots listed in nltk.data.path (its path sandbox):
+    # the database directory is authorized once, by its resolved path.
+    resolved = str(root.resolve())
+    if resolved not in nltk.data.path:
+        nltk.data.path.append(resolved)
+    with warnings.catch_warnings():  # "multilingual functions are not available": none asked
+        warnings.simplefilter("ignore", UserWarning)
+        return _reader_class()(resolved, None)
 
 
 WORDNET_FILES = ("index.noun", "data.noun", "index.verb", "data.verb", "index.adj", "data.adj")
@@ -44,14 +64,7 @@ class Synonyms:
                             f"{', '.join(missing)}); fetch the `wordnet` asset")
         if senses < 1:
             raise ValueError(f"senses must be >= 1, got {senses}")
-        # nltk reads corpora only under the roots listed in nltk.data.path (its path sandbox):
-        # the database directory is authorized once, by its resolved path.
-        resolved = str(root.resolve())
-        if resolved not in nltk.data.path:
-            nltk.data.path.append(resolved)
-        with warnings.catch_warnings():  # "multilingual functions are not available": none asked
-            warnings.simplefilter("ignore", UserWarning)
-            self._reader = _WordNetReader(resolved, None)
+        self._reader = _open_wordnet(root)
         self.senses = senses
         # The reader seeks in shared file handles: the data pipeline's reader threads take
         # turns with it.

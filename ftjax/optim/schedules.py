@@ -48,4 +48,6 @@ def learning_rate_fn(opt_cfg: OptimizerConfig, total_steps: int) -> Schedule:
             lr = jnp.where(step < warmup, peak * step / warmup, lr)
         return lr.astype(jnp.float32)
 
-    return schedule
+    # Jitted: a host-side call (the logged learning rates) runs one compiled program instead of
+    # compiling each of its operations on first use; inside the train step it is inlined.
+    return jax.jit(schedule)

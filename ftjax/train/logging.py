@@ -7,6 +7,7 @@ rows past the resumed step are dropped first so a replayed stretch is not logged
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import sys
@@ -28,11 +29,7 @@ class MetricsWriter:
         self.path = Path(workdir) / "metrics.jsonl"
         self._truncate_after(resume_step)
         self._file = open(self.path, "a")
-        self._tb = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self._tb = TensorBoardWriter(Path(workdir) / "tensorboard") if tensorboard else None
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -46,15 +43,58 @@ class MetricsWriter:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tb is not None:
-            step = int(row["step"])
-            for key, value in row.items():
-                if key not in ("step", "split") and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"{prefix}/{key}", value, step)
+            self._tb.write(row, prefix)
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class TensorBoardWriter:
+    """TensorBoard event files (tensorboardX), written by a thread of their own.
+
+    Opening the writer imports tensorboardX, which imports torch where torch is installed
+    (about 0.9 s); on its own thread that overlaps the run's start (compilation, the first
+    step) instead of delaying it, and no step waits for an event file. Rows are written in the
+    order given; an error of the writer is raised by the next `write` or by `close`.
+    """
+
+    def __init__(self, logdir: Path):
+        self._writer = None  # set by _open, on the writer's thread
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
+        self._pending = [self._pool.submit(self._open, str(logdir))]
+
+    def _open(self, logdir: str) -> None:
+        from tensorboardX import SummaryWriter  # on this thread: see the class docstring
+
+        self._writer = SummaryWriter(logdir)
+
+    def _add(self, row: dict, prefix: str) -> None:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key not in ("step", "split") and isinstance(value, (int, float)):
+                self._writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def _raise_failures(self, wait: bool) -> None:
+        if wait:
+            concurrent.futures.wait(self._pending)
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()  # re-raises the thread's error here
+
+    def write(self, row: dict, prefix: str) -> None:
+        self._raise_failures(wait=False)
+        self._pending.append(self._pool.submit(self._add, row, prefix))
+
+    def close(self) -> None:
+        try:
+            self._raise_failures(wait=True)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            self._pool.shutdown(wait=True)
 
 
 class NoMetrics:

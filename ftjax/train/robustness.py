@@ -23,12 +23,12 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from ftjax import parallel
 from ftjax.data import make_eval_batches
 from ftjax.data.augment import OPS, PerturbedRecords, SynonymLookup, split_word, with_case
 from ftjax.data.bucketing import cut_to_bucket
+from ftjax.data.stop_words import is_stop_word
 from ftjax.objectives.inputs import model_inputs
 from ftjax.settings import ConfigError, setting
 
@@ -140,7 +140,7 @@ class AttackResult:
 def _candidates(word: str, synonyms: SynonymLookup) -> tuple[str, ...]:
     """The word's one-word synonyms, with its punctuation and capital kept."""
     lead, core, trail = split_word(word)
-    if not core.isalpha() or core.lower() in ENGLISH_STOP_WORDS:
+    if not core.isalpha() or is_stop_word(core):
         return ()
     return tuple(lead + with_case(s, core) + trail for s in synonyms(core) if " " not in s)
 

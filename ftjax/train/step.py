@@ -150,22 +150,23 @@ def make_train_step(
         normalizers = {name: jnp.maximum(jnp.sum(w), 1.0) for name, w in row_weights.items()}
         micro_batches = _split_micro(batch, accumulation_steps)
 
-        def accumulate(carry, xs):
-            grads_acc, loss_acc, sums_acc = carry
-            micro, index = xs
-            (loss, sums), grads = value_and_grad(state.trainable, state, micro,
-                                                 jax.random.fold_in(rng, index), normalizers)
-            return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss,
-                    jax.tree.map(jnp.add, sums_acc, sums)), None
+        def micro_grads(index):
+            micro = jax.tree.map(lambda x: x[index], micro_batches)
+            return value_and_grad(state.trainable, state, micro,
+                                  jax.random.fold_in(rng, index), normalizers)
 
-        zeros = jax.tree.map(jnp.zeros_like, state.trainable)
-        sums_shape = jax.eval_shape(micro_loss, state.trainable, state,
-                                    jax.tree.map(lambda x: x[0], micro_batches), rng,
-                                    normalizers)[1]
-        init = (zeros, jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                                   sums_shape))
-        (grads, loss, sums), _ = jax.lax.scan(
-            accumulate, init, (micro_batches, jnp.arange(accumulation_steps)))
+        # The first micro-batch outside the loop: its values start the sums (no zeros to add,
+        # no extra trace for the sums' shapes), and one micro-batch needs no loop at all.
+        (loss, sums), grads = micro_grads(0)
+        if accumulation_steps > 1:
+            def accumulate(carry, index):
+                grads_acc, loss_acc, sums_acc = carry
+                (loss, sums), grads = micro_grads(index)
+                return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss,
+                        jax.tree.map(jnp.add, sums_acc, sums)), None
+
+            (grads, loss, sums), _ = jax.lax.scan(
+                accumulate, (grads, loss, sums), jnp.arange(1, accumulation_steps))
         step_values = {}
         if step_terms:
             (penalty, step_values), step_grads = jax.value_and_grad(step_loss, has_aux=True)(
