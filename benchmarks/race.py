@@ -1,32 +1,36 @@
 """What users feel, end to end: `ftjax train` against an HF Trainer script on the same data.
 
     python -m benchmarks.race startup       # launch -> first finished step: ftjax cold / warm cache, HF
-    python -m benchmarks.race accuracy      # time to a validation target and test accuracy, full + LoRA
-    python -m benchmarks.race accuracy --smoke   # a few steps of each: checks the script
+    python -m benchmarks.race accuracy      # every race of benchmarks/races.py
+    python -m benchmarks.race accuracy --races ner_full clm_lora
+    python -m benchmarks.race accuracy --smoke   # a few steps of each: checks the scripts
 
-Both sides fine-tune all-MiniLM-L6-v2 on the polarity splits that ftjax uses (written once as
-{train,validation,test}.jsonl, read by both) into the same model: BERT's pooler + dropout 0.1 + a
-linear classifier (`head.pooling=pooler` in ftjax, BertForSequenceClassification in
-transformers). Same recipe: batch 32, max length 64, AdamW (weight decay 0.01, eps 1e-8), linear
-warm-up (40 steps) and decay, gradient clipping 1.0, shuffled every epoch (each framework its own
-seeded order), rows grouped by length and padded per batch (HF: dynamic padding +
-train_sampling_strategy="group_by_length"; ftjax: `data.group_by_length` + `data.buckets`), validation accuracy every 50
-steps, the final weights tested. Full fine-tuning lr 5e-5, LoRA (r 8, alpha 16 on query / value,
-the classifier and pooler train in both) lr 1e-3; 400 steps.
+The races (benchmarks/races.py): MiniLM on polarity (full and LoRA), MiniLM NER on WNUT-16
+tweets, SmolLM2 LoRA on packed causal-LM text. In each, both sides start from the same weights,
+read the same data (jsonl files the race writes from ftjax's split), build the same model
+(polarity: BERT's pooler + dropout 0.1 + a linear classifier, BertForSequenceClassification;
+NER: dropout 0.1 + a linear tagger, first sub-token of each word tagged,
+BertForTokenClassification; SmolLM2: LoRA r 8 / alpha 16 on q_proj and v_proj) and train with
+the same recipe: AdamW (weight decay 0.01, eps 1e-8), linear warm-up, the race's decay,
+gradient clipping 1.0, batch size, learning rate, steps and evaluation cadence; rows grouped by
+length and padded per batch (HF: dynamic padding + train_sampling_strategy="group_by_length";
+ftjax: `data.group_by_length` + `data.buckets`); the causal-LM text is packed into full rows on
+both sides (ftjax: whole documents, attention kept within each; HF: the documents concatenated
+with EOS and cut into blocks, as transformers' run_clm does). The final weights are tested.
 
 Each run is one process, timed from outside: the runner starts it and polls the files it writes
 (ftjax: WORKDIR/metrics.jsonl; HF: OUT/events.jsonl from a callback), stamping each new row with
 the seconds since launch. So every time includes imports, data loading and tokenization, model
 loading and compilation. Runs go one after another, never side by side.
 
-startup: launch to the first finished optimizer step (log_every=1), median of --repeats: ftjax
-with an empty compilation cache (cold), ftjax again on the cache a previous run filled (warm:
-jax's persistent cache, what a second `ftjax train` of an experiment gets), and the HF script.
-One untimed run of each first, so imports come from the page cache for both.
-accuracy: for full and LoRA, wall seconds to the first validation accuracy >= the target (fixed
-before measuring: full 0.82, LoRA 0.80, both below what either reaches in 400 steps of the demo
-recipe), total wall seconds, examples/s and real (non-padding) tokens/s over the whole run, and
-test accuracy of the final weights.
+startup: launch to the first finished optimizer step of the polarity_full race (log_every=1),
+median of --repeats: ftjax with an empty compilation cache (cold), ftjax again on the cache a
+previous run filled (warm: jax's persistent cache, what a second `ftjax train` of an experiment
+gets), and the HF script. One untimed run of each first, so imports come from the page cache.
+accuracy: per race, wall seconds to the first validation figure that reaches the race's target
+(fixed before measuring; relative targets from each side's own step-0 evaluation), total wall
+seconds, examples/s and real (non-padding) tokens/s over the whole run, and the test figure of
+the final weights.
 Results: benchmarks/results/race-<part>-<date>.json with the CPU model.
 """
 
@@ -45,80 +49,65 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.races import GROUP_WINDOW, RACES, Race
 from benchmarks.specs import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-EXPERIMENT = ROOT / "experiments" / "polarity_minilm.py"
-MODEL = "all-minilm-l6-v2"
-MAX_LENGTH = 64
-BATCH_SIZE = 32
-BUCKETS = (16, 32, 48, 64)
-GROUP_WINDOW = 50  # batches per length-sorting window (HF's megabatches are 50 batches)
-RECIPES = {"full": {"lr": 5e-5, "target": 0.82}, "lora": {"lr": 1e-3, "target": 0.80}}
 POLL_S = 0.02
 
 
-def write_polarity(directory: Path) -> Path:
-    """The polarity splits ftjax trains on, as jsonl files both sides read."""
-    from ftjax.data import polarity_splits
-
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, rows in polarity_splits().items():
-        with open(directory / f"{split}.jsonl", "w") as f:
-            for row in rows:
-                f.write(json.dumps({"text": row["text"], "label": int(row["label"])}) + "\n")
-    return directory
-
-
-def mean_real_tokens(data: Path) -> float:
-    """Mean tokens per training example after truncation to MAX_LENGTH (the tokenizer both use)."""
-    from ftjax import assets
-    from ftjax.io.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(assets.resolve(MODEL))
-    lengths = [min(len(tokenizer.encode(json.loads(line)["text"])), MAX_LENGTH)
-               for line in open(data / "train.jsonl")]
-    return sum(lengths) / len(lengths)
-
-
-def ftjax_command(workdir: Path, data: Path, mode: str, steps: int, eval_every: int,
+def ftjax_command(race: Race, workdir: Path, data: Path, steps: int, eval_every: int,
                   log_every: int) -> list[str]:
-    sets = {"data.source": "local", "data.path": str(data / "{split}.jsonl"),
-            "head.pooling": "pooler", "head.dropout": 0.1, "method": mode,
-            "batch_size": BATCH_SIZE, "task.max_length": MAX_LENGTH,
-            "optimizer.learning_rate": RECIPES[mode]["lr"], "steps": steps,
-            "eval_every": eval_every, "log_every": log_every, "checkpoint_every": steps,
-            "best_metric": "", "data.buckets": BUCKETS, "data.group_by_length": GROUP_WINDOW}
-    command = [str(Path(sys.executable).with_name("ftjax")), "train", str(EXPERIMENT),
+    sets = {"batch_size": race.batch_size, "task.max_length": race.max_length,
+            "optimizer.learning_rate": race.lr, "steps": steps, "eval_every": eval_every,
+            "log_every": log_every, "checkpoint_every": steps, "best_metric": "",
+            "data.group_by_length": GROUP_WINDOW,
+            **{key: value.format(data=data) if isinstance(value, str) else value
+               for key, value in race.ftjax_sets.items()}}
+    command = [str(Path(sys.executable).with_name("ftjax")), "train", str(race.experiment),
                "--workdir", str(workdir), "--quiet"]
     for key, value in sets.items():
         command += ["--set", f"{key}={value}"]
     return command
 
 
-def hf_command(out: Path, data: Path, mode: str, steps: int, eval_every: int) -> list[str]:
+def hf_model_dir(race: Race, scratch: Path) -> Path:
+    """The HF checkpoint the HF side loads: MiniLM's own directory; SmolLM2 (a GGUF asset)
+    written once in fp32 by ftjax.io.save_hf, the weights ftjax starts from."""
     from ftjax import assets
+    from ftjax.io import load_pretrained, save_hf
 
-    return [sys.executable, str(ROOT / "benchmarks" / "hf_polarity.py"),
-            "--model", str(assets.resolve(MODEL)), "--data", str(data), "--out", str(out),
-            "--mode", mode, "--steps", str(steps), "--eval-every", str(eval_every),
-            "--lr", str(RECIPES[mode]["lr"]), "--max-length", str(MAX_LENGTH),
-            "--batch-size", str(BATCH_SIZE)]
+    if race.model == "all-minilm-l6-v2":
+        return assets.resolve(race.model)
+    target = scratch / f"hf-{race.model}"
+    if not target.exists():
+        base = load_pretrained(race.model, dtype="float32")
+        save_hf(base.model, base.params, target, tokenizer=base.tokenizer)
+    return target
 
 
-def ftjax_events(workdir: Path) -> list[dict]:
+def hf_command(race: Race, model: Path, out: Path, data: Path, steps: int,
+               eval_every: int) -> list[str]:
+    return [sys.executable, "-m", race.hf_script,
+            "--model", str(model), "--data", str(data), "--out", str(out),
+            "--steps", str(steps), "--eval-every", str(eval_every), "--lr", str(race.lr),
+            "--warmup", str(race.warmup), "--max-length", str(race.max_length),
+            "--batch-size", str(race.batch_size), *race.hf_args]
+
+
+def ftjax_events(workdir: Path, metric: str = "accuracy") -> list[dict]:
     """metrics.jsonl rows as events: first_step (train row of step 1), eval (validation), test
-    (the final row's test accuracy)."""
+    (the final row's test figure)."""
     events = []
     for row in _rows(workdir / "metrics.jsonl"):
         if "split" not in row and row.get("step") == 1:
             events.append({"event": "first_step", "step": 1})
         elif row.get("split") == "validation":
-            events.append({"event": "eval", "step": row["step"], "accuracy": row["accuracy"]})
+            events.append({"event": "eval", "step": row["step"], metric: row[metric]})
         elif row.get("split") == "final":  # the run's reported figures (FinalReport)
             events.append({"event": "test", "step": row["step"],
-                           "accuracy": row["test_accuracy"]})
+                           metric: row[f"test_{metric}"]})
     return events
 
 
@@ -169,19 +158,23 @@ def watch(command: list[str], read_events, *, until: str | None = None,
     return {"events": seen, "wall_s": wall, "rc": proc.returncode}
 
 
-def startup(args, data: Path, scratch: Path) -> dict:
+def startup(args, scratch: Path) -> dict:
+    race = RACES["polarity_full"]
+    data = scratch / "data"
+    race.write_data(data)
+    model = hf_model_dir(race, scratch)
     warm_cache = scratch / "warm-cache"
 
     def run_ftjax(cache: Path, tag: str) -> float:
         workdir = scratch / f"ftjax-{tag}"
-        result = watch(ftjax_command(workdir, data, "full", 20, 20, 1),
+        result = watch(ftjax_command(race, workdir, data, 20, 20, 1),
                        lambda: ftjax_events(workdir), until="first_step",
                        env={"FTJAX_COMPILE_CACHE": str(cache)})
         return _first(result)
 
     def run_hf(tag: str) -> float:
         out = scratch / f"hf-{tag}"
-        return _first(watch(hf_command(out, data, "full", 20, 20), lambda: hf_events(out),
+        return _first(watch(hf_command(race, model, out, data, 20, 20), lambda: hf_events(out),
                             until="first_step"))
 
     run_ftjax(warm_cache, "prime")  # fills the warm cache; warms the page cache
@@ -201,42 +194,56 @@ def _first(result: dict) -> float:
     return next(e["t_s"] for e in result["events"] if e["event"] == "first_step")
 
 
-def accuracy(args, data: Path, scratch: Path) -> dict:
-    steps, eval_every = (4, 2) if args.smoke else (args.steps, 50)
-    tokens_per_example = mean_real_tokens(data)
-    out = {"mean_real_tokens_per_example": tokens_per_example}
-    for mode in args.modes:
-        target = RECIPES[mode]["target"]
-        workdir, hf_out = scratch / f"ftjax-{mode}", scratch / f"hf-{mode}"
+def side_figures(race: Race, result: dict, steps: int, facts: dict) -> dict:
+    """One side's figures from its stamped events: the target (relative ones from its own
+    step-0 evaluation), when it was reached, throughput, the validation curve, the test figure."""
+    evals = [e for e in result["events"] if e["event"] == "eval"]
+    start = next((e[race.metric] for e in evals if e["step"] == 0), None)
+    threshold = race.threshold(start)
+    reached = next((e for e in evals if e["step"] > 0
+                    and race.reached(e[race.metric], threshold)), None)
+    examples = steps * race.batch_size
+    return {
+        "target": threshold,
+        "wall_s": result["wall_s"],
+        "time_to_target_s": reached["t_s"] if reached else None,
+        "step_at_target": reached["step"] if reached else None,
+        "examples_per_s": examples / result["wall_s"],
+        "real_tokens_per_s": examples * facts["real_tokens_per_example"] / result["wall_s"],
+        # (step, validation figure, seconds since launch)
+        "validation_curve": [(e["step"], round(e[race.metric], 4), round(e["t_s"], 1))
+                             for e in evals],
+        f"test_{race.metric}": next(e[race.metric] for e in result["events"]
+                                    if e["event"] == "test"),
+    }
+
+
+def accuracy(args, scratch: Path) -> dict:
+    out = {}
+    for name in args.races:
+        race = RACES[name]
+        steps, eval_every = (4, 2) if args.smoke else (race.steps, race.eval_every)
+        data = scratch / f"data-{name}"
+        facts = race.write_data(data)
+        model = hf_model_dir(race, scratch)
+        workdir, hf_out = scratch / f"ftjax-{name}", scratch / f"hf-{name}"
         sides = {
-            "ftjax": watch(ftjax_command(workdir, data, mode, steps, eval_every, eval_every),
-                           lambda: ftjax_events(workdir),
-                           env={"FTJAX_COMPILE_CACHE": str(scratch / f"cache-{mode}")}),
-            "hf_trainer": watch(hf_command(hf_out, data, mode, steps, eval_every),
+            "ftjax": watch(ftjax_command(race, workdir, data, steps, eval_every, eval_every),
+                           lambda: ftjax_events(workdir, race.metric),
+                           env={"FTJAX_COMPILE_CACHE": str(scratch / f"cache-{name}")}),
+            "hf_trainer": watch(hf_command(race, model, hf_out, data, steps, eval_every),
                                 lambda: hf_events(hf_out)),
         }
-        row = {"target": target, "lr": RECIPES[mode]["lr"], "steps": steps}
-        for side, result in sides.items():
-            evals = [e for e in result["events"] if e["event"] == "eval"]
-            reached = next((e for e in evals if e["accuracy"] >= target), None)
-            examples = steps * BATCH_SIZE
-            row[side] = {
-                "wall_s": result["wall_s"],
-                "time_to_target_s": reached["t_s"] if reached else None,
-                "step_at_target": reached["step"] if reached else None,
-                "examples_per_s": examples / result["wall_s"],
-                "real_tokens_per_s": examples * tokens_per_example / result["wall_s"],
-                # (step, validation accuracy, seconds since launch)
-                "validation_curve": [(e["step"], round(e["accuracy"], 4), round(e["t_s"], 1))
-                                     for e in evals],
-                "test_accuracy": next(e["accuracy"] for e in result["events"]
-                                      if e["event"] == "test"),
-            }
+        row = {"metric": race.metric, "target": race.target, "relative_target": race.relative,
+               "lr": race.lr, "steps": steps, "batch_size": race.batch_size,
+               "max_length": race.max_length, "data": facts}
+        row.update({side: side_figures(race, result, steps, facts)
+                    for side, result in sides.items()})
         ours, theirs = row["ftjax"], row["hf_trainer"]
         row["wall_vs_hf"] = theirs["wall_s"] / ours["wall_s"]
         if ours["time_to_target_s"] and theirs["time_to_target_s"]:
             row["time_to_target_vs_hf"] = theirs["time_to_target_s"] / ours["time_to_target_s"]
-        out[mode] = row
+        out[name] = row
     return out
 
 
@@ -249,16 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("part", choices=("startup", "accuracy"))
     parser.add_argument("--repeats", type=int, default=3, help="startup: timed launches per side")
-    parser.add_argument("--modes", nargs="+", default=["full", "lora"], choices=list(RECIPES))
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--races", nargs="+", default=list(RACES), choices=list(RACES),
+                        help="accuracy: which races (benchmarks/races.py)")
     parser.add_argument("--smoke", action="store_true", help="accuracy: 4 steps per run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
-        data = write_polarity(scratch / "data")
-        figures = (startup if args.part == "startup" else accuracy)(args, data, scratch)
+        figures = (startup if args.part == "startup" else accuracy)(args, Path(tmp))
     record = {"benchmark": f"race-{args.part}", "device": cpu_model(),
               "date": datetime.date.today().isoformat(),
               "command": "python -m benchmarks.race " + " ".join(argv or sys.argv[1:]),
