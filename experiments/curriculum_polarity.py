@@ -39,10 +39,12 @@ Measured (2-core Intel Xeon CPU, 2026-12-07, the command above, stopped after ni
   length_linear     0.8523 (0.824 / 0.839 / 0.847)
   length_step       0.8438 (0.811 / 0.828 / 0.852)
   length_geometric  0.8428 (0.789 / 0.832 / 0.842)
+  self_paced        0.8333 (0.730 / 0.801 / 0.819)
 No easy-first curriculum with root pacing beat plain training on this seed (0.6 to 1.6 points
 below); linear pacing (+0.3) and the anti-curriculum (+0.6) did, the opposite of the papers'
-ordering: one seed, so nothing here is beyond noise yet. self_paced and seeds 1 and 2 are not
-run.
+ordering; self-paced learning was the slowest to learn and tied the reference-model curriculum
+for the lowest test accuracy. One seed, so nothing here is beyond noise yet; seeds 1 and 2 are
+not run.
 """
 
 from pathlib import Path
