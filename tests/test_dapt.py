@@ -23,9 +23,11 @@ def test_every_speech_file_is_one_document_named_by_its_file():
 
 def test_short_real_run_reports_domain_and_general_perplexity(tmp_path):
     speeches = assets.resolve("sotu") / "18[01]*.txt"  # 1800-1819: 20 shorter speeches
+    # Scanned layers: one compiled block instead of 30 (compilation is most of this test's
+    # time); the layout computes the same model (tests/test_models.py).
     cfg = load_config(EXPERIMENT, [
         f"sources.sotu.path={str(speeches)!r}", "sources.general.max_eval_examples=24",
-        "task.max_length=128", "steps=2", "eval_every=2", "checkpoint_every=2", "log_every=1"])
+        "task.max_length=128", "model.scan_layers=True", "steps=2", "eval_every=2", "checkpoint_every=2", "log_every=1"])
     result = train(cfg, tmp_path, quiet=True)
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     evaluated = {(line["step"], line["split"]): line for line in lines if "split" in line}

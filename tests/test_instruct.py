@@ -41,9 +41,11 @@ def test_math_asset_splits_and_exact_match():
 
 
 def test_short_real_run_scores_math_exact_match_and_response_perplexity(tmp_path):
+    # Scanned layers: one compiled block instead of 30 (compilation is most of this test's
+    # time); the layout computes the same model (tests/test_models.py).
     cfg = load_config(EXPERIMENT, [
         "steps=2", "eval_every=2", "checkpoint_every=2", "log_every=1", "hooks=()",
-        "eval_at_start=False", "sources.chat.max_eval_examples=3",
+        "eval_at_start=False", "model.scan_layers=True", "sources.chat.max_eval_examples=3",
         "sources.math.max_eval_examples=3", "sources.chat.max_train_examples=40"])
     result = train(cfg, tmp_path, quiet=True,
                    hooks=[GenerationEval(max_new_tokens=12, batch_size=4)])

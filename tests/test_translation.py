@@ -109,9 +109,11 @@ def test_short_real_run_scores_bleu_at_start_and_end(tmp_path):
     """A few steps of the experiment on the real Bible pairs: BLEU and chrF of greedy
     generations reach metrics.jsonl (step 0: zero-shot; the last step: fine-tuned), the final
     report, and the generations files; the held-out books are never trained on."""
+    # Scanned layers: one compiled block instead of 30 (compilation is most of this test's
+    # time); the layout computes the same model (tests/test_models.py).
     cfg = load_config(EXPERIMENT, [
         "steps=2", "eval_every=2", "checkpoint_every=2", "log_every=1", "hooks=()",
-        "eval_splits=('validation',)",
+        "eval_splits=('validation',)", "model.scan_layers=True",
         "sources.bible.max_eval_examples=3", "sources.bible.max_train_examples=64"])
     result = train(cfg, tmp_path, quiet=True,
                    hooks=[GenerationEval(max_new_tokens=8, batch_size=4)])

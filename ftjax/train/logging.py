@@ -79,8 +79,10 @@ class TensorBoardWriter:
     def _raise_failures(self, wait: bool) -> None:
         if wait:
             concurrent.futures.wait(self._pending)
-        done = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
+        done, still = [], []
+        for future in self._pending:  # each future asked once: it may finish meanwhile
+            (done if future.done() else still).append(future)
+        self._pending = still
         for future in done:
             future.result()  # re-raises the thread's error here
 
