@@ -60,7 +60,8 @@ POLL_S = 0.02
 def ftjax_command(race: Race, workdir: Path, data: Path, steps: int, eval_every: int,
                   log_every: int) -> list[str]:
     sets = {"batch_size": race.batch_size, "task.max_length": race.max_length,
-            "optimizer.learning_rate": race.lr, "steps": steps, "eval_every": eval_every,
+            "optimizer.learning_rate": race.lr, "optimizer.warmup_steps": race.warmup,
+            "steps": steps, "eval_every": eval_every,
             "log_every": log_every, "checkpoint_every": steps, "best_metric": "",
             "data.group_by_length": GROUP_WINDOW,
             **{key: value.format(data=data) if isinstance(value, str) else value
@@ -73,12 +74,13 @@ def ftjax_command(race: Race, workdir: Path, data: Path, steps: int, eval_every:
 
 
 def hf_model_dir(race: Race, scratch: Path) -> Path:
-    """The HF checkpoint the HF side loads: MiniLM's own directory; SmolLM2 (a GGUF asset)
-    written once in fp32 by ftjax.io.save_hf, the weights ftjax starts from."""
+    """The HF checkpoint the HF side loads: the asset's own directory where it is one (MiniLM);
+    a single-file asset (SmolLM2's GGUF) written once in fp32 by ftjax.io.save_hf, the weights
+    ftjax starts from."""
     from ftjax import assets
     from ftjax.io import load_pretrained, save_hf
 
-    if race.model == "all-minilm-l6-v2":
+    if assets.resolve(race.model).is_dir():  # already an HF checkpoint directory
         return assets.resolve(race.model)
     target = scratch / f"hf-{race.model}"
     if not target.exists():

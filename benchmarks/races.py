@@ -152,7 +152,7 @@ def _polarity(mode: str, lr: float, target: float) -> Race:
         max_length=length, lr=lr, warmup=40,
         ftjax_sets={"data.source": "local", "data.path": "{data}/{{split}}.jsonl",
                     "head.pooling": "pooler", "head.dropout": 0.1, "method": mode,
-                    "data.buckets": (16, 32, 48, 64), "optimizer.warmup_steps": 40},
+                    "data.buckets": (16, 32, 48, 64)},
         hf_args=("--mode", mode), write_data=write_polarity)
 
 
@@ -162,8 +162,7 @@ def _ner() -> Race:
         name="ner_full", experiment=NER_EXPERIMENT, hf_script="benchmarks.hf_ner",
         model="all-minilm-l6-v2", metric="f1", higher_is_better=True, target=0.40,
         steps=steps, eval_every=80, batch_size=16, max_length=48, lr=5e-4, warmup=steps // 10,
-        ftjax_sets={"head.dropout": 0.1, "data.buckets": (16, 32, 48),
-                    "optimizer.warmup_steps": steps // 10},
+        ftjax_sets={"head.dropout": 0.1, "data.buckets": (16, 32, 48)},
         hf_args=("--schedule", "linear"), write_data=write_ner)
 
 
