@@ -114,8 +114,11 @@ def tiny_text_data(tmp_path_factory):
     return str(root / "{split}.jsonl")
 
 
-def write_tiny_config(path, tiny_bert_dir, tiny_text_data):
-    """An experiment file training tiny BERT on the tiny task, 12 steps; returns its path."""
+def write_tiny_config(path, tiny_bert_dir, tiny_text_data, **settings):
+    """An experiment file training tiny BERT on the tiny task, 12 steps; returns its path.
+    settings: further assignments, `data__buckets=(7, 10)` for `c.data.buckets = (7, 10)`."""
+    extra = "".join(f"    c.{name.replace('__', '.')} = {value!r}\n"
+                    for name, value in settings.items())
     path.write_text(f'''
 from ftjax.train.config import base_config
 
@@ -138,7 +141,7 @@ def get_config():
     c.optimizer.learning_rate = 3e-3
     c.optimizer.schedule = "constant"
     c.optimizer.weight_decay = 0.0
-    return c
+{extra}    return c
 ''')
     return path
 
