@@ -44,9 +44,10 @@ from pathlib import Path
 import ml_collections
 
 from ftjax.data.task_suite import suite_sources, suite_tasks
+from ftjax.sweep.continual_report import sequence_report
 from ftjax.train.config import base_config
-from ftjax.train.continual import transfer_metrics
-from ftjax.train.stages import Stage, mean_std
+from ftjax.train.fisher import estimate_fisher_chain
+from ftjax.train.stages import Stage
 
 SEQUENCE = ("polarity", "topic", "spam", "paraphrase")
 SEEDS = (0, 1, 2)
@@ -102,11 +103,14 @@ def get_config(variant: str = "naive_polarity"):
     return c
 
 
+def _name(arm: str, seed: int, index: int) -> str:
+    return f"{arm}_s{seed}_{index}{SEQUENCE[index]}"
+
+
 def _stage(arm: str, seed: int, index: int) -> Stage:
     task = SEQUENCE[index]
-    name = f"{arm}_s{seed}_{index}{task}"
     overrides = [f"seed={seed}"]
-    previous = f"{arm}_s{seed}_{index - 1}{SEQUENCE[index - 1]}" if index else None
+    previous = _name(arm, seed, index - 1) if index else None
     before = None
     if previous is not None and arm.startswith("ewc"):
         overrides += [f"losses.ewc.fisher='{{root}}/{previous}/fisher.safetensors'",
@@ -124,7 +128,7 @@ def _stage(arm: str, seed: int, index: int) -> Stage:
             overrides += [f"sources.{earlier}.train=True",
                           f"sources.{earlier}.replay_from='{buffer}'",
                           f"sources.{earlier}.weight={REPLAY_SHARE / index}"]
-    return Stage(name, f"{arm}_{task}", tuple(overrides),
+    return Stage(_name(arm, seed, index), f"{arm}_{task}", tuple(overrides),
                  init_from=previous if arm != "adapters" else None, group=f"{arm}:{index}",
                  before=before)
 
@@ -139,100 +143,22 @@ def get_stages():
 
 
 def fisher_of_previous(root: Path) -> None:
-    """Before each EWC stage: the Fisher of the stage before it, its own earlier Fisher added
-    (online EWC, decay 1). Each stage's file is written once (a rerun reuses it)."""
-    from ftjax.train.fisher import estimate_fisher
-
-    root = Path(root)
+    """Before each EWC stage: the Fisher of the stages before it, each with its own earlier
+    Fisher added (online EWC, decay 1). Each stage's file is written once (a rerun reuses it)."""
     for arm in ("ewc", "ewc_x100"):
         for seed in SEEDS:
-            for index in range(len(SEQUENCE) - 1):
-                workdir = root / f"{arm}_s{seed}_{index}{SEQUENCE[index]}"
-                target = workdir / "fisher.safetensors"
-                if target.is_file() or not (workdir / "results.json").is_file():
-                    continue
-                earlier = (root / f"{arm}_s{seed}_{index - 1}{SEQUENCE[index - 1]}"
-                           / "fisher.safetensors") if index else None
-                estimate_fisher(workdir, max_examples=FISHER_EXAMPLES, seed=seed,
-                                previous=earlier if earlier is not None and earlier.is_file()
-                                else None)
+            estimate_fisher_chain([Path(root) / _name(arm, seed, i)
+                                   for i in range(len(SEQUENCE) - 1)],
+                                  max_examples=FISHER_EXAMPLES, seed=seed)
 
 
 # ---- the table and the matrices -------------------------------------------------------------
 
 
-def _matrix_from_record(record: dict, arm: str, seed: int) -> list[list[float]] | None:
-    metrics = record["metrics"]
-    names = [f"{arm}_s{seed}_{i}{t}" for i, t in enumerate(SEQUENCE)]
-    try:
-        measured = [[metrics[f"{n}/test/{t}/accuracy"] for t in SEQUENCE] for n in names]
-    except KeyError:
-        return None
-    if arm == "adapters":  # each task scored with its own adapter
-        return [[measured[j][j] if j <= i else measured[i][j] for j in range(len(SEQUENCE))]
-                for i in range(len(SEQUENCE))]
-    return measured
-
-
-def _initial(record: dict, arm: str, seed: int) -> list[float] | None:
-    rows = record.get("evaluations", {}).get(f"{arm}_s{seed}_0{SEQUENCE[0]}", [])
-    at_start = {row["split"]: row for row in rows if row.get("step") == 0}
-    try:
-        return [at_start[f"test/{t}"]["accuracy"] for t in SEQUENCE]
-    except KeyError:
-        return None
-
-
 def report(record: dict, stem: Path) -> list[Path]:
-    header = ["arm", "seeds", "average accuracy", "backward transfer", "forgetting",
-              "forward transfer"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    matrices = {}
-    for arm in SEQUENTIAL:
-        per_seed = [(m, _initial(record, arm, s)) for s in SEEDS
-                    if (m := _matrix_from_record(record, arm, s)) is not None]
-        if not per_seed:
-            continue
-        found = [transfer_metrics(m, initial) for m, initial in per_seed]
-        cells = []
-        for key in ("average", "backward_transfer", "forgetting", "forward_transfer"):
-            mean, std = mean_std([f[key] for f in found])
-            cells.append("" if mean is None else f"{mean:.4f} ± {std:.4f}")
-        lines.append("| " + " | ".join([arm, str(len(per_seed)), *cells]) + " |")
-        matrices[arm] = [[sum(m[i][j] for m, _ in per_seed) / len(per_seed)
-                          for j in range(len(SEQUENCE))] for i in range(len(SEQUENCE))]
-    joint = [[record["metrics"].get(f"joint_s{s}/test/{t}/accuracy") for t in SEQUENCE]
-             for s in SEEDS]
-    joint = [row for row in joint if None not in row]
-    if joint:
-        mean, std = mean_std([sum(row) / len(row) for row in joint])
-        lines.append(f"| joint | {len(joint)} | {mean:.4f} ± {std:.4f} |  |  |  |")
-    markdown = stem.with_suffix(".md")
-    markdown.write_text("\n".join(lines) + "\n\nTest accuracy per task (polarity, topic, spam, "
-                        "paraphrase); average over the four after the last stage; backward "
-                        "transfer < 0 is forgetting. " + record.get("machine", "") + "\n")
-    written = [markdown]
-    if matrices:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(matrices), figsize=(2.6 * len(matrices), 2.8),
-                                 squeeze=False)
-        for ax, (arm, matrix) in zip(axes[0], matrices.items()):
-            ax.imshow(matrix, vmin=0.4, vmax=1.0, cmap="viridis")
-            for i, row in enumerate(matrix):
-                for j, value in enumerate(row):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if value < 0.75 else "black")
-            ax.set_title(arm, fontsize=8)
-            ax.set_xticks(range(len(SEQUENCE)), [t[:4] for t in SEQUENCE], fontsize=6)
-            ax.set_yticks(range(len(SEQUENCE)), [f"after {t[:4]}" for t in SEQUENCE],
-                          fontsize=6)
-        fig.tight_layout()
-        figure = stem.with_suffix(".png")
-        fig.savefig(figure, dpi=130)
-        plt.close(fig)
-        written.append(figure)
-    return written
+    return sequence_report(
+        record, stem, arms=SEQUENTIAL, seeds=SEEDS, tasks=SEQUENCE, metric="accuracy",
+        stage_name=_name, joint_name=lambda seed: f"joint_s{seed}", own_model_arms=("adapters",),
+        average_label="average accuracy", limits=(0.4, 1.0),
+        note="Test accuracy per task (polarity, topic, spam, paraphrase); average over the four "
+             "after the last stage; backward transfer < 0 is forgetting.")

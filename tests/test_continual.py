@@ -141,6 +141,13 @@ def test_transfer_metrics_by_hand():
     assert m["forgetting"] == pytest.approx(((0.9 - 0.6) + (0.8 - 0.75)) / 2)
     assert m["forward_transfer"] == pytest.approx(((0.5 - 0.45) + (0.5 - 0.3)) / 2)
     assert transfer_metrics([[0.7]])["backward_transfer"] is None
+    # Perplexities: lower is better; task 0 went 10 -> 9 (its best, after stage 1) -> 12.
+    ppl = [[10.0, 30.0, 50.0], [9.0, 8.0, 40.0], [12.0, 11.0, 7.0]]
+    m = transfer_metrics(ppl, initial=[20.0, 35.0, 45.0], lower_is_better=True)
+    assert m["average"] == pytest.approx(10.0)
+    assert m["backward_transfer"] == pytest.approx(((12 - 10) + (11 - 8)) / 2)
+    assert m["forgetting"] == pytest.approx(((12 - 9) + (11 - 8)) / 2)
+    assert m["forward_transfer"] == pytest.approx(((30 - 35) + (40 - 45)) / 2)
     with pytest.raises(ValueError, match="T x T"):
         transfer_metrics([[0.1, 0.2]])
 

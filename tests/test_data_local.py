@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ftjax.assets import resolve
 from ftjax.data import (
     DataError,
     EmptySplitError,
@@ -24,6 +25,7 @@ from ftjax.data import (
     make_eval_batches,
     polarity_splits,
 )
+from ftjax.data.readers import one_file
 from ftjax.data.testing import tiny_encoder_tokenizer
 
 
@@ -416,3 +418,12 @@ def test_a_glob_path_reads_every_matching_file_with_its_name(tmp_path):
         ("a.txt", "first file\n"), ("b.txt", "second file\n\nits paragraph\n")]
     with pytest.raises(MissingFileError, match="matches no file"):
         read_rows(tmp_path / "*.csv")
+
+
+def test_a_path_inside_a_directory_asset_names_the_asset(tmp_path, monkeypatch):
+    assert one_file("sotu/*.txt") == resolve("sotu") / "*.txt"
+    assert one_file("sotu") == resolve("sotu")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sotu").mkdir()  # an existing path wins over the asset's name
+    assert one_file("sotu") == Path("sotu")
+    assert one_file("no-such-asset/*.txt") == Path("no-such-asset/*.txt")

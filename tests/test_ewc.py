@@ -166,3 +166,22 @@ def test_the_command_writes_the_file_and_a_bad_workdir_is_one_line(stage_one, tm
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "no results.json" in bad.stderr
+
+
+def test_packed_language_model_rows_are_the_fisher_s_examples(tiny_config_file, tiny_llama_dir,
+                                                             tmp_path):
+    """A packed row holds pieces of several documents (example_id -1): each row with target
+    tokens is one example, the filler rows of a last batch none."""
+    overrides = ["task.kind=causal_lm", "task.max_length=24", "task.packing=True",
+                 f"model.name={tiny_llama_dir}", "head.kind=lm", "steps=2", "eval_every=2",
+                 "checkpoint_every=2", "eval_batch_size=5"]
+    train(load_config(tiny_config_file, overrides), tmp_path / "run", quiet=True)
+    exp, restored = restore_run(tmp_path / "run", roles=("train", "validation"))
+    batches = list(exp.eval_batches("train", indices=list(range(7))))
+    rows = sum(int(np.sum(np.asarray(b["loss_mask"]).sum(-1) > 0)) for b in batches)
+    assert all(np.all(np.asarray(b["example_id"]) == -1) for b in batches) and rows > 0
+    diagonal, examples = fisher_diagonal(exp.model, exp.terms, restored.state.trainable,
+                                         restored.state.frozen, batches, rows_per_pass=1)
+    assert examples == rows
+    assert all(np.all(np.isfinite(v)) for v in diagonal.values())
+    assert any(np.any(v > 0) for v in diagonal.values())

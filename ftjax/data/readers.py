@@ -380,8 +380,12 @@ def _conll_rows(text: str, path: Path) -> Iterator[ParsedRow]:
 
 
 def one_file(path: str) -> Path:
-    """The file a source's `path` names when it is one file: a path, or the name of an asset
-    (ftjax.assets: "wnut16", "bbc-news"), fetched on first use; an existing path wins."""
-    if path in ASSETS and not Path(path).exists():
-        return resolve(path)
+    """The file (or pattern) a source's `path` names: a path, the name of an asset
+    (ftjax.assets: "wnut16", "bbc-news"), or a path inside a directory asset
+    ("spdx-licenses/*.txt"); an asset is fetched on first use, and an existing path wins."""
+    if Path(path).exists():
+        return Path(path)
+    asset, _, inside = str(path).partition("/")
+    if asset in ASSETS:
+        return resolve(asset) / inside if inside else resolve(asset)
     return Path(path)

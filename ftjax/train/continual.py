@@ -15,8 +15,10 @@ gives b[j]. From them (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018), with T t
     forgetting        F   = mean_{j<T-1} (max_{j<=i<T-1} R[i][j] - R[T-1][j])
     forward transfer  FWT = mean_{j>0} (R[j-1][j] - b[j])
 
-For a metric where lower is better (perplexity), BWT and FWT keep these formulas: a positive
-BWT is then forgetting. An arm that trains a separate model per task (an adapter per task on a
+For a metric where lower is better (perplexity), BWT and FWT keep these formulas (a positive
+BWT is then forgetting) and forgetting takes the best earlier score as the minimum,
+F = mean_{j<T-1} (R[T-1][j] - min_{j<=i<T-1} R[i][j]), so it stays positive when a task got
+worse. An arm that trains a separate model per task (an adapter per task on a
 frozen base) keeps each task's own model: `own_model_per_task` reads R[i][j] for j <= i from
 the stage that trained task j.
 """
@@ -84,9 +86,11 @@ def initial_scores(root: str | Path, first_stage: str, sources: Sequence[str], *
 
 
 def transfer_metrics(matrix: Sequence[Sequence[float]],
-                     initial: Sequence[float] | None = None) -> dict[str, float | None]:
-    """ACC, BWT, forgetting and FWT of an accuracy matrix (see the module doc); FWT is None
-    without the initial scores, BWT / forgetting / FWT None for a single task."""
+                     initial: Sequence[float] | None = None, *,
+                     lower_is_better: bool = False) -> dict[str, float | None]:
+    """ACC, BWT, forgetting and FWT of a score matrix (see the module doc); FWT is None
+    without the initial scores, BWT / forgetting / FWT None for a single task.
+    lower_is_better: the scores are losses or perplexities (forgetting from the minimum)."""
     tasks = len(matrix)
     if tasks == 0 or any(len(row) != tasks for row in matrix):
         raise ValueError(f"an accuracy matrix is T x T, got {[len(r) for r in matrix]} rows")
@@ -96,7 +100,9 @@ def transfer_metrics(matrix: Sequence[Sequence[float]],
     return {
         "average": mean(list(last)),
         "backward_transfer": mean([last[j] - matrix[j][j] for j in earlier]),
-        "forgetting": mean([max(matrix[i][j] for i in range(j, tasks - 1)) - last[j]
+        "forgetting": mean([last[j] - min(matrix[i][j] for i in range(j, tasks - 1))
+                            if lower_is_better else
+                            max(matrix[i][j] for i in range(j, tasks - 1)) - last[j]
                             for j in earlier]),
         "forward_transfer": None if initial is None else mean(
             [matrix[j - 1][j] - initial[j] for j in range(1, tasks)]),

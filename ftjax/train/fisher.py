@@ -71,14 +71,19 @@ def make_fisher_accumulator(model, terms, *, rows_per_pass: int = 8):
 
 def fisher_diagonal(model, terms, trainable, frozen, batches: Iterable[dict], *,
                     constants=None, rows_per_pass: int = 8) -> tuple[dict, int]:
-    """({leaf path: mean squared per-example gradient}, examples) over `batches` (the filler
-    rows that complete a last batch, example_id -1, carry no loss and do not count)."""
+    """({leaf path: mean squared per-example gradient}, examples) over `batches`. A row is an
+    example when it is a record's (example_id >= 0) or carries loss: a packed language-model
+    row, pieces of several documents (example_id -1), is one; the filler rows that complete a
+    last batch (example_id -1, no loss) carry no gradient and do not count."""
     accumulate = make_fisher_accumulator(model, terms, rows_per_pass=rows_per_pass)
+    first = evaluated_terms(terms)[0]
     sums = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
     examples = 0
     for batch in batches:
         sums = accumulate(sums, trainable, frozen, batch, constants or {})
-        examples += int(np.sum(jax.device_get(batch["example_id"]) >= 0))
+        host = jax.device_get(batch)
+        carries_loss = np.asarray(first.normalizer(host)) > 0
+        examples += int(np.sum((np.asarray(host["example_id"]) >= 0) | carries_loss))
     if examples == 0:
         raise ConfigError("the Fisher diagonal needs at least one example; the data gave none")
     host = jax.device_get(sums)
@@ -142,5 +147,20 @@ def estimate_fisher(workdir, *, max_examples: int | None = 1000, seed: int = 0,
     return save_fisher(out, diagonal, meta, overwrite=overwrite)
 
 
-__all__ = ["combine_with_previous", "estimate_fisher", "fisher_diagonal",
-           "make_fisher_accumulator"]
+def estimate_fisher_chain(workdirs: Iterable[str | Path], *, max_examples: int | None = 1000,
+                          seed: int = 0, rows_per_pass: int = 8) -> None:
+    """Online EWC (decay 1) over a task sequence's stages, in order: each finished stage's
+    Fisher with the one before it added, written into its workdir. A stage whose file exists
+    keeps it (a rerun of a pipeline repeats nothing); a stage not finished is skipped."""
+    previous = None
+    for workdir in map(Path, workdirs):
+        target = workdir / FISHER_FILE
+        if not target.is_file() and (workdir / "results.json").is_file():
+            estimate_fisher(workdir, max_examples=max_examples, seed=seed,
+                            previous=previous if previous is not None and previous.is_file()
+                            else None, rows_per_pass=rows_per_pass)
+        previous = target
+
+
+__all__ = ["combine_with_previous", "estimate_fisher", "estimate_fisher_chain",
+           "fisher_diagonal", "make_fisher_accumulator"]
