@@ -29,6 +29,10 @@ Arms (seeds 0, 1, 2):
             per-row gradients side by side would need ~0.5 GB each) estimated after each stage
             and added to the earlier ones (online EWC, decay 1)
   l2sp      + L2-SP toward the previous stage's weights, coefficient 0.01
+  replay1   + experience replay: a reservoir of 1% of all train documents (14), each entering
+            when its first piece is trained on, continued over the stages; each later stage
+            draws a fifth of its rows from the documents it holds (packed like the others)
+  replay5   the same with 5% (72)
   lwf       + LwF: the previous stage's model's next-token distribution kept on the new
             domain's text (T = 2, weight 1)
   adapters  a new LoRA adapter per domain on the frozen base: no forgetting by design (each
@@ -36,14 +40,9 @@ Arms (seeds 0, 1, 2):
   joint     the three domains in one run of 3 x STEPS steps (proportional mixing): the
             multi-task reference (no sequence; its row is its final perplexities)
 
-Experience replay is not an arm here: the replay buffer holds records, and a packed row holds
-pieces of several documents (ftjax's replay recorder refuses packed tasks); replaying the
-documents of packed rows is not built. Unpacked, a document would be cut to its first 256
-tokens, unlike the other arms' data.
-
 Not measured yet: no stage of this pipeline has run (2026-12-08; on the 2-core CPU of the other
 SmolLM2 runs one arm and seed, three stages, takes an estimated 30-40 minutes, the whole
-pipeline about 9 hours); the table is written by the command above.
+pipeline about 12 hours); the table is written by the command above.
 """
 
 from pathlib import Path
@@ -59,8 +58,10 @@ SEQUENCE = ("speeches", "licences", "code")
 ASSETS = {"speeches": ("sotu", 4), "licences": ("spdx-licenses", 16), "code": ("python-code", 8)}
 SEEDS = (0, 1, 2)
 STEPS = 60
-ARMS = ("naive", "ewc", "l2sp", "lwf", "adapters", "joint")
+ARMS = ("naive", "ewc", "l2sp", "replay1", "replay5", "lwf", "adapters", "joint")
 SEQUENTIAL = tuple(a for a in ARMS if a != "joint")
+CAPACITY = {"replay1": 14, "replay5": 72}  # 1% / 5% of the 1,441 train documents
+REPLAY_SHARE = 0.2  # of a later stage's rows
 FISHER_EXAMPLES = 8  # documents; each gives its packed rows
 
 
@@ -102,6 +103,8 @@ def get_config(variant: str = "naive_speeches"):
         c.optimizer.learning_rate = 5e-4
     if arm == "l2sp":
         c.regularizer.l2sp = 0.01
+    if arm in CAPACITY:
+        c.replay.capacity = CAPACITY[arm]
     return c
 
 
@@ -120,6 +123,14 @@ def _stage(arm: str, seed: int, index: int) -> Stage:
         before = "fisher_of_previous"
     if previous is not None and arm == "lwf":
         overrides += [f"losses.lwf.teacher='{{root}}/{previous}'", "losses.lwf.temperature=2.0"]
+    if previous is not None and arm in CAPACITY:
+        buffer = f"{{root}}/{previous}/replay.json"
+        overrides += [f"replay.continue_from='{buffer}'",
+                      f"sources.{domain}.weight={1 - REPLAY_SHARE}"]
+        for earlier in SEQUENCE[:index]:
+            overrides += [f"sources.{earlier}.train=True",
+                          f"sources.{earlier}.replay_from='{buffer}'",
+                          f"sources.{earlier}.weight={REPLAY_SHARE / index}"]
     return Stage(_name(arm, seed, index), f"{arm}_{domain}", tuple(overrides),
                  init_from=previous if arm != "adapters" else None, group=f"{arm}:{index}",
                  before=before)

@@ -71,11 +71,11 @@ def test_the_report_computes_transfer_from_a_record(tmp_path):
 
 def test_the_language_model_sequence_trains_each_domain_from_the_stage_before(tmp_path):
     stages = load_stages(LM_PATH)
-    assert len(stages) == 3 * (5 * 3 + 1)
+    assert len(stages) == 3 * (7 * 3 + 1)
     by_name = {s.name: s for s in stages}
     configs = {s.name: stage_config(LM_PATH, s, tmp_path) for s in stages}
     for seed in (0, 1, 2):
-        for arm in ("naive", "ewc", "l2sp", "lwf"):
+        for arm in ("naive", "ewc", "l2sp", "replay1", "lwf"):
             names = [f"{arm}_s{seed}_{i}{d}" for i, d in enumerate(DOMAINS)]
             assert by_name[names[0]].init_from is None
             for earlier, later in zip(names, names[1:]):
@@ -95,6 +95,13 @@ def test_the_language_model_sequence_trains_each_domain_from_the_stage_before(tm
     lwf = configs["lwf_s2_1licences"].losses.lwf
     assert lwf.teacher == str(tmp_path / "lwf_s2_0speeches") and tuple(lwf.tasks) == ()
     assert configs["l2sp_s0_1licences"].regularizer.l2sp == 0.01
+    replay = configs["replay5_s0_2code"]
+    assert replay.replay.capacity == 72
+    assert replay.replay.continue_from == str(tmp_path / "replay5_s0_1licences" / "replay.json")
+    trained = {n: s for n, s in replay.sources.items() if s.train}
+    assert sorted(trained) == ["code", "licences", "speeches"]
+    assert trained["speeches"].replay_from == trained["licences"].replay_from != ""
+    assert trained["code"].replay_from == "" and trained["code"].weight == 0.8
     joint = configs["joint_s0"]
     assert all(s.train for s in joint.sources.values()) and joint.steps == 180
 

@@ -27,7 +27,7 @@ from ftjax.data.config import DataConfig
 from ftjax.data.extractive_qa import ExtractiveQA
 from ftjax.data.features import IndexedRecord
 from ftjax.data.mixing import anneal_alpha, annealed_weights
-from ftjax.data.packing import pack_documents
+from ftjax.data.packing import PiecesWithRecord, pack_documents
 from ftjax.data.pipeline import default_read_options
 from ftjax.data.schedule import BLOCK, source_schedule
 from ftjax.data.testing import tiny_decoder_tokenizer, tiny_encoder_tokenizer
@@ -182,7 +182,8 @@ def reference_train_batches(records, task, tok, *, batch_size, seed, n, shard_in
     stream = stream[shard_index::shard_count]
     featurize = task.featurizer(tok, seed=seed)
     if task.packed:
-        documents = stream.map(featurize).to_iter_dataset(default_read_options())
+        documents = stream.map(PiecesWithRecord(featurize)).to_iter_dataset(
+            default_read_options())
         rows = pack_documents(documents, length=task.max_length, num_bins=batch_size,
                               pad_id=tok.pad_id)
         batches = rows.batch(batch_size, drop_remainder=True)

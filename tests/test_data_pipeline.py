@@ -229,6 +229,32 @@ def test_causal_long_documents_split_keep_all_targets(decoder_tok):
     assert sum(count_loss_weight(b) for b in batches) == n_tokens - len(records)
 
 
+def test_each_document_s_first_piece_names_its_record_once(decoder_tok):
+    """first_piece_record: a document's record on exactly its first piece's tokens (what a
+    replay buffer counts), -1 on later pieces and padding: one pass names every record once."""
+    records = make_records(12, min_words=20, max_words=40)
+    length = 16
+    batches = list(make_eval_batches(records, CausalLM("text", max_length=length),
+                                     decoder_tok, batch_size=3))
+    named = []
+    for batch in batches:
+        for ids, seg, pos, loss, record in zip(batch["input_ids"], batch["segment_ids"],
+                                               batch["positions"], batch["loss_mask"],
+                                               batch["first_piece_record"]):
+            if loss.sum() == 0:
+                continue  # filler row
+            assert (record[seg == 0] == -1).all()
+            for doc in segments(seg):
+                values = set(record[doc].tolist())
+                assert len(values) == 1  # one piece, one value
+                (value,) = values
+                if value >= 0:  # a first piece: the record's own first tokens
+                    first = decoder_tok.encode(records[value]["text"])[:len(doc)]
+                    assert ids[doc].tolist() == first
+                    named.append(value)
+    assert sorted(named) == list(range(len(records)))
+
+
 def test_causal_unpacked_one_document_per_row(decoder_tok):
     records = make_records(20, max_words=20)
     task = CausalLM("text", max_length=10, packing=False)

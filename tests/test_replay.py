@@ -101,6 +101,27 @@ def test_the_buffer_resumes_exactly_and_a_later_stage_trains_on_it(tiny_config_f
     assert {source for source, _ in continued.items} <= {"reviews", "more"}
 
 
+def test_packed_documents_enter_the_buffer_once_each_and_are_replayed(tiny_config_file,
+                                                                      tiny_text_data,
+                                                                      tiny_llama_dir, tmp_path):
+    """A packed language-model row holds several documents: each enters the reservoir once,
+    when its first piece is trained on, so `seen` counts documents, not rows."""
+    packed = ["task.kind=causal_lm", "task.max_length=24", "task.packing=True", "head.kind=lm",
+              f"model.name={tiny_llama_dir}", "replay.capacity=10", "steps=3"]
+    cfg = _config(tiny_config_file, tiny_text_data, *packed)
+    train(cfg, tmp_path / "run", quiet=True)
+    buffer = read_replay(tmp_path / "run")
+    documents = len({s.name: s for s in build_data(cfg)}["reviews"].splits["train"])
+    assert 3 * 8 < buffer.seen < documents  # more documents than rows, each counted once
+    assert len(buffer.items) == 10 and len(set(buffer.items)) == 10
+    assert all(source == "reviews" and 0 <= i < documents for source, i in buffer.items)
+    replayed = _config(tiny_config_file, tiny_text_data, *packed,
+                       f"sources.reviews.replay_from={str(tmp_path / 'run' / 'replay.json')!r}",
+                       "replay.capacity=10")
+    assert len({s.name: s for s in build_data(replayed)}["reviews"].splits["train"]) == 10
+    assert train(replayed, tmp_path / "replayed", quiet=True).final_step == 3
+
+
 def test_a_buffer_without_the_source_or_from_other_data_is_one_clear_line(
         tiny_config_file, tiny_text_data, tmp_path):
     buffer = tmp_path / "replay.json"

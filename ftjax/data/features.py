@@ -13,6 +13,8 @@ A batch is a dict of numpy arrays, B rows of length T:
   example_id      int32   (B,)    the record the row was made from (its index in the split;
                                   several rows of one record, e.g. QA windows, share it);
                                   -1 on filler rows and on packed rows, which hold several
+  first_piece_record int32 (B, T) packed rows only: on the tokens of a document's first piece,
+                                  the document's record (as example_id); -1 elsewhere
 plus, per task, either
   labels          int32   (B,)    class ids            } sequence classification
   example_mask    float32 (B,)    0 on filler rows      }

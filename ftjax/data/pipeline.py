@@ -64,7 +64,7 @@ from ftjax.data.mixing import (
     mixture_weights,
     num_records,
 )
-from ftjax.data.packing import pack_documents
+from ftjax.data.packing import PiecesWithRecord, pack_documents, packed_shapes
 from ftjax.data.schedule import SourceSchedule, source_schedule
 from ftjax.data.scheduled_iter import ScheduledMix
 from ftjax.data.tasks import Task
@@ -80,8 +80,10 @@ def default_read_options() -> grain.ReadOptions:
 
 def batch_shapes(task: Task, batch_size: int) -> Shapes:
     """The one set of (shape, dtype) every batch of ``task`` has; e.g. for model init."""
+    packing = packed_shapes(task.max_length) if task.packed else {}
     return {name: ((batch_size, *shape), dtype)
-            for name, (shape, dtype) in {**task.row_shapes(), **source_shapes()}.items()}
+            for name, (shape, dtype) in {**task.row_shapes(), **source_shapes(),
+                                         **packing}.items()}
 
 
 def make_train_iterator(
@@ -220,7 +222,8 @@ def _examples(stream: grain.MapDataset, layout: _Layout) -> grain.MapDataset:
 def _packed_rows(stream: grain.MapDataset, index: int, featurize: Any, task: Task,
                  layout: _Layout) -> grain.IterDataset:
     """One source's documents on this host, packed into rows that carry the source."""
-    documents = _examples(stream, layout).map(featurize).to_iter_dataset(layout.read_options)
+    documents = _examples(stream, layout).map(PiecesWithRecord(featurize)).to_iter_dataset(
+        layout.read_options)
     packed = pack_documents(documents, length=task.max_length,
                             num_bins=layout.packing_bins or layout.batch_size,
                             pad_id=layout.tokenizer.pad_id)
@@ -344,7 +347,8 @@ class EvalBatches:
         examples = grain.MapDataset.source(self._records).map_with_index(
             _EvalIndex(self.source_index))
         if self._task.packed:
-            documents = examples.map(self._featurize).to_iter_dataset(self._read_options)
+            documents = examples.map(PiecesWithRecord(self._featurize)).to_iter_dataset(
+                self._read_options)
             rows = pack_documents(documents, length=self._task.max_length,
                                   num_bins=self.batch_size, pad_id=self._tokenizer.pad_id)
             return rows.map(_AddSource(self.source_index))

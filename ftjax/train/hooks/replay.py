@@ -7,14 +7,22 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from ftjax.data.packing import PIECE_RECORD
 from ftjax.data.replay import REPLAY_FILE, ReplayConfig, Reservoir, read_replay, write_replay
 from ftjax.settings import ConfigError
 from ftjax.train.hooks.base import Hook
 
 
+def _in_order(tokens: np.ndarray) -> list[int]:
+    """The records a packed row's tokens name (first_piece_record), in the row's order."""
+    starts = np.flatnonzero(np.diff(tokens, prepend=-1))
+    return [int(r) for r in tokens[starts] if r >= 0]
+
+
 class ReplayRecorder(Hook):
     """Adds each real row of the step's batch from the recorded sources to the reservoir, in
-    row order, as (source name, record index)."""
+    row order, as (source name, record index); a packed row adds each document whose first
+    piece it holds, in the row's order (a document is seen once per pass, as a row is)."""
 
     def __init__(self, config: ReplayConfig):
         self.config = config
@@ -27,9 +35,6 @@ class ReplayRecorder(Hook):
         if jax.process_count() > 1:
             raise ConfigError("replay: each process sees only its rows of a batch; a replay "
                               "buffer is recorded by single-process runs")
-        if trainer.exp.task.packed:
-            raise ConfigError("replay: packed rows mix several documents, so they have no "
-                              "one record to replay; set task.packing=False")
         sources = trainer.cfg.get("sources") or {}
         self._names = [s.name for s in trainer.exp.sources if s.trained]  # the batches' order
         chosen = self.config.sources or [
@@ -51,10 +56,16 @@ class ReplayRecorder(Hook):
 
     def on_step_end(self, trainer, step, metrics):
         batch = trainer.host_batch
-        ids, sources = np.asarray(batch["example_id"]), np.asarray(batch["source"])
-        for example, source in zip(ids.tolist(), sources.tolist()):
-            if example >= 0 and source in self._recorded:
-                self.reservoir.add((self._names[source], example))
+        sources = np.asarray(batch["source"]).tolist()
+        if PIECE_RECORD in batch:  # packed rows: each document once, at its first piece
+            records = [_in_order(row) for row in np.asarray(batch[PIECE_RECORD])]
+        else:
+            records = [[example] for example in np.asarray(batch["example_id"]).tolist()]
+        for row_records, source in zip(records, sources):
+            if source in self._recorded:
+                for example in row_records:
+                    if example >= 0:
+                        self.reservoir.add((self._names[source], example))
         return None
 
     def on_end(self, trainer, outcome):
