@@ -43,8 +43,14 @@ Measured (2-core Intel Xeon CPU, 2026-12-07, the command above, stopped after ni
 No easy-first curriculum with root pacing beat plain training on this seed (0.6 to 1.6 points
 below); linear pacing (+0.3) and the anti-curriculum (+0.6) did, the opposite of the papers'
 ordering; self-paced learning was the slowest to learn and tied the reference-model curriculum
-for the lowest test accuracy. One seed, so nothing here is beyond noise yet; seeds 1 and 2 are
-not run.
+for the lowest test accuracy.
+Seed 1 (2026-12-08, the same command resumed, stopped in reference_root_s1 at step 150):
+  plain 0.8447, random_root 0.8617, length_root 0.8608, rarity_root 0.8589. Here every paced
+arm beat plain training by 1.4-1.7 points, but random order with the same pacing did as well
+as the easy-first orders: what helped on this seed is the pacing (a smaller pool early), not
+the difficulty order. Over the two seeds (experiments/results/curriculum_polarity.md) plain
+0.8471, random_root 0.8551, length_root 0.8504, rarity_root 0.8504: within one standard
+deviation of each other. Seed 1's other six arms and seed 2 are not run.
 """
 
 from pathlib import Path
