@@ -51,6 +51,7 @@ import ml_collections
 
 from ftjax.sweep.continual_report import sequence_report
 from ftjax.train.config import base_config
+from ftjax.train.continual import replay_overrides
 from ftjax.train.fisher import estimate_fisher_chain
 from ftjax.train.stages import Stage
 
@@ -124,13 +125,7 @@ def _stage(arm: str, seed: int, index: int) -> Stage:
     if previous is not None and arm == "lwf":
         overrides += [f"losses.lwf.teacher='{{root}}/{previous}'", "losses.lwf.temperature=2.0"]
     if previous is not None and arm in CAPACITY:
-        buffer = f"{{root}}/{previous}/replay.json"
-        overrides += [f"replay.continue_from='{buffer}'",
-                      f"sources.{domain}.weight={1 - REPLAY_SHARE}"]
-        for earlier in SEQUENCE[:index]:
-            overrides += [f"sources.{earlier}.train=True",
-                          f"sources.{earlier}.replay_from='{buffer}'",
-                          f"sources.{earlier}.weight={REPLAY_SHARE / index}"]
+        overrides += replay_overrides(previous, domain, SEQUENCE[:index], REPLAY_SHARE)
     return Stage(_name(arm, seed, index), f"{arm}_{domain}", tuple(overrides),
                  init_from=previous if arm != "adapters" else None, group=f"{arm}:{index}",
                  before=before)

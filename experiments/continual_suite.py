@@ -46,6 +46,7 @@ import ml_collections
 from ftjax.data.task_suite import suite_sources, suite_tasks
 from ftjax.sweep.continual_report import sequence_report
 from ftjax.train.config import base_config
+from ftjax.train.continual import replay_overrides
 from ftjax.train.fisher import estimate_fisher_chain
 from ftjax.train.stages import Stage
 
@@ -121,13 +122,7 @@ def _stage(arm: str, seed: int, index: int) -> Stage:
         overrides += [f"losses.lwf.teacher='{{root}}/{previous}'",
                       f"losses.lwf.tasks=({earlier},)", "losses.lwf.temperature=2.0"]
     if previous is not None and _capacity(arm):
-        buffer = f"{{root}}/{previous}/replay.json"
-        overrides += [f"replay.continue_from='{buffer}'",
-                      f"sources.{task}.weight={1 - REPLAY_SHARE}"]
-        for earlier in SEQUENCE[:index]:
-            overrides += [f"sources.{earlier}.train=True",
-                          f"sources.{earlier}.replay_from='{buffer}'",
-                          f"sources.{earlier}.weight={REPLAY_SHARE / index}"]
+        overrides += replay_overrides(previous, task, SEQUENCE[:index], REPLAY_SHARE)
     return Stage(_name(arm, seed, index), f"{arm}_{task}", tuple(overrides),
                  init_from=previous if arm != "adapters" else None, group=f"{arm}:{index}",
                  before=before)

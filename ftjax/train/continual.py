@@ -109,4 +109,20 @@ def transfer_metrics(matrix: Sequence[Sequence[float]],
     }
 
 
-__all__ = ["accuracy_matrix", "initial_scores", "transfer_metrics"]
+def replay_overrides(previous: str, task: str, earlier: Sequence[str],
+                     share: float) -> list[str]:
+    """A pipeline stage's overrides (ftjax.train.stages, "{root}" for the pipeline's root) to
+    train source `task` beside the replay buffer of stage `previous`: the buffer continued, and
+    each earlier task's source trained on the records it holds, the earlier sources together
+    `share` of the rows."""
+    if not earlier:
+        raise ValueError("replay needs an earlier task (the first stage has no buffer)")
+    buffer = f"{{root}}/{previous}/replay.json"
+    overrides = [f"replay.continue_from='{buffer}'", f"sources.{task}.weight={1 - share}"]
+    for name in earlier:
+        overrides += [f"sources.{name}.train=True", f"sources.{name}.replay_from='{buffer}'",
+                      f"sources.{name}.weight={share / len(earlier)}"]
+    return overrides
+
+
+__all__ = ["accuracy_matrix", "initial_scores", "replay_overrides", "transfer_metrics"]
