@@ -44,13 +44,15 @@ No easy-first curriculum with root pacing beat plain training on this seed (0.6 
 below); linear pacing (+0.3) and the anti-curriculum (+0.6) did, the opposite of the papers'
 ordering; self-paced learning was the slowest to learn and tied the reference-model curriculum
 for the lowest test accuracy.
-Seed 1 (2026-12-08, the same command resumed, stopped in reference_root_s1 at step 150):
-  plain 0.8447, random_root 0.8617, length_root 0.8608, rarity_root 0.8589. Here every paced
-arm beat plain training by 1.4-1.7 points, but random order with the same pacing did as well
-as the easy-first orders: what helped on this seed is the pacing (a smaller pool early), not
-the difficulty order. Over the two seeds (experiments/results/curriculum_polarity.md) plain
-0.8471, random_root 0.8551, length_root 0.8504, rarity_root 0.8504: within one standard
-deviation of each other. Seed 1's other six arms and seed 2 are not run.
+Seed 1 (2026-12-08, the same command resumed, stopped in length_linear_s1):
+  plain 0.8447, random_root 0.8617, length_root 0.8608, rarity_root 0.8589, reference_root
+0.8390, length_anti_root 0.8513. Here every root-paced arm but the reference model's beat plain
+training (by 0.7-1.7 points), and random order with the same pacing did as well as the
+easy-first orders: what helped on this seed is the pacing (a smaller pool early), not the
+difficulty order. Over the two seeds (experiments/results/curriculum_polarity.md) plain
+0.8471, random_root 0.8551, length_root 0.8504, rarity_root 0.8504, length_anti_root 0.8532,
+reference_root 0.8362: all within about two standard deviations of plain. Seed 1's other four
+arms and seed 2 are not run.
 """
 
 from pathlib import Path
